@@ -1,0 +1,39 @@
+//! The `intercom-webhooks` command line. Each subcommand lives in its own module; this one parses
+//! arguments and reports errors.
+
+mod sign;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "intercom-webhooks",
+    version,
+    about = "Receive Intercom webhooks reliably; run the pipeline locally; send test deliveries."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Print the X-Hub-Signature header value for a file's exact bytes.
+    Sign(sign::SignArgs),
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Sign(args) => sign::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

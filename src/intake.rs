@@ -1,0 +1,246 @@
+//! The HTTP application that receives Intercom deliveries. The receiver Lambda and the local server serve
+//! this same router, so verification and enqueueing have one code path.
+
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{on, MethodFilter};
+use axum::{Json, Router};
+use serde_json::json;
+use tracing::{field, info, warn, Instrument};
+
+use crate::notification::Envelope;
+use crate::queue::{Message, Queue, QueueError};
+use crate::signature::{ClientSecrets, Malformed, SignatureError, SIGNATURE_HEADER};
+
+/// The paths a delivery may be posted to: the bare Function URL, or a conventional path behind a proxy.
+pub const WEBHOOK_PATHS: [&str; 2] = ["/", "/webhooks/intercom"];
+
+/// The largest body accepted by default: 1 MiB less room for message attributes, so that every accepted
+/// body fits in one SQS message (SQS's limit, 1 MiB, counts the attributes too).
+pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024 - 8 * 1024;
+
+/// What the intake needs: the secrets to verify with, the queue to store into, and the body limit.
+pub struct Intake {
+    secrets: ClientSecrets,
+    queue: Arc<dyn Queue>,
+    max_body_bytes: usize,
+}
+
+impl Intake {
+    pub fn new(secrets: ClientSecrets, queue: Arc<dyn Queue>, max_body_bytes: usize) -> Self {
+        Self {
+            secrets,
+            queue,
+            max_body_bytes,
+        }
+    }
+
+    /// The axum router: `HEAD`/`POST` on [`WEBHOOK_PATHS`], JSON 404 and 405 elsewhere.
+    pub fn router(self) -> Router {
+        self.router_with(Router::new())
+    }
+
+    /// Adds the webhook routes to `extra` (used by the local server to add `/healthz` and `/metrics`).
+    pub fn router_with(self, extra: Router<Arc<Intake>>) -> Router {
+        let state = Arc::new(self);
+        let webhook = on(MethodFilter::HEAD, head)
+            .on(MethodFilter::POST, receive)
+            .fallback(method_not_allowed);
+        let mut router = extra;
+        for path in WEBHOOK_PATHS {
+            router = router.route(path, webhook.clone());
+        }
+        router.fallback(not_found).with_state(state)
+    }
+
+    /// Handles one delivery: the verdict and the HTTP answer. Public so that benchmarks and other
+    /// front-ends can call it without HTTP.
+    pub async fn handle(&self, headers: &HeaderMap, body: &[u8]) -> Outcome {
+        let span = tracing::info_span!(
+            "notification",
+            notification_id = field::Empty,
+            topic = field::Empty,
+            app_id = field::Empty,
+            delivery_attempts = field::Empty,
+        );
+        self.handle_in_span(headers, body, &span)
+            .instrument(span.clone())
+            .await
+    }
+
+    async fn handle_in_span(&self, headers: &HeaderMap, body: &[u8], span: &tracing::Span) -> Outcome {
+        let mut values = headers.get_all(SIGNATURE_HEADER).iter();
+        let signature = match (values.next(), values.next()) {
+            (Some(_), Some(_)) => Err(SignatureError::Malformed(Malformed::Repeated)),
+            (one, None) => self.secrets.verify(one.map(|v| v.as_bytes()), body),
+            (None, Some(_)) => unreachable!("an iterator yields nothing after None"),
+        };
+        let verified = match signature {
+            Ok(v) => v,
+            Err(error) => {
+                warn!(reason = error.code(), %error, bytes = body.len(), "rejected delivery");
+                return Outcome::Rejected(error);
+            }
+        };
+
+        let envelope = match Envelope::parse(body) {
+            Ok(envelope) => envelope,
+            Err(error) => {
+                let reason = format!("{}: {error}", error.code());
+                warn!(secret_index = verified.secret_index, %reason, "authentic body is not a notification");
+                let message = Message::from_bytes(body);
+                return match self.queue.dead_letter(&message, &reason).await {
+                    Ok(()) => Outcome::DeadLettered { reason },
+                    Err(error) => queue_failed(error),
+                };
+            }
+        };
+        if let Some(id) = &envelope.id {
+            span.record("notification_id", id.as_str());
+        }
+        span.record("topic", envelope.topic.as_str());
+        if let Some(app) = &envelope.app_id {
+            span.record("app_id", app.as_str());
+        }
+        if let Some(n) = envelope.delivery_attempts {
+            span.record("delivery_attempts", n);
+        }
+
+        if envelope.is_ping() {
+            info!(secret_index = verified.secret_index, "ping acknowledged");
+            return Outcome::Ping;
+        }
+
+        let message = Message::for_notification(body, &envelope);
+        let id = envelope.id.map(|id| id.to_string()).unwrap_or_default();
+        match self.queue.send(&message).await {
+            Ok(()) => {
+                info!(secret_index = verified.secret_index, "queued");
+                Outcome::Queued { notification_id: id }
+            }
+            Err(QueueError::Rejected(why)) => {
+                // The queue will never take this message; keep it in the dead-letter queue instead.
+                let reason = format!("queue_rejected: {why}");
+                warn!(%reason, "main queue refused the notification");
+                match self.queue.dead_letter(&message, &reason).await {
+                    Ok(()) => Outcome::DeadLettered { reason },
+                    Err(error) => queue_failed(error),
+                }
+            }
+            Err(error) => queue_failed(error),
+        }
+    }
+}
+
+fn queue_failed(error: QueueError) -> Outcome {
+    warn!(%error, "could not store the delivery; answering 503 so Intercom retries");
+    Outcome::Unavailable(error)
+}
+
+/// The verdict on one delivery.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Stored on the main queue.
+    Queued { notification_id: String },
+    /// Authentic `ping`: nothing stored.
+    Ping,
+    /// Authentic but unprocessable: stored on the dead-letter queue with `reason`.
+    DeadLettered { reason: String },
+    /// Signature missing, malformed or wrong: nothing stored.
+    Rejected(SignatureError),
+    /// Could not be stored: Intercom should retry.
+    Unavailable(QueueError),
+}
+
+impl IntoResponse for Outcome {
+    fn into_response(self) -> Response {
+        match self {
+            Outcome::Queued { notification_id } => (
+                StatusCode::OK,
+                Json(json!({"status": "queued", "notification_id": notification_id})),
+            )
+                .into_response(),
+            Outcome::Ping => (StatusCode::OK, Json(json!({"status": "ok", "topic": "ping"}))).into_response(),
+            Outcome::DeadLettered { reason } => (
+                StatusCode::OK,
+                Json(json!({"status": "dead_lettered", "reason": reason})),
+            )
+                .into_response(),
+            Outcome::Rejected(error) => {
+                error_response(StatusCode::UNAUTHORIZED, error.code(), &error.to_string())
+            }
+            Outcome::Unavailable(_) => error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "queue_unavailable",
+                "the notification could not be stored; retry later",
+            ),
+        }
+    }
+}
+
+fn error_response(status: StatusCode, code: &str, message: &str) -> Response {
+    (status, Json(json!({"error": code, "message": message}))).into_response()
+}
+
+async fn head() -> StatusCode {
+    StatusCode::OK
+}
+
+async fn receive(State(intake): State<Arc<Intake>>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let limit = intake.max_body_bytes;
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return too_large(limit);
+    }
+    let body: Bytes = match axum::body::to_bytes(Body::new(body), limit).await {
+        Ok(bytes) => bytes,
+        Err(error) => {
+            let too_long =
+                std::error::Error::source(&error).is_some_and(|e| e.is::<http_body_util::LengthLimitError>());
+            if too_long {
+                return too_large(limit);
+            }
+            warn!(%error, "could not read the request body");
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                "body_unreadable",
+                "the request body could not be read",
+            );
+        }
+    };
+    intake.handle(&parts.headers, &body).await.into_response()
+}
+
+fn too_large(limit: usize) -> Response {
+    warn!(limit, reason = "body_too_large", "rejected delivery");
+    error_response(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "body_too_large",
+        &format!("the body exceeds the limit of {limit} bytes"),
+    )
+}
+
+async fn method_not_allowed(method: Method) -> Response {
+    error_response(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        &format!("{method} is not supported here; Intercom delivers with POST"),
+    )
+}
+
+async fn not_found() -> Response {
+    error_response(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such path; deliveries go to / or /webhooks/intercom",
+    )
+}

@@ -1,0 +1,180 @@
+//! The `Queue` port: where authentic notifications are put durably, and where the ones that can never be
+//! processed are kept for an operator (the dead-letter queue).
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use base64::Engine as _;
+
+use crate::notification::Envelope;
+
+/// Message attribute names, shared by every adapter and by the worker.
+pub mod attr {
+    pub const TOPIC: &str = "topic";
+    pub const NOTIFICATION_ID: &str = "notification_id";
+    pub const APP_ID: &str = "app_id";
+    pub const DELIVERY_ATTEMPTS: &str = "delivery_attempts";
+    /// Why a message was dead-lettered.
+    pub const REASON: &str = "reason";
+    /// Set to `base64` when the body had to be encoded to be stored (bytes that are not valid text).
+    pub const BODY_ENCODING: &str = "body_encoding";
+    /// Unix seconds at which the message was dead-lettered.
+    pub const DEAD_LETTERED_AT: &str = "dead_lettered_at";
+}
+
+/// A message to store: the body exactly as received and a few string attributes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Message {
+    pub body: String,
+    pub attributes: BTreeMap<String, String>,
+}
+
+impl Message {
+    /// The queue message for an authentic notification: the raw body and the envelope's attributes.
+    /// Notification bodies are JSON, so always UTF-8 when they parse.
+    pub fn for_notification(body: &[u8], envelope: &Envelope) -> Self {
+        let mut message = Self::from_bytes(body);
+        let attributes = &mut message.attributes;
+        attributes.insert(attr::TOPIC.into(), envelope.topic.to_string());
+        if let Some(id) = &envelope.id {
+            attributes.insert(attr::NOTIFICATION_ID.into(), id.to_string());
+        }
+        if let Some(app) = &envelope.app_id {
+            attributes.insert(attr::APP_ID.into(), app.to_string());
+        }
+        if let Some(n) = envelope.delivery_attempts {
+            attributes.insert(attr::DELIVERY_ATTEMPTS.into(), n.to_string());
+        }
+        message
+    }
+
+    /// Any bytes as a message body. Bytes a queue cannot store as text (invalid UTF-8, or characters SQS
+    /// refuses) are base64-encoded and marked with the `body_encoding` attribute, so nothing is lost.
+    pub fn from_bytes(body: &[u8]) -> Self {
+        let mut attributes = BTreeMap::new();
+        let body = match std::str::from_utf8(body) {
+            Ok(text) if text.chars().all(storable_char) => text.to_owned(),
+            _ => {
+                attributes.insert(attr::BODY_ENCODING.into(), "base64".into());
+                base64::engine::general_purpose::STANDARD.encode(body)
+            }
+        };
+        Self { body, attributes }
+    }
+
+    /// The body as originally received (decoding base64 when the message says so).
+    pub fn raw_body(&self) -> Vec<u8> {
+        if self.attributes.get(attr::BODY_ENCODING).map(String::as_str) == Some("base64") {
+            if let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(&self.body) {
+                return bytes;
+            }
+        }
+        self.body.clone().into_bytes()
+    }
+
+    pub fn attribute(&self, name: &str) -> Option<&str> {
+        self.attributes.get(name).map(String::as_str)
+    }
+
+    /// This message with a dead-letter `reason` (bounded in length) and time stamp added.
+    pub fn with_reason(&self, reason: &str, now_unix: i64) -> Self {
+        let mut message = self.clone();
+        message
+            .attributes
+            .insert(attr::REASON.into(), truncate(reason, MAX_REASON_BYTES));
+        message
+            .attributes
+            .insert(attr::DEAD_LETTERED_AT.into(), now_unix.to_string());
+        message
+    }
+}
+
+const MAX_REASON_BYTES: usize = 1024;
+
+fn truncate(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
+/// Characters SQS accepts in a message body: #x9 | #xA | #xD | #x20–#xD7FF | #xE000–#xFFFD | #x10000+.
+fn storable_char(c: char) -> bool {
+    matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..)
+}
+
+/// The queue port. Both methods return only once the message is durably stored.
+#[async_trait]
+pub trait Queue: Send + Sync {
+    /// Puts a message on the main queue.
+    async fn send(&self, message: &Message) -> Result<(), QueueError>;
+    /// Puts a message on the dead-letter queue, with `reason` as an attribute.
+    async fn dead_letter(&self, message: &Message, reason: &str) -> Result<(), QueueError>;
+}
+
+/// A queue failure, classed by whether trying again can help.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum QueueError {
+    /// The queue could not be reached or answered with a transient error: try again later.
+    #[error("queue unavailable: {0}")]
+    Unavailable(String),
+    /// The queue refused this message (too large, invalid, no such queue): the same request will fail again.
+    #[error("queue rejected the message: {0}")]
+    Rejected(String),
+}
+
+impl QueueError {
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, QueueError::Unavailable(_))
+    }
+}
+
+pub(crate) fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notification_message_keeps_raw_bytes_and_attributes() {
+        let body = b"{\n  \"id\": \"notif_1\", \"topic\": \"contact.created\", \"app_id\": \"abc\", \"delivery_attempts\": 2\n}";
+        let envelope = Envelope::parse(body).unwrap();
+        let m = Message::for_notification(body, &envelope);
+        assert_eq!(m.body.as_bytes(), body);
+        assert_eq!(m.attribute(attr::TOPIC), Some("contact.created"));
+        assert_eq!(m.attribute(attr::NOTIFICATION_ID), Some("notif_1"));
+        assert_eq!(m.attribute(attr::APP_ID), Some("abc"));
+        assert_eq!(m.attribute(attr::DELIVERY_ATTEMPTS), Some("2"));
+        assert_eq!(m.attribute(attr::BODY_ENCODING), None);
+    }
+
+    #[test]
+    fn unstorable_bytes_are_base64_and_round_trip() {
+        for body in [&[0xff, 0xfe, 0x00, 0x41][..], b"nul\0inside", b"\x1b[31m"] {
+            let m = Message::from_bytes(body);
+            assert_eq!(m.attribute(attr::BODY_ENCODING), Some("base64"));
+            assert_eq!(m.raw_body(), body);
+        }
+        let plain = Message::from_bytes("tab\tand ünïcode".as_bytes());
+        assert_eq!(plain.attribute(attr::BODY_ENCODING), None);
+        assert_eq!(plain.raw_body(), "tab\tand ünïcode".as_bytes());
+    }
+
+    #[test]
+    fn reasons_are_bounded() {
+        let m = Message::from_bytes(b"x").with_reason(&"é".repeat(2000), 5);
+        let reason = m.attribute(attr::REASON).unwrap();
+        assert!(reason.len() <= MAX_REASON_BYTES + '…'.len_utf8());
+        assert!(reason.ends_with('…'));
+        assert_eq!(m.attribute(attr::DEAD_LETTERED_AT), Some("5"));
+    }
+}

@@ -1,0 +1,200 @@
+//! Shared helpers for the integration tests: fixtures, a recording queue, and access to the AWS
+//! emulator that the test command starts.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use intercom_webhooks::queue::{Message, Queue, QueueError};
+use intercom_webhooks::signature::ClientSecret;
+
+/// The secret the sample events and tests sign with. Never use it for a real app.
+pub const TEST_SECRET: &str = "test-client-secret";
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn fixture(name: &str) -> Vec<u8> {
+    std::fs::read(root().join("events/notifications").join(name)).unwrap()
+}
+
+/// Every captured notification: (file name, exact bytes), sorted by name.
+pub fn fixtures() -> Vec<(String, Vec<u8>)> {
+    let mut all: Vec<_> = std::fs::read_dir(root().join("events/notifications"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .map(|p| {
+            (
+                p.file_name().unwrap().to_string_lossy().into_owned(),
+                std::fs::read(&p).unwrap(),
+            )
+        })
+        .collect();
+    all.sort();
+    all
+}
+
+pub fn sign(body: &[u8]) -> String {
+    ClientSecret::new(TEST_SECRET).unwrap().sign(body)
+}
+
+/// A queue that records what it is given, and can be told to fail.
+#[derive(Default)]
+pub struct RecordingQueue {
+    pub sent: Mutex<Vec<Message>>,
+    pub dead: Mutex<Vec<(Message, String)>>,
+    pub fail_send: Mutex<Option<QueueError>>,
+    pub fail_dead_letter: Mutex<Option<QueueError>>,
+}
+
+impl RecordingQueue {
+    pub fn sent(&self) -> Vec<Message> {
+        self.sent.lock().unwrap().clone()
+    }
+    pub fn dead(&self) -> Vec<(Message, String)> {
+        self.dead.lock().unwrap().clone()
+    }
+}
+
+#[async_trait]
+impl Queue for RecordingQueue {
+    async fn send(&self, message: &Message) -> Result<(), QueueError> {
+        if let Some(e) = self.fail_send.lock().unwrap().clone() {
+            return Err(e);
+        }
+        self.sent.lock().unwrap().push(message.clone());
+        Ok(())
+    }
+    async fn dead_letter(&self, message: &Message, reason: &str) -> Result<(), QueueError> {
+        if let Some(e) = self.fail_dead_letter.lock().unwrap().clone() {
+            return Err(e);
+        }
+        self.dead
+            .lock()
+            .unwrap()
+            .push((message.clone(), reason.to_string()));
+        Ok(())
+    }
+}
+
+/// A Lambda Function URL event (payload format 2.0), as AWS delivers it.
+pub fn function_url_event(
+    method: &str,
+    path: &str,
+    headers: &BTreeMap<String, String>,
+    body: Option<&[u8]>,
+    base64_body: bool,
+) -> serde_json::Value {
+    use base64::Engine as _;
+    let mut all_headers = serde_json::Map::new();
+    all_headers.insert(
+        "host".into(),
+        "abcdefghijklmnopqrstuvwxyz012345.lambda-url.us-east-1.on.aws".into(),
+    );
+    all_headers.insert("user-agent".into(), "Intercom-Webhooks".into());
+    all_headers.insert("x-forwarded-proto".into(), "https".into());
+    for (k, v) in headers {
+        all_headers.insert(k.to_lowercase(), v.clone().into());
+    }
+    let body_value = match body {
+        None => serde_json::Value::Null,
+        Some(b) if base64_body => base64::engine::general_purpose::STANDARD.encode(b).into(),
+        Some(b) => String::from_utf8(b.to_vec()).expect("a text body").into(),
+    };
+    let mut event = serde_json::json!({
+        "version": "2.0",
+        "routeKey": "$default",
+        "rawPath": path,
+        "rawQueryString": "",
+        "headers": all_headers,
+        "requestContext": {
+            "accountId": "anonymous",
+            "apiId": "abcdefghijklmnopqrstuvwxyz012345",
+            "domainName": "abcdefghijklmnopqrstuvwxyz012345.lambda-url.us-east-1.on.aws",
+            "domainPrefix": "abcdefghijklmnopqrstuvwxyz012345",
+            "http": {
+                "method": method,
+                "path": path,
+                "protocol": "HTTP/1.1",
+                "sourceIp": "34.231.68.152",
+                "userAgent": "Intercom-Webhooks"
+            },
+            "requestId": "3f6b4c1e-0c1d-4a6e-9d1a-2b7c8e9f0a1b",
+            "routeKey": "$default",
+            "stage": "$default",
+            "time": "29/Nov/2026:10:00:00 +0000",
+            "timeEpoch": 1795600800000u64
+        },
+        "isBase64Encoded": base64_body
+    });
+    if !body_value.is_null() {
+        event["body"] = body_value;
+    }
+    event
+}
+
+/// The AWS emulator's endpoint, set by the test command. Tests that need it fail with a clear message
+/// when it is missing rather than pass without testing anything.
+pub fn aws_endpoint() -> String {
+    std::env::var("AWS_ENDPOINT_URL")
+        .expect("AWS_ENDPOINT_URL is not set: run the tests with ./scripts/test, which starts moto_server")
+}
+
+pub async fn aws_config() -> aws_config::SdkConfig {
+    aws_endpoint();
+    intercom_webhooks::aws::load_config(intercom_webhooks::aws::CallBudget::WORKER).await
+}
+
+/// A name unique to this test run.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
+}
+
+/// Creates a queue in the emulator and returns its URL.
+pub async fn create_queue(sqs: &aws_sdk_sqs::Client, name: &str) -> String {
+    sqs.create_queue()
+        .queue_name(name)
+        .send()
+        .await
+        .unwrap()
+        .queue_url
+        .unwrap()
+}
+
+/// Receives every message currently in `url` (waiting briefly), with all attributes, and deletes them.
+pub async fn drain(sqs: &aws_sdk_sqs::Client, url: &str) -> Vec<aws_sdk_sqs::types::Message> {
+    let mut all = Vec::new();
+    loop {
+        let out = sqs
+            .receive_message()
+            .queue_url(url)
+            .max_number_of_messages(10)
+            .message_attribute_names("All")
+            .message_system_attribute_names(aws_sdk_sqs::types::MessageSystemAttributeName::All)
+            .wait_time_seconds(if all.is_empty() { 1 } else { 0 })
+            .send()
+            .await
+            .unwrap();
+        let batch = out.messages.unwrap_or_default();
+        if batch.is_empty() {
+            return all;
+        }
+        for m in &batch {
+            sqs.delete_message()
+                .queue_url(url)
+                .receipt_handle(m.receipt_handle.clone().unwrap())
+                .send()
+                .await
+                .unwrap();
+        }
+        all.extend(batch);
+    }
+}
+
+pub fn attr(m: &aws_sdk_sqs::types::Message, name: &str) -> Option<String> {
+    m.message_attributes.as_ref()?.get(name)?.string_value.clone()
+}
