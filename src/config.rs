@@ -1,7 +1,12 @@
 //! Configuration from environment variables, read once at start-up and checked with clear messages.
 
+use std::time::Duration;
+
+use crate::handlers::{NotifySettings, DEFAULT_NOTIFY_TOPICS};
 use crate::intake::DEFAULT_MAX_BODY_BYTES;
+use crate::router::TopicPattern;
 use crate::signature::ClientSecrets;
+use crate::worker::WorkerSettings;
 
 /// Why start-up refuses to go on. The message names the variable and what to do.
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +93,106 @@ impl ReceiverConfig {
     }
 }
 
+/// The worker's configuration (Lambda and local).
+#[derive(Debug)]
+pub struct WorkerConfig {
+    pub settings: WorkerSettings,
+    pub notify: Option<NotifySettings>,
+}
+
+impl WorkerConfig {
+    pub fn from_env<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<Self, ConfigError> {
+        let defaults = WorkerSettings::default();
+        let days: u64 = env.parsed(
+            "IDEMPOTENCY_RETENTION_DAYS",
+            defaults.retention.as_secs() / 86_400,
+        )?;
+        let visibility: u64 = env.parsed(
+            "VISIBILITY_TIMEOUT_SECONDS",
+            defaults.visibility_timeout.as_secs(),
+        )?;
+        let concurrency: usize = env.parsed("WORKER_CONCURRENCY", defaults.concurrency)?;
+        for (name, value) in [
+            ("IDEMPOTENCY_RETENTION_DAYS", days as usize),
+            ("VISIBILITY_TIMEOUT_SECONDS", visibility as usize),
+            ("WORKER_CONCURRENCY", concurrency),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Invalid {
+                    name,
+                    reason: "must be greater than 0".into(),
+                });
+            }
+        }
+        let notify = match env.optional("NOTIFY_WEBHOOK_URL") {
+            None => None,
+            Some(url) => {
+                let parsed = url::Url::parse(url.trim()).map_err(|e| ConfigError::Invalid {
+                    name: "NOTIFY_WEBHOOK_URL",
+                    reason: e.to_string(),
+                })?;
+                if !matches!(parsed.scheme(), "http" | "https") {
+                    return Err(ConfigError::Invalid {
+                        name: "NOTIFY_WEBHOOK_URL",
+                        reason: "must be an http or https URL".into(),
+                    });
+                }
+                let topics: Vec<String> = match env.optional("NOTIFY_TOPICS") {
+                    Some(list) => list
+                        .split(',')
+                        .map(|t| t.trim().to_owned())
+                        .filter(|t| !t.is_empty())
+                        .collect(),
+                    None => DEFAULT_NOTIFY_TOPICS.iter().map(|t| (*t).to_owned()).collect(),
+                };
+                for topic in &topics {
+                    TopicPattern::parse(topic).map_err(|e| ConfigError::Invalid {
+                        name: "NOTIFY_TOPICS",
+                        reason: e.to_string(),
+                    })?;
+                }
+                Some(NotifySettings {
+                    url: url.trim().to_owned(),
+                    topics,
+                    timeout: Duration::from_secs(5),
+                })
+            }
+        };
+        Ok(Self {
+            settings: WorkerSettings {
+                retention: Duration::from_secs(days * 86_400),
+                visibility_timeout: Duration::from_secs(visibility),
+                concurrency,
+            },
+            notify,
+        })
+    }
+}
+
+/// The worker Lambda's configuration.
+#[derive(Debug)]
+pub struct WorkerLambdaConfig {
+    pub table: String,
+    pub dead_letter_queue_url: String,
+    pub worker: WorkerConfig,
+}
+
+impl WorkerLambdaConfig {
+    pub fn from_env<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<Self, ConfigError> {
+        Ok(Self {
+            table: env.required(
+                "IDEMPOTENCY_TABLE",
+                "set it to the name of the DynamoDB idempotency table",
+            )?,
+            dead_letter_queue_url: env.required(
+                "DEAD_LETTER_QUEUE_URL",
+                "set it to the URL of the dead-letter SQS queue",
+            )?,
+            worker: WorkerConfig::from_env(env)?,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -146,5 +251,37 @@ mod tests {
         assert_eq!(config.secrets.len(), 2);
         assert_eq!(config.max_body_bytes, DEFAULT_MAX_BODY_BYTES);
         assert!(!format!("{config:?}").contains("a,b"));
+    }
+
+    #[test]
+    fn worker_config() {
+        let config = WorkerConfig::from_env(&env(&[])).unwrap();
+        assert_eq!(config.settings.retention.as_secs(), 7 * 86_400);
+        assert!(config.notify.is_none());
+        let config = WorkerConfig::from_env(&env(&[
+            ("NOTIFY_WEBHOOK_URL", "https://hooks.example.com/T/B/secret"),
+            ("IDEMPOTENCY_RETENTION_DAYS", "3"),
+        ]))
+        .unwrap();
+        let notify = config.notify.unwrap();
+        assert_eq!(notify.topics, DEFAULT_NOTIFY_TOPICS);
+        assert!(!format!("{notify:?}").contains("secret"));
+        assert_eq!(config.settings.retention.as_secs(), 3 * 86_400);
+        let err = WorkerConfig::from_env(&env(&[
+            ("NOTIFY_WEBHOOK_URL", "https://x"),
+            ("NOTIFY_TOPICS", "a..b"),
+        ]))
+        .unwrap_err();
+        assert!(err.to_string().starts_with("NOTIFY_TOPICS is invalid"), "{err}");
+        let err = WorkerConfig::from_env(&env(&[("NOTIFY_WEBHOOK_URL", "not a url")])).unwrap_err();
+        assert!(
+            err.to_string().starts_with("NOTIFY_WEBHOOK_URL is invalid"),
+            "{err}"
+        );
+        let err = WorkerLambdaConfig::from_env(&env(&[("DEAD_LETTER_QUEUE_URL", "d")])).unwrap_err();
+        assert!(
+            err.to_string().starts_with("IDEMPOTENCY_TABLE is not set"),
+            "{err}"
+        );
     }
 }

@@ -155,6 +155,43 @@ impl Envelope {
     }
 }
 
+/// A notification ready for handlers: an envelope with an id, and its `data` parsed.
+#[derive(Clone, Debug)]
+pub struct Notification {
+    pub envelope: Envelope,
+    pub id: NotificationId,
+    /// The whole `data` object (`{"type": …, "item": {…}}`).
+    pub data: serde_json::Value,
+}
+
+impl Notification {
+    /// Parses a queued body. Fails like [`Envelope::parse`], and also on a `ping` (never queued).
+    pub fn parse(body: &[u8]) -> Result<Self, EnvelopeError> {
+        let envelope = Envelope::parse(body)?;
+        let id = envelope.id.clone().ok_or(EnvelopeError::Missing("id"))?;
+        let data = envelope.data();
+        Ok(Self { envelope, id, data })
+    }
+
+    pub fn topic(&self) -> &Topic {
+        &self.envelope.topic
+    }
+
+    pub fn app_id(&self) -> Option<&AppId> {
+        self.envelope.app_id.as_ref()
+    }
+
+    /// `data.item` (`null` when absent).
+    pub fn item(&self) -> &serde_json::Value {
+        self.data.get("item").unwrap_or(&serde_json::Value::Null)
+    }
+
+    /// `data.item` as a typed model.
+    pub fn typed_item(&self) -> crate::models::Item {
+        crate::models::Item::parse(self.item())
+    }
+}
+
 /// Timestamps and counters arrive as numbers; tolerate strings and nulls rather than refuse a delivery.
 fn lenient_i64<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
     Ok(match serde_json::Value::deserialize(d)? {

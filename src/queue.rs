@@ -107,13 +107,18 @@ fn storable_char(c: char) -> bool {
     matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..)
 }
 
-/// The queue port. Both methods return only once the message is durably stored.
+/// Where messages that can never be processed are kept for an operator. Returns once durably stored.
 #[async_trait]
-pub trait Queue: Send + Sync {
-    /// Puts a message on the main queue.
-    async fn send(&self, message: &Message) -> Result<(), QueueError>;
+pub trait DeadLetterQueue: Send + Sync {
     /// Puts a message on the dead-letter queue, with `reason` as an attribute.
     async fn dead_letter(&self, message: &Message, reason: &str) -> Result<(), QueueError>;
+}
+
+/// The queue port of the intake: the main queue plus its dead-letter queue. Returns once durably stored.
+#[async_trait]
+pub trait Queue: DeadLetterQueue {
+    /// Puts a message on the main queue.
+    async fn send(&self, message: &Message) -> Result<(), QueueError>;
 }
 
 /// A queue failure, classed by whether trying again can help.

@@ -1,6 +1,8 @@
 //! AWS adapters for the ports: SQS for [`crate::queue::Queue`], DynamoDB for the idempotency store.
 //! The domain never sees an SDK type; everything AWS-specific stays in this module.
 
+pub mod dynamodb;
+pub mod lambda_sqs;
 pub mod sqs;
 
 use std::time::Duration;

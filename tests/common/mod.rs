@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
-use intercom_webhooks::queue::{Message, Queue, QueueError};
+use intercom_webhooks::queue::{DeadLetterQueue, Message, Queue, QueueError};
 use intercom_webhooks::signature::ClientSecret;
 
 /// The secret the sample events and tests sign with. Never use it for a real app.
@@ -69,6 +69,10 @@ impl Queue for RecordingQueue {
         self.sent.lock().unwrap().push(message.clone());
         Ok(())
     }
+}
+
+#[async_trait]
+impl DeadLetterQueue for RecordingQueue {
     async fn dead_letter(&self, message: &Message, reason: &str) -> Result<(), QueueError> {
         if let Some(e) = self.fail_dead_letter.lock().unwrap().clone() {
             return Err(e);
@@ -197,4 +201,63 @@ pub async fn drain(sqs: &aws_sdk_sqs::Client, url: &str) -> Vec<aws_sdk_sqs::typ
 
 pub fn attr(m: &aws_sdk_sqs::types::Message, name: &str) -> Option<String> {
     m.message_attributes.as_ref()?.get(name)?.string_value.clone()
+}
+
+/// Creates an idempotency table in the emulator shaped like the SAM template's.
+pub async fn create_table(dynamo: &aws_sdk_dynamodb::Client, name: &str) {
+    use aws_sdk_dynamodb::types::{
+        AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
+    };
+    dynamo
+        .create_table()
+        .table_name(name)
+        .billing_mode(BillingMode::PayPerRequest)
+        .attribute_definitions(
+            AttributeDefinition::builder()
+                .attribute_name("pk")
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .unwrap(),
+        )
+        .key_schema(
+            KeySchemaElement::builder()
+                .attribute_name("pk")
+                .key_type(KeyType::Hash)
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+}
+
+/// A notification body like the fixtures, with a chosen id, topic and item.
+pub fn notification_body(id: &str, topic: &str, item: serde_json::Value) -> Vec<u8> {
+    serde_json::to_vec_pretty(&serde_json::json!({
+        "type": "notification_event",
+        "app_id": "testapp",
+        "data": {"type": "notification_event_data", "item": item},
+        "id": id,
+        "topic": topic,
+        "delivery_status": "pending",
+        "delivery_attempts": 1,
+        "delivered_at": 0,
+        "first_sent_at": 1553290198,
+        "created_at": 1553290198
+    }))
+    .unwrap()
+}
+
+/// A worker record for `body`, as the queue would hand it out.
+pub fn record(message_id: &str, body: &[u8]) -> intercom_webhooks::worker::Record {
+    let envelope = intercom_webhooks::notification::Envelope::parse(body);
+    let message = match envelope {
+        Ok(e) => Message::for_notification(body, &e),
+        Err(_) => Message::from_bytes(body),
+    };
+    intercom_webhooks::worker::Record {
+        message_id: message_id.to_owned(),
+        message,
+        receive_count: 1,
+    }
 }

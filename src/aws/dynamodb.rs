@@ -1,0 +1,193 @@
+//! The DynamoDB adapter of the [`IdempotencyStore`] port. Record shape (Powertools-compatible): `pk`,
+//! `status`, `expiration` (Unix s, the table's TTL attribute), `in_progress_expiration` (Unix ms, the
+//! lease), `lease_token`, `payload_hash`, `claimed_at` / `completed_at` (Unix ms).
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use aws_sdk_dynamodb::error::DisplayErrorContext;
+use aws_sdk_dynamodb::operation::put_item::PutItemError;
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnValuesOnConditionCheckFailure};
+use aws_sdk_dynamodb::Client;
+use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
+use aws_smithy_runtime_api::client::result::SdkError;
+use aws_smithy_types::error::metadata::ProvideErrorMetadata;
+
+use crate::idempotency::{
+    Claim, ClaimOutcome, IdempotencyStore, Lease, StoreError, StoredRecord, COMPLETED, IN_PROGRESS,
+};
+
+const CLAIM_CONDITION: &str =
+    "attribute_not_exists(pk) OR #exp < :now OR (#status = :in_progress AND #lease < :now_ms)";
+const HOLDER_CONDITION: &str = "#status = :in_progress AND lease_token = :token";
+
+#[derive(Clone, Debug)]
+pub struct DynamoStore {
+    client: Client,
+    table: String,
+}
+
+impl DynamoStore {
+    pub fn new(client: Client, table: impl Into<String>) -> Self {
+        Self {
+            client,
+            table: table.into(),
+        }
+    }
+
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    /// Reads a record (consistently). Used when a refused claim came back without the old item.
+    async fn read(&self, key: &str) -> Result<Option<StoredRecord>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(key))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(store_error)?;
+        Ok(out.item.as_ref().map(record_from))
+    }
+}
+
+fn s(v: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(v.into())
+}
+
+fn n(v: i64) -> AttributeValue {
+    AttributeValue::N(v.to_string())
+}
+
+fn record_from(item: &HashMap<String, AttributeValue>) -> StoredRecord {
+    let text = |name: &str| item.get(name).and_then(|v| v.as_s().ok()).cloned();
+    let number = |name: &str| {
+        item.get(name)
+            .and_then(|v| v.as_n().ok())
+            .and_then(|v| v.parse::<i64>().ok())
+            .unwrap_or(0)
+    };
+    StoredRecord {
+        status: text("status").unwrap_or_default(),
+        payload_hash: text("payload_hash"),
+        expiration: number("expiration"),
+        in_progress_expiration: number("in_progress_expiration"),
+    }
+}
+
+fn store_error<E: ProvideErrorMetadata + std::error::Error + 'static>(
+    error: SdkError<E, HttpResponse>,
+) -> StoreError {
+    let text = DisplayErrorContext(&error).to_string();
+    if super::is_transient(&error) {
+        StoreError::Unavailable(text)
+    } else {
+        StoreError::Rejected(text)
+    }
+}
+
+fn is_condition_failure<E: ProvideErrorMetadata>(error: &SdkError<E, HttpResponse>) -> bool {
+    matches!(error, SdkError::ServiceError(c) if c.err().code() == Some("ConditionalCheckFailedException"))
+}
+
+#[async_trait]
+impl IdempotencyStore for DynamoStore {
+    async fn claim(&self, claim: &Claim) -> Result<ClaimOutcome, StoreError> {
+        // A refused claim explains itself from the old item. If the record changed between the write and
+        // that explanation (it expired or was released just then), try again, a bounded number of times.
+        for _ in 0..3 {
+            let lease = Lease::new(claim.key.clone());
+            let result = self
+                .client
+                .put_item()
+                .table_name(&self.table)
+                .item("pk", s(claim.key.as_str()))
+                .item("status", s(IN_PROGRESS))
+                .item("expiration", n(claim.expiration))
+                .item("in_progress_expiration", n(claim.lease_until_ms))
+                .item("lease_token", s(&lease.token))
+                .item("payload_hash", s(&claim.payload_hash))
+                .item("claimed_at", n(claim.now_ms))
+                .condition_expression(CLAIM_CONDITION)
+                .expression_attribute_names("#exp", "expiration")
+                .expression_attribute_names("#status", "status")
+                .expression_attribute_names("#lease", "in_progress_expiration")
+                .expression_attribute_values(":now", n(claim.now_secs()))
+                .expression_attribute_values(":now_ms", n(claim.now_ms))
+                .expression_attribute_values(":in_progress", s(IN_PROGRESS))
+                .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+                .send()
+                .await;
+            let error = match result {
+                Ok(_) => return Ok(ClaimOutcome::Claimed(lease)),
+                Err(error) => error,
+            };
+            let old = match &error {
+                SdkError::ServiceError(c) => match c.err() {
+                    PutItemError::ConditionalCheckFailedException(e) => Some(e.item().map(record_from)),
+                    _ => None,
+                },
+                _ => None,
+            };
+            let old = match old {
+                None => return Err(store_error(error)),
+                Some(Some(record)) => Some(record),
+                Some(None) => self.read(claim.key.as_str()).await?,
+            };
+            if let Some(refusal) = old.and_then(|record| record.refusal(claim)) {
+                return Ok(refusal);
+            }
+        }
+        Err(StoreError::Unavailable(format!(
+            "the record for {} kept changing during the claim",
+            claim.key
+        )))
+    }
+
+    async fn complete(&self, lease: &Lease, expiration: i64) -> Result<(), StoreError> {
+        let now_ms = crate::clock::unix_ms_now();
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(lease.key.as_str()))
+            .update_expression("SET #status = :completed, #exp = :exp, completed_at = :now_ms")
+            .condition_expression(HOLDER_CONDITION)
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_names("#exp", "expiration")
+            .expression_attribute_values(":completed", s(COMPLETED))
+            .expression_attribute_values(":in_progress", s(IN_PROGRESS))
+            .expression_attribute_values(":exp", n(expiration))
+            .expression_attribute_values(":now_ms", n(now_ms))
+            .expression_attribute_values(":token", s(&lease.token))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) if is_condition_failure(&e) => Err(StoreError::LeaseLost(lease.key.clone())),
+            Err(e) => Err(store_error(e)),
+        }
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<(), StoreError> {
+        let result = self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .key("pk", s(lease.key.as_str()))
+            .condition_expression(HOLDER_CONDITION)
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":in_progress", s(IN_PROGRESS))
+            .expression_attribute_values(":token", s(&lease.token))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) if is_condition_failure(&e) => Err(StoreError::LeaseLost(lease.key.clone())),
+            Err(e) => Err(store_error(e)),
+        }
+    }
+}

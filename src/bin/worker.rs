@@ -1,0 +1,50 @@
+//! The worker Lambda: processes SQS batches of notifications once each in effect, answering with
+//! partial batch failures.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
+use intercom_webhooks::aws::dynamodb::DynamoStore;
+use intercom_webhooks::aws::sqs::SqsDeadLetters;
+use intercom_webhooks::aws::{lambda_sqs, load_config, CallBudget};
+use intercom_webhooks::clock::SystemClock;
+use intercom_webhooks::config::{Env, WorkerLambdaConfig};
+use intercom_webhooks::{handlers, metrics::Metrics, telemetry, worker::Worker};
+use lambda_runtime::{service_fn, LambdaEvent};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    telemetry::init_lambda();
+    let config = WorkerLambdaConfig::from_env(&Env::process()).context("the worker cannot start")?;
+    let sdk = load_config(CallBudget::WORKER).await;
+    let router = handlers::default_router(config.worker.notify).context("invalid handler routes")?;
+    tracing::info!(routes = ?router.describe(), "worker ready");
+    let worker = Arc::new(Worker::new(
+        Arc::new(DynamoStore::new(
+            aws_sdk_dynamodb::Client::new(&sdk),
+            config.table,
+        )),
+        Arc::new(SqsDeadLetters::new(
+            aws_sdk_sqs::Client::new(&sdk),
+            config.dead_letter_queue_url,
+        )),
+        router,
+        Arc::new(SystemClock),
+        Arc::new(Metrics::new()),
+        config.worker.settings,
+    ));
+    let handler = service_fn(move |event: LambdaEvent<SqsEvent>| {
+        let worker = worker.clone();
+        async move {
+            let deadline_ms = event.context.deadline as i64;
+            let result = worker
+                .process_batch(lambda_sqs::records(event.payload), deadline_ms)
+                .await;
+            Ok::<SqsBatchResponse, lambda_runtime::Error>(lambda_sqs::batch_response(&result))
+        }
+    });
+    lambda_runtime::run(handler)
+        .await
+        .map_err(|e| anyhow::anyhow!("the Lambda runtime stopped: {e}"))
+}

@@ -1,0 +1,28 @@
+//! Built-in handlers, and the default routing the worker starts with.
+//!
+//! To add your own: write a type that implements [`crate::handler::Handler`] (one file under
+//! `src/handlers/`), then register it in [`default_router`] with one `route` line.
+
+pub mod notify;
+pub mod summary;
+
+use std::sync::Arc;
+
+use crate::router::{PatternError, Router};
+
+pub use notify::{NotifyHandler, NotifySettings, DEFAULT_NOTIFY_TOPICS};
+pub use summary::{summarize, SummaryHandler, SUMMARY_TOPICS};
+
+/// The router with the built-in handlers: the summary log line for the common topics, and the chat
+/// notification when `notify` is configured.
+pub fn default_router(notify: Option<NotifySettings>) -> Result<Router, PatternError> {
+    let mut router = Router::new().route_all(SUMMARY_TOPICS.iter().copied(), Arc::new(SummaryHandler))?;
+    if let Some(settings) = notify {
+        let topics = settings.topics.clone();
+        let handler = Arc::new(NotifyHandler::new(settings));
+        router = router.route_all(topics.iter().map(String::as_str), handler)?;
+    }
+    // Register your own handlers here, e.g.:
+    // router = router.route("contact.*.tag.created", Arc::new(MyCrmSync::new(...)))?;
+    Ok(router)
+}

@@ -1,0 +1,243 @@
+//! The idempotency state machine: a notification is claimed (IN_PROGRESS, with a lease), then completed
+//! (COMPLETED until the retention ends) or released (deleted) by whoever holds the lease. Every move is
+//! one conditional write in the store; nothing is read-then-written.
+
+use std::fmt;
+
+use async_trait::async_trait;
+use sha2::{Digest, Sha256};
+
+use crate::notification::{AppId, NotificationId};
+
+/// The record key: the notification id, qualified by the app id when there is one.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct IdempotencyKey(String);
+
+impl IdempotencyKey {
+    pub fn for_notification(id: &NotificationId, app: Option<&AppId>) -> Self {
+        match app {
+            Some(app) => Self(format!("{app}#{id}")),
+            None => Self(id.to_string()),
+        }
+    }
+
+    /// A key read back from a store.
+    pub fn from_stored(raw: impl Into<String>) -> Self {
+        Self(raw.into())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for IdempotencyKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// SHA-256 (hex) of the canonical JSON of a notification's `data`: object keys sorted, no whitespace.
+pub fn payload_hash(data: &serde_json::Value) -> String {
+    // serde_json's map is ordered by key unless `preserve_order` is on, which makes this canonical.
+    let canonical = serde_json::to_vec(data).expect("a JSON value always serialises");
+    hex::encode(Sha256::digest(&canonical))
+}
+
+/// Record states, as stored.
+pub const IN_PROGRESS: &str = "IN_PROGRESS";
+pub const COMPLETED: &str = "COMPLETED";
+
+/// What a claim asks for. Times come from the caller's clock so every adapter agrees on them.
+#[derive(Clone, Debug)]
+pub struct Claim {
+    pub key: IdempotencyKey,
+    pub payload_hash: String,
+    /// Now, Unix milliseconds.
+    pub now_ms: i64,
+    /// The lease: until when (Unix ms) this worker may hold the claim.
+    pub lease_until_ms: i64,
+    /// When the record may be forgotten (Unix seconds; the table's TTL attribute).
+    pub expiration: i64,
+}
+
+impl Claim {
+    pub fn now_secs(&self) -> i64 {
+        self.now_ms.div_euclid(1000)
+    }
+}
+
+/// A held claim. Only its holder can complete or release the record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lease {
+    pub key: IdempotencyKey,
+    pub token: String,
+}
+
+impl Lease {
+    pub fn new(key: IdempotencyKey) -> Self {
+        Self {
+            key,
+            token: uuid::Uuid::new_v4().simple().to_string(),
+        }
+    }
+}
+
+/// The answer to a claim.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClaimOutcome {
+    /// This worker holds the record now and must complete or release it.
+    Claimed(Lease),
+    /// Already processed; `same_payload` is false when the stored payload hash differs (a reused key).
+    Completed { same_payload: bool },
+    /// Another worker holds an unexpired lease until `lease_until_ms`.
+    InFlight { lease_until_ms: i64 },
+}
+
+/// A stored record as the state machine sees it (used by adapters to explain a refused claim).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredRecord {
+    pub status: String,
+    pub payload_hash: Option<String>,
+    pub expiration: i64,
+    pub in_progress_expiration: i64,
+}
+
+impl StoredRecord {
+    /// Why `claim` could not take this record. `None` if the record should not have blocked the claim
+    /// (expired or an expired lease): the adapter may then retry the claim.
+    pub fn refusal(&self, claim: &Claim) -> Option<ClaimOutcome> {
+        if self.expiration < claim.now_secs() {
+            return None;
+        }
+        if self.status == COMPLETED {
+            return Some(ClaimOutcome::Completed {
+                same_payload: self.payload_hash.as_deref() == Some(claim.payload_hash.as_str()),
+            });
+        }
+        if self.in_progress_expiration < claim.now_ms {
+            return None;
+        }
+        Some(ClaimOutcome::InFlight {
+            lease_until_ms: self.in_progress_expiration,
+        })
+    }
+}
+
+/// The idempotency port.
+#[async_trait]
+pub trait IdempotencyStore: Send + Sync {
+    /// One conditional write: takes the record if it is absent, expired, or IN_PROGRESS with an expired
+    /// lease; otherwise says why not.
+    async fn claim(&self, claim: &Claim) -> Result<ClaimOutcome, StoreError>;
+    /// Marks the record COMPLETED until `expiration` (Unix s), if `lease` still holds it.
+    async fn complete(&self, lease: &Lease, expiration: i64) -> Result<(), StoreError>;
+    /// Deletes the record, if `lease` still holds it, so a later delivery can claim it.
+    async fn release(&self, lease: &Lease) -> Result<(), StoreError>;
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// The store could not be reached or failed transiently: retry later.
+    #[error("idempotency store unavailable: {0}")]
+    Unavailable(String),
+    /// The lease token no longer matches: another worker took the record over.
+    #[error("the claim on {0} is no longer held by this worker")]
+    LeaseLost(IdempotencyKey),
+    /// The store refused the request itself (bad table, bad schema): retrying will not help.
+    #[error("idempotency store refused the request: {0}")]
+    Rejected(String),
+}
+
+impl StoreError {
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn keys_are_qualified_by_app() {
+        let id = NotificationId::parse("notif_1").unwrap();
+        let app = AppId::parse("abc").unwrap();
+        assert_eq!(
+            IdempotencyKey::for_notification(&id, Some(&app)).as_str(),
+            "abc#notif_1"
+        );
+        assert_eq!(IdempotencyKey::for_notification(&id, None).as_str(), "notif_1");
+    }
+
+    #[test]
+    fn payload_hash_is_canonical() {
+        let a: serde_json::Value = serde_json::from_str(r#"{"b": 1, "a": {"y": [1, 2], "x": "s"}}"#).unwrap();
+        let b: serde_json::Value =
+            serde_json::from_str("{\n \"a\": {\"x\":\"s\",\"y\":[1,2]},\"b\":1}").unwrap();
+        assert_eq!(payload_hash(&a), payload_hash(&b));
+        assert_ne!(payload_hash(&a), payload_hash(&json!({"b": 2})));
+        assert_eq!(payload_hash(&a).len(), 64);
+    }
+
+    fn claim(now_ms: i64) -> Claim {
+        Claim {
+            key: IdempotencyKey::from_stored("k"),
+            payload_hash: "h".into(),
+            now_ms,
+            lease_until_ms: now_ms + 1000,
+            expiration: now_ms / 1000 + 60,
+        }
+    }
+
+    #[test]
+    fn refusals() {
+        let completed = StoredRecord {
+            status: COMPLETED.into(),
+            payload_hash: Some("h".into()),
+            expiration: 100,
+            in_progress_expiration: 0,
+        };
+        assert_eq!(
+            completed.refusal(&claim(50_000)),
+            Some(ClaimOutcome::Completed { same_payload: true })
+        );
+        let other = StoredRecord {
+            payload_hash: Some("other".into()),
+            ..completed.clone()
+        };
+        assert_eq!(
+            other.refusal(&claim(50_000)),
+            Some(ClaimOutcome::Completed { same_payload: false })
+        );
+        assert_eq!(
+            completed.refusal(&claim(101_000)),
+            None,
+            "expired records are absent"
+        );
+        let in_progress = StoredRecord {
+            status: IN_PROGRESS.into(),
+            payload_hash: Some("h".into()),
+            expiration: 100,
+            in_progress_expiration: 60_000,
+        };
+        assert_eq!(
+            in_progress.refusal(&claim(50_000)),
+            Some(ClaimOutcome::InFlight {
+                lease_until_ms: 60_000
+            })
+        );
+        assert_eq!(
+            in_progress.refusal(&claim(60_001)),
+            None,
+            "an expired lease can be taken over"
+        );
+    }
+
+    #[test]
+    fn lease_tokens_are_unique() {
+        let k = IdempotencyKey::from_stored("k");
+        assert_ne!(Lease::new(k.clone()).token, Lease::new(k).token);
+    }
+}

@@ -1,0 +1,90 @@
+//! Counters and timings shared by the intake and the worker. Cheap to update; read by tests, by the local
+//! server's `/metrics`, and flushed as CloudWatch embedded-metric-format lines on Lambda.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+type Labels = Vec<(String, String)>;
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    counters: Mutex<BTreeMap<(String, Labels), u64>>,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds 1 to counter `name` with `labels`.
+    pub fn incr(&self, name: &str, labels: &[(&str, &str)]) {
+        self.add(name, labels, 1);
+    }
+
+    pub fn add(&self, name: &str, labels: &[(&str, &str)], value: u64) {
+        let key = (name.to_owned(), owned(labels));
+        *self
+            .counters
+            .lock()
+            .expect("metrics lock")
+            .entry(key)
+            .or_default() += value;
+    }
+
+    /// The value of one counter with exactly these labels.
+    pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
+        let key = (name.to_owned(), owned(labels));
+        self.counters
+            .lock()
+            .expect("metrics lock")
+            .get(&key)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// The sum of a counter over all its labels.
+    pub fn total(&self, name: &str) -> u64 {
+        self.counters
+            .lock()
+            .expect("metrics lock")
+            .iter()
+            .filter(|((n, _), _)| n == name)
+            .map(|(_, v)| v)
+            .sum()
+    }
+
+    /// Every counter: ((name, labels), value).
+    pub fn snapshot(&self) -> Vec<((String, Labels), u64)> {
+        self.counters
+            .lock()
+            .expect("metrics lock")
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect()
+    }
+}
+
+fn owned(labels: &[(&str, &str)]) -> Labels {
+    let mut labels: Labels = labels
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    labels.sort();
+    labels
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_by_labels() {
+        let m = Metrics::new();
+        m.incr("processed", &[("topic", "a"), ("outcome", "processed")]);
+        m.incr("processed", &[("outcome", "processed"), ("topic", "a")]);
+        m.incr("processed", &[("topic", "b"), ("outcome", "retry")]);
+        assert_eq!(m.get("processed", &[("topic", "a"), ("outcome", "processed")]), 2);
+        assert_eq!(m.total("processed"), 3);
+        assert_eq!(m.get("missing", &[]), 0);
+    }
+}

@@ -1,0 +1,316 @@
+//! Processing a batch of queued notifications, once each in effect: claim the id, run the topic's
+//! handlers, then complete (or release and retry, or dead-letter). The worker Lambda and the local
+//! server's background loop both call [`Worker::process_batch`].
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::{FutureExt, StreamExt};
+use tracing::{field, info, warn, Instrument};
+
+use crate::clock::Clock;
+use crate::handler::{HandlerContext, HandlerError};
+use crate::idempotency::{payload_hash, Claim, ClaimOutcome, IdempotencyKey, IdempotencyStore, StoreError};
+use crate::metrics::Metrics;
+use crate::notification::Notification;
+use crate::queue::{attr, DeadLetterQueue, Message};
+use crate::router::Router;
+
+/// One received queue message.
+#[derive(Clone, Debug)]
+pub struct Record {
+    /// The queue's id for the message (SQS `messageId`): what a batch failure names.
+    pub message_id: String,
+    pub message: Message,
+    /// How many times the queue has handed out this message, this time included.
+    pub receive_count: u32,
+}
+
+/// How one record ended. Exactly one INFO line per record reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Outcome {
+    /// Handlers succeeded; the record is COMPLETED.
+    Processed,
+    /// Already completed earlier: acknowledged without running handlers.
+    Duplicate,
+    /// Another worker holds the claim: retried later.
+    InFlight,
+    /// A retryable failure: the claim was released and the message will be delivered again.
+    Retry,
+    /// A permanent failure: stored on the dead-letter queue with its reason and acknowledged.
+    DeadLettered,
+    /// No handler matches the topic: acknowledged and counted.
+    Ignored,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Processed => "processed",
+            Outcome::Duplicate => "duplicate",
+            Outcome::InFlight => "in_flight",
+            Outcome::Retry => "retry",
+            Outcome::DeadLettered => "dead_lettered",
+            Outcome::Ignored => "ignored",
+        }
+    }
+
+    /// Whether the queue must deliver the message again.
+    pub fn needs_retry(self) -> bool {
+        matches!(self, Outcome::InFlight | Outcome::Retry)
+    }
+}
+
+/// The outcome of every record of a batch, in the batch's order.
+#[derive(Clone, Debug, Default)]
+pub struct BatchResult {
+    pub outcomes: Vec<(String, Outcome)>,
+}
+
+impl BatchResult {
+    /// Message ids to report as batch item failures.
+    pub fn failures(&self) -> Vec<String> {
+        self.outcomes
+            .iter()
+            .filter(|(_, o)| o.needs_retry())
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    pub fn count(&self, outcome: Outcome) -> usize {
+        self.outcomes.iter().filter(|(_, o)| *o == outcome).count()
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct WorkerSettings {
+    /// How long a completed record is remembered (duplicates within it are suppressed).
+    pub retention: Duration,
+    /// The queue's visibility timeout: a claim's lease never outlasts it.
+    pub visibility_timeout: Duration,
+    /// Records of one batch processed at the same time.
+    pub concurrency: usize,
+}
+
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        Self {
+            retention: Duration::from_secs(7 * 24 * 3600),
+            visibility_timeout: Duration::from_secs(180),
+            concurrency: 10,
+        }
+    }
+}
+
+pub struct Worker {
+    store: Arc<dyn IdempotencyStore>,
+    dead_letters: Arc<dyn DeadLetterQueue>,
+    router: Router,
+    clock: Arc<dyn Clock>,
+    metrics: Arc<Metrics>,
+    settings: WorkerSettings,
+}
+
+impl Worker {
+    pub fn new(
+        store: Arc<dyn IdempotencyStore>,
+        dead_letters: Arc<dyn DeadLetterQueue>,
+        router: Router,
+        clock: Arc<dyn Clock>,
+        metrics: Arc<Metrics>,
+        settings: WorkerSettings,
+    ) -> Self {
+        Self {
+            store,
+            dead_letters,
+            router,
+            clock,
+            metrics,
+            settings,
+        }
+    }
+
+    pub fn router(&self) -> &Router {
+        &self.router
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Processes every record (concurrently, bounded) and never fails as a whole: each record's outcome
+    /// says whether it must be retried. `deadline_ms` is when the invocation must end (Unix ms).
+    pub async fn process_batch(&self, records: Vec<Record>, deadline_ms: i64) -> BatchResult {
+        let concurrency = self.settings.concurrency.max(1);
+        let outcomes = futures::stream::iter(records)
+            .map(|record| async move {
+                let outcome = self.process(&record, deadline_ms).await;
+                (record.message_id, outcome)
+            })
+            .buffered(concurrency)
+            .collect()
+            .await;
+        BatchResult { outcomes }
+    }
+
+    /// Processes one record, logging its outcome line.
+    pub async fn process(&self, record: &Record, deadline_ms: i64) -> Outcome {
+        let span = tracing::info_span!(
+            "notification",
+            notification_id = record.message.attribute(attr::NOTIFICATION_ID).unwrap_or_default(),
+            topic = record.message.attribute(attr::TOPIC).unwrap_or_default(),
+            app_id = record.message.attribute(attr::APP_ID).unwrap_or_default(),
+            delivery_attempts = record.message.attribute(attr::DELIVERY_ATTEMPTS).unwrap_or_default(),
+            receive_count = record.receive_count,
+            message_id = %record.message_id,
+            outcome = field::Empty,
+        );
+        let started = Instant::now();
+        let (outcome, topic) = self
+            .process_inner(record, deadline_ms)
+            .instrument(span.clone())
+            .await;
+        let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
+        self.metrics
+            .incr("processed", &[("topic", &topic), ("outcome", outcome.as_str())]);
+        self.metrics
+            .add("handler_latency_ms_sum", &[], duration_ms.round() as u64);
+        span.in_scope(|| {
+            info!(outcome = outcome.as_str(), duration_ms, "outcome");
+        });
+        outcome
+    }
+
+    async fn process_inner(&self, record: &Record, deadline_ms: i64) -> (Outcome, String) {
+        let body = record.message.raw_body();
+        let notification = match Notification::parse(&body) {
+            Ok(n) => n,
+            Err(error) => {
+                let topic = record
+                    .message
+                    .attribute(attr::TOPIC)
+                    .unwrap_or("unknown")
+                    .to_owned();
+                let reason = format!("malformed: {error}");
+                return (self.dead_letter(record, &reason).await, topic);
+            }
+        };
+        let topic = notification.topic().to_string();
+        let span = tracing::Span::current();
+        span.record("notification_id", notification.id.as_str());
+        span.record("topic", topic.as_str());
+
+        let handlers = self.router.handlers_for(&topic);
+        if handlers.is_empty() || notification.envelope.is_ping() {
+            return (Outcome::Ignored, topic);
+        }
+
+        let now_ms = self.clock.now_ms();
+        let key = IdempotencyKey::for_notification(&notification.id, notification.app_id());
+        let visibility_ms = self.settings.visibility_timeout.as_millis() as i64;
+        let claim = Claim {
+            key,
+            payload_hash: payload_hash(&notification.data),
+            now_ms,
+            lease_until_ms: deadline_ms.min(now_ms + visibility_ms),
+            expiration: now_ms.div_euclid(1000) + self.settings.retention.as_secs() as i64,
+        };
+        let lease = match self.store.claim(&claim).await {
+            Ok(ClaimOutcome::Claimed(lease)) => lease,
+            Ok(ClaimOutcome::Completed { same_payload }) => {
+                self.metrics.incr("duplicates", &[]);
+                if !same_payload {
+                    self.metrics.incr("duplicate_payload_mismatch", &[]);
+                    warn!(
+                        key = %claim.key,
+                        "a completed notification id arrived with a different payload: the key was reused; not processed again"
+                    );
+                }
+                return (Outcome::Duplicate, topic);
+            }
+            Ok(ClaimOutcome::InFlight { lease_until_ms }) => {
+                info!(lease_until_ms, "another worker holds the claim");
+                return (Outcome::InFlight, topic);
+            }
+            Err(error) => {
+                warn!(%error, "could not claim the notification");
+                return (Outcome::Retry, topic);
+            }
+        };
+
+        let context = HandlerContext {
+            receive_count: record.receive_count,
+            deadline_ms,
+        };
+        let mut failure = None;
+        for handler in handlers {
+            let run = AssertUnwindSafe(handler.handle(&notification, &context)).catch_unwind();
+            let result = run.await.unwrap_or_else(|panic| {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic".to_owned());
+                Err(HandlerError::retryable(format!("handler panicked: {what}")))
+            });
+            if let Err(error) = result {
+                warn!(handler = handler.name(), %error, "handler failed");
+                failure = Some((handler.name().to_owned(), error));
+                break;
+            }
+        }
+
+        match failure {
+            None => {
+                let expiration =
+                    self.clock.now_ms().div_euclid(1000) + self.settings.retention.as_secs() as i64;
+                match self.store.complete(&lease, expiration).await {
+                    Ok(()) => {}
+                    Err(StoreError::LeaseLost(_)) => {
+                        warn!("handled, but the lease expired and another worker took the claim over")
+                    }
+                    // The effects happened; acknowledging keeps them from happening again for this message.
+                    Err(error) => warn!(%error, "handled, but the record could not be marked completed"),
+                }
+                (Outcome::Processed, topic)
+            }
+            Some((_, HandlerError::Retryable(_))) => {
+                self.release(&lease).await;
+                (Outcome::Retry, topic)
+            }
+            Some((handler, HandlerError::Permanent(why))) => {
+                let outcome = self
+                    .dead_letter(record, &format!("handler {handler}: {why}"))
+                    .await;
+                self.release(&lease).await;
+                (outcome, topic)
+            }
+        }
+    }
+
+    async fn release(&self, lease: &crate::idempotency::Lease) {
+        if let Err(error) = self.store.release(lease).await {
+            // The lease expires on its own; a later delivery can then claim the record.
+            warn!(%error, "could not release the claim");
+        }
+    }
+
+    async fn dead_letter(&self, record: &Record, reason: &str) -> Outcome {
+        let mut message = record.message.clone();
+        message
+            .attributes
+            .insert("receive_count".into(), record.receive_count.to_string());
+        match self.dead_letters.dead_letter(&message, reason).await {
+            Ok(()) => {
+                self.metrics.incr("dead_lettered", &[]);
+                warn!(reason, "dead-lettered");
+                Outcome::DeadLettered
+            }
+            Err(error) => {
+                warn!(%error, reason, "could not dead-letter; the message will be retried");
+                Outcome::Retry
+            }
+        }
+    }
+}

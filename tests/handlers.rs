@@ -1,0 +1,239 @@
+//! Built-in handlers: routing of every real fixture, the notify handler against a mock chat webhook, and
+//! the Lambda SQS event translation.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{create_queue, create_table, fixtures, record, unique};
+use intercom_webhooks::aws::dynamodb::DynamoStore;
+use intercom_webhooks::aws::lambda_sqs;
+use intercom_webhooks::aws::sqs::SqsDeadLetters;
+use intercom_webhooks::clock::SystemClock;
+use intercom_webhooks::handler::{Handler, HandlerContext, HandlerError};
+use intercom_webhooks::handlers::{default_router, NotifyHandler, NotifySettings, DEFAULT_NOTIFY_TOPICS};
+use intercom_webhooks::metrics::Metrics;
+use intercom_webhooks::notification::Notification;
+use intercom_webhooks::worker::{Outcome, Worker, WorkerSettings};
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+fn settings(url: String) -> NotifySettings {
+    NotifySettings {
+        url,
+        topics: DEFAULT_NOTIFY_TOPICS.iter().map(|t| t.to_string()).collect(),
+        timeout: Duration::from_secs(2),
+    }
+}
+
+fn context() -> HandlerContext {
+    HandlerContext {
+        receive_count: 1,
+        deadline_ms: i64::MAX,
+    }
+}
+
+#[test]
+fn every_fixture_routes_to_the_right_builtin_handlers() {
+    let router = default_router(Some(settings("http://127.0.0.1:9/hook".into()))).unwrap();
+    let expected: &[(&str, &[&str])] = &[
+        ("contact_deleted.json", &[]),
+        ("contact_user_created.json", &["summary"]),
+        ("contact_user_tag_created.json", &["summary"]),
+        ("conversation_admin_closed.json", &["summary"]),
+        ("conversation_admin_replied.json", &["summary"]),
+        ("conversation_user_created.json", &["summary", "notify"]),
+        ("conversation_user_replied.json", &["summary", "notify"]),
+        ("ping.json", &[]),
+        ("ticket_created.json", &["summary"]),
+        ("visitor_signed_up.json", &["summary"]),
+    ];
+    let all = fixtures();
+    assert_eq!(all.len(), expected.len());
+    for ((file, body), (name, handlers)) in all.iter().zip(expected) {
+        assert_eq!(file, name);
+        let topic: serde_json::Value = serde_json::from_slice(body).unwrap();
+        let names: Vec<String> = router
+            .handlers_for(topic["topic"].as_str().unwrap())
+            .iter()
+            .map(|h| h.name().to_owned())
+            .collect();
+        assert_eq!(names, *handlers, "{file}");
+    }
+    // Without a notify URL there is no notify handler.
+    let plain = default_router(None).unwrap();
+    assert_eq!(plain.handlers_for("conversation.user.created").len(), 1);
+}
+
+#[tokio::test]
+async fn the_worker_runs_every_fixture_through_the_builtin_handlers() {
+    let chat = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/hook"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&chat)
+        .await;
+    let sdk = common::aws_config().await;
+    let dynamo = aws_sdk_dynamodb::Client::new(&sdk);
+    let sqs = aws_sdk_sqs::Client::new(&sdk);
+    let table = unique("idem");
+    create_table(&dynamo, &table).await;
+    let dlq = create_queue(&sqs, &unique("dlq")).await;
+    let worker = Worker::new(
+        Arc::new(DynamoStore::new(dynamo, &table)),
+        Arc::new(SqsDeadLetters::new(sqs, &dlq)),
+        default_router(Some(settings(format!("{}/hook", chat.uri())))).unwrap(),
+        Arc::new(SystemClock),
+        Arc::new(Metrics::new()),
+        WorkerSettings::default(),
+    );
+    let records = fixtures()
+        .iter()
+        .filter(|(name, _)| name != "ping.json")
+        .map(|(name, body)| record(name, body))
+        .collect();
+    let result = worker.process_batch(records, i64::MAX).await;
+    for (name, outcome) in &result.outcomes {
+        let expected = if name == "contact_deleted.json" {
+            Outcome::Ignored
+        } else {
+            Outcome::Processed
+        };
+        assert_eq!(*outcome, expected, "{name}");
+    }
+    let posts = chat.received_requests().await.unwrap();
+    let mut texts: Vec<String> = posts
+        .iter()
+        .map(|r| {
+            serde_json::from_slice::<serde_json::Value>(&r.body).unwrap()["text"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    texts.sort();
+    assert_eq!(texts.len(), 2, "{texts:?}");
+    assert_eq!(
+        texts[0],
+        "conversation.user.created: Rose Poodle from St. John's, conversation 21321941764: \"Hello everyone!\""
+    );
+    assert!(
+        texts[1].starts_with("conversation.user.replied: "),
+        "{}",
+        texts[1]
+    );
+    assert!(posts
+        .iter()
+        .all(|r| r.headers["content-type"] == "application/json"));
+}
+
+#[tokio::test]
+async fn notify_classes_webhook_answers() {
+    let body = &fixtures()
+        .into_iter()
+        .find(|(n, _)| n == "conversation_user_created.json")
+        .unwrap()
+        .1;
+    let notification = Notification::parse(body).unwrap();
+    for (status, expected) in [
+        (200, None),
+        (204, None),
+        (500, Some(true)),
+        (503, Some(true)),
+        (429, Some(true)),
+        (400, Some(false)),
+        (403, Some(false)),
+        (404, Some(false)),
+    ] {
+        let chat = MockServer::start().await;
+        Mock::given(method("POST"))
+            .respond_with(ResponseTemplate::new(status))
+            .expect(1)
+            .mount(&chat)
+            .await;
+        let handler = NotifyHandler::new(settings(format!("{}/hook", chat.uri())));
+        let result = handler.handle(&notification, &context()).await;
+        match expected {
+            None => assert_eq!(result, Ok(()), "{status}"),
+            Some(retryable) => {
+                let error = result.unwrap_err();
+                assert_eq!(error.is_retryable(), retryable, "{status}: {error}");
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn notify_timeouts_and_unreachable_hooks_are_retryable_and_never_leak_the_url() {
+    let body = &fixtures()
+        .into_iter()
+        .find(|(n, _)| n == "conversation_user_created.json")
+        .unwrap()
+        .1;
+    let notification = Notification::parse(body).unwrap();
+    let chat = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_secs(5)))
+        .mount(&chat)
+        .await;
+    let mut slow = settings(format!("{}/hook/SECRET-TOKEN", chat.uri()));
+    slow.timeout = Duration::from_millis(300);
+    let error = NotifyHandler::new(slow)
+        .handle(&notification, &context())
+        .await
+        .unwrap_err();
+    assert!(matches!(error, HandlerError::Retryable(_)), "{error}");
+    assert!(!error.to_string().contains("SECRET-TOKEN"), "{error}");
+
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let error = NotifyHandler::new(settings(format!("http://{closed}/hook/SECRET-TOKEN")))
+        .handle(&notification, &context())
+        .await
+        .unwrap_err();
+    assert!(error.is_retryable(), "{error}");
+    assert!(!error.to_string().contains("SECRET-TOKEN"), "{error}");
+}
+
+#[test]
+fn lambda_sqs_events_become_records_and_failures_become_a_partial_batch_response() {
+    let event: aws_lambda_events::event::sqs::SqsEvent = serde_json::from_value(serde_json::json!({
+        "Records": [{
+            "messageId": "059f36b4-87a3-44ab-83d2-661975830a7d",
+            "receiptHandle": "AQEBwJnKyrHigUMZj6rYigCgxlaS3SLy0a",
+            "body": "{\"id\":\"notif_1\"}",
+            "attributes": {"ApproximateReceiveCount": "3", "SentTimestamp": "1545082649183"},
+            "messageAttributes": {
+                "topic": {"stringValue": "contact.created", "stringListValues": [], "binaryListValues": [], "dataType": "String"}
+            },
+            "md5OfBody": "e4e68fb7bd0e697a0ae8f1bb342846b3",
+            "eventSource": "aws:sqs",
+            "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:notifications",
+            "awsRegion": "us-east-1"
+        }]
+    }))
+    .unwrap();
+    let records = lambda_sqs::records(event);
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].message_id, "059f36b4-87a3-44ab-83d2-661975830a7d");
+    assert_eq!(records[0].receive_count, 3);
+    assert_eq!(records[0].message.attribute("topic"), Some("contact.created"));
+    assert_eq!(records[0].message.body, "{\"id\":\"notif_1\"}");
+
+    let result = intercom_webhooks::worker::BatchResult {
+        outcomes: vec![
+            ("a".into(), Outcome::Processed),
+            ("b".into(), Outcome::Retry),
+            ("c".into(), Outcome::InFlight),
+            ("d".into(), Outcome::DeadLettered),
+        ],
+    };
+    let response = serde_json::to_value(lambda_sqs::batch_response(&result)).unwrap();
+    assert_eq!(
+        response,
+        serde_json::json!({"batchItemFailures": [{"itemIdentifier": "b"}, {"itemIdentifier": "c"}]})
+    );
+}

@@ -1,0 +1,520 @@
+//! The worker against the AWS emulator: DynamoDB idempotency, SQS dead-letter queue and redrive.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use common::{attr, create_queue, create_table, drain, notification_body, record, unique};
+use intercom_webhooks::aws::dynamodb::DynamoStore;
+use intercom_webhooks::aws::sqs::SqsDeadLetters;
+use intercom_webhooks::clock::{Clock, ShiftedClock};
+use intercom_webhooks::handler::{Handler, HandlerContext, HandlerError};
+use intercom_webhooks::idempotency::{Claim, ClaimOutcome, IdempotencyKey, IdempotencyStore, StoreError};
+use intercom_webhooks::metrics::Metrics;
+use intercom_webhooks::notification::Notification;
+use intercom_webhooks::router::Router;
+use intercom_webhooks::worker::{Outcome, Record, Worker, WorkerSettings};
+use serde_json::json;
+
+/// What a test handler does on each call, by notification id: fail this many times first, how.
+#[derive(Default)]
+struct Scripted {
+    calls: Mutex<HashMap<String, usize>>,
+    fail_first: Mutex<HashMap<String, (usize, HandlerError)>>,
+    panic_on: Mutex<Vec<String>>,
+}
+
+impl Scripted {
+    fn calls(&self, id: &str) -> usize {
+        self.calls.lock().unwrap().get(id).copied().unwrap_or(0)
+    }
+    fn fail(&self, id: &str, times: usize, error: HandlerError) {
+        self.fail_first.lock().unwrap().insert(id.into(), (times, error));
+    }
+}
+
+#[async_trait]
+impl Handler for Scripted {
+    fn name(&self) -> &str {
+        "scripted"
+    }
+    async fn handle(&self, n: &Notification, _: &HandlerContext) -> Result<(), HandlerError> {
+        let id = n.id.to_string();
+        let call = {
+            let mut calls = self.calls.lock().unwrap();
+            let c = calls.entry(id.clone()).or_default();
+            *c += 1;
+            *c
+        };
+        if self.panic_on.lock().unwrap().contains(&id) {
+            panic!("boom in {id}");
+        }
+        // Give concurrent duplicates a chance to overlap.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        if let Some((times, error)) = self.fail_first.lock().unwrap().get(&id) {
+            if call <= *times {
+                return Err(error.clone());
+            }
+        }
+        Ok(())
+    }
+}
+
+struct Setup {
+    worker: Worker,
+    handler: Arc<Scripted>,
+    store: Arc<DynamoStore>,
+    dynamo: aws_sdk_dynamodb::Client,
+    sqs: aws_sdk_sqs::Client,
+    table: String,
+    dlq: String,
+    clock: Arc<ShiftedClock>,
+    metrics: Arc<Metrics>,
+}
+
+async fn setup() -> Setup {
+    let sdk = common::aws_config().await;
+    let dynamo = aws_sdk_dynamodb::Client::new(&sdk);
+    let sqs = aws_sdk_sqs::Client::new(&sdk);
+    let table = unique("idempotency");
+    create_table(&dynamo, &table).await;
+    let dlq = create_queue(&sqs, &unique("dlq")).await;
+    let handler = Arc::new(Scripted::default());
+    let router = Router::new().route("*", handler.clone()).unwrap();
+    let store = Arc::new(DynamoStore::new(dynamo.clone(), &table));
+    let clock = Arc::new(ShiftedClock::default());
+    let metrics = Arc::new(Metrics::new());
+    let worker = Worker::new(
+        store.clone(),
+        Arc::new(SqsDeadLetters::new(sqs.clone(), &dlq)),
+        router,
+        clock.clone(),
+        metrics.clone(),
+        WorkerSettings::default(),
+    );
+    Setup {
+        worker,
+        handler,
+        store,
+        dynamo,
+        sqs,
+        table,
+        dlq,
+        clock,
+        metrics,
+    }
+}
+
+fn deadline() -> i64 {
+    intercom_webhooks::clock::unix_ms_now() + 60_000
+}
+
+fn body(id: &str) -> Vec<u8> {
+    notification_body(
+        id,
+        "conversation.user.created",
+        json!({"type": "conversation", "id": "1"}),
+    )
+}
+
+async fn stored(s: &Setup, key: &str) -> Option<HashMap<String, aws_sdk_dynamodb::types::AttributeValue>> {
+    s.dynamo
+        .get_item()
+        .table_name(&s.table)
+        .key("pk", aws_sdk_dynamodb::types::AttributeValue::S(key.into()))
+        .consistent_read(true)
+        .send()
+        .await
+        .unwrap()
+        .item
+}
+
+#[tokio::test]
+async fn the_same_notification_twice_in_a_batch_and_again_later_is_handled_once() {
+    let s = setup().await;
+    let b = body("notif_dup");
+    let first = s
+        .worker
+        .process_batch(vec![record("m1", &b), record("m2", &b)], deadline())
+        .await;
+    assert_eq!(s.handler.calls("notif_dup"), 1);
+    assert_eq!(first.count(Outcome::Processed), 1);
+    // The other copy either saw the claim in flight (retried later) or the completed record.
+    assert_eq!(
+        first.count(Outcome::InFlight) + first.count(Outcome::Duplicate),
+        1
+    );
+
+    let later = s
+        .worker
+        .process_batch(vec![record("m3", &b), record("m2", &b)], deadline())
+        .await;
+    assert_eq!(later.count(Outcome::Duplicate), 2);
+    assert!(later.failures().is_empty());
+    assert_eq!(s.handler.calls("notif_dup"), 1, "the effect happened once");
+
+    let item = stored(&s, "testapp#notif_dup").await.unwrap();
+    assert_eq!(item["status"].as_s().unwrap(), "COMPLETED");
+    let expiration: i64 = item["expiration"].as_n().unwrap().parse().unwrap();
+    let now = intercom_webhooks::clock::unix_ms_now() / 1000;
+    assert!(
+        (expiration - now - 7 * 86_400).abs() < 60,
+        "retention of 7 days by default"
+    );
+    assert_eq!(item["payload_hash"].as_s().unwrap().len(), 64);
+}
+
+#[tokio::test]
+async fn concurrent_claims_of_one_id_have_exactly_one_winner() {
+    let s = setup().await;
+    let now = s.clock.now_ms();
+    let claim = Claim {
+        key: IdempotencyKey::from_stored("race"),
+        payload_hash: "h".into(),
+        now_ms: now,
+        lease_until_ms: now + 30_000,
+        expiration: now / 1000 + 3600,
+    };
+    let results = futures::future::join_all((0..16).map(|_| s.store.claim(&claim))).await;
+    let winners = results
+        .iter()
+        .filter(|r| matches!(r, Ok(ClaimOutcome::Claimed(_))))
+        .count();
+    let in_flight = results
+        .iter()
+        .filter(|r| matches!(r, Ok(ClaimOutcome::InFlight { .. })))
+        .count();
+    assert_eq!((winners, in_flight), (1, 15), "{results:?}");
+}
+
+#[tokio::test]
+async fn a_retryable_failure_releases_the_claim_and_the_next_delivery_processes_it() {
+    let s = setup().await;
+    s.handler
+        .fail("notif_retry", 1, HandlerError::retryable("CRM down"));
+    let b = body("notif_retry");
+    let result = s.worker.process_batch(vec![record("m1", &b)], deadline()).await;
+    assert_eq!(result.failures(), ["m1"]);
+    assert!(
+        stored(&s, "testapp#notif_retry").await.is_none(),
+        "claim released"
+    );
+    let result = s.worker.process_batch(vec![record("m1", &b)], deadline()).await;
+    assert_eq!(result.count(Outcome::Processed), 1);
+    assert!(result.failures().is_empty());
+    assert_eq!(s.handler.calls("notif_retry"), 2);
+}
+
+#[tokio::test]
+async fn an_expired_lease_is_taken_over_and_the_dead_workers_late_writes_are_refused() {
+    let s = setup().await;
+    let b = body("notif_lease");
+    let n = Notification::parse(&b).unwrap();
+    let now = s.clock.now_ms();
+    // A worker claims with a 1-second lease, then dies.
+    let dead = match s
+        .store
+        .claim(&Claim {
+            key: IdempotencyKey::for_notification(&n.id, n.app_id()),
+            payload_hash: intercom_webhooks::idempotency::payload_hash(&n.data),
+            now_ms: now,
+            lease_until_ms: now + 1_000,
+            expiration: now / 1000 + 3600,
+        })
+        .await
+        .unwrap()
+    {
+        ClaimOutcome::Claimed(lease) => lease,
+        other => panic!("{other:?}"),
+    };
+    // While the lease holds, a delivery is in flight elsewhere.
+    let result = s.worker.process_batch(vec![record("m1", &b)], deadline()).await;
+    assert_eq!(result.outcomes[0].1, Outcome::InFlight);
+    assert_eq!(result.failures(), ["m1"]);
+    // After the lease expires, the next delivery takes it over.
+    s.clock.advance(2_000);
+    let result = s
+        .worker
+        .process_batch(vec![record("m1", &b)], deadline() + 2_000)
+        .await;
+    assert_eq!(result.outcomes[0].1, Outcome::Processed);
+    assert_eq!(s.handler.calls("notif_lease"), 1);
+    // The dead worker wakes up: it can neither complete nor delete the new holder's record.
+    assert_eq!(
+        s.store.complete(&dead, now / 1000 + 3600).await,
+        Err(StoreError::LeaseLost(dead.key.clone()))
+    );
+    assert_eq!(
+        s.store.release(&dead).await,
+        Err(StoreError::LeaseLost(dead.key.clone()))
+    );
+    assert_eq!(
+        stored(&s, "testapp#notif_lease").await.unwrap()["status"]
+            .as_s()
+            .unwrap(),
+        "COMPLETED"
+    );
+}
+
+#[tokio::test]
+async fn expired_records_are_absent_to_a_claim() {
+    let s = setup().await;
+    let b = body("notif_old");
+    assert_eq!(
+        s.worker
+            .process_batch(vec![record("m1", &b)], deadline())
+            .await
+            .outcomes[0]
+            .1,
+        Outcome::Processed
+    );
+    // Eight days later the 7-day retention is over; moto never deletes by TTL, the condition does.
+    s.clock.advance(8 * 86_400 * 1000);
+    let result = s
+        .worker
+        .process_batch(vec![record("m2", &b)], deadline() + 8 * 86_400 * 1000)
+        .await;
+    assert_eq!(result.outcomes[0].1, Outcome::Processed);
+    assert_eq!(s.handler.calls("notif_old"), 2);
+}
+
+#[tokio::test]
+async fn permanent_failures_and_malformed_bodies_go_to_the_dlq_with_their_reason() {
+    let s = setup().await;
+    s.handler
+        .fail("notif_perm", 99, HandlerError::permanent("contact has no e-mail"));
+    let good = body("notif_ok");
+    let perm = body("notif_perm");
+    let malformed = b"{\"id\": \"notif_x\", \"topic\": ".to_vec();
+    let result = s
+        .worker
+        .process_batch(
+            vec![
+                record("ok", &good),
+                record("perm", &perm),
+                record("bad", &malformed),
+            ],
+            deadline(),
+        )
+        .await;
+    assert!(result.failures().is_empty(), "all acknowledged: {result:?}");
+    assert_eq!(result.count(Outcome::DeadLettered), 2);
+    assert_eq!(result.count(Outcome::Processed), 1);
+    assert!(stored(&s, "testapp#notif_perm").await.is_none(), "claim released");
+
+    let mut dead = drain(&s.sqs, &s.dlq).await;
+    dead.sort_by_key(|m| attr(m, "reason"));
+    assert_eq!(dead.len(), 2);
+    assert_eq!(
+        attr(&dead[0], "reason").unwrap(),
+        "handler scripted: contact has no e-mail"
+    );
+    assert_eq!(dead[0].body.as_deref().unwrap().as_bytes(), &perm[..]);
+    assert_eq!(attr(&dead[0], "notification_id").as_deref(), Some("notif_perm"));
+    assert!(attr(&dead[1], "reason").unwrap().starts_with("malformed: "));
+    assert_eq!(dead[1].body.as_deref().unwrap().as_bytes(), &malformed[..]);
+    assert_eq!(s.metrics.total("dead_lettered"), 2);
+}
+
+#[tokio::test]
+async fn a_duplicate_with_a_different_payload_is_not_reprocessed_but_counted() {
+    let s = setup().await;
+    let a = notification_body(
+        "notif_reuse",
+        "contact.created",
+        json!({"type": "contact", "id": "1"}),
+    );
+    let b = notification_body(
+        "notif_reuse",
+        "contact.created",
+        json!({"type": "contact", "id": "2"}),
+    );
+    s.worker.process_batch(vec![record("m1", &a)], deadline()).await;
+    let result = s.worker.process_batch(vec![record("m2", &b)], deadline()).await;
+    assert_eq!(result.outcomes[0].1, Outcome::Duplicate);
+    assert_eq!(s.handler.calls("notif_reuse"), 1);
+    assert_eq!(s.metrics.get("duplicate_payload_mismatch", &[]), 1);
+    // The same payload again is a plain duplicate.
+    s.worker.process_batch(vec![record("m3", &a)], deadline()).await;
+    assert_eq!(s.metrics.get("duplicate_payload_mismatch", &[]), 1);
+    assert_eq!(s.metrics.get("duplicates", &[]), 2);
+}
+
+#[tokio::test]
+async fn a_panicking_handler_fails_only_its_record_and_a_batch_that_all_fails_reports_all() {
+    let s = setup().await;
+    s.handler.panic_on.lock().unwrap().push("notif_panic".into());
+    let result = s
+        .worker
+        .process_batch(
+            vec![
+                record("p", &body("notif_panic")),
+                record("fine", &body("notif_fine")),
+            ],
+            deadline(),
+        )
+        .await;
+    assert_eq!(result.failures(), ["p"]);
+    assert_eq!(result.count(Outcome::Processed), 1);
+    assert!(
+        stored(&s, "testapp#notif_panic").await.is_none(),
+        "claim released after the panic"
+    );
+
+    for id in ["a", "b", "c"] {
+        s.handler
+            .fail(&format!("notif_{id}"), 9, HandlerError::retryable("down"));
+    }
+    let records: Vec<Record> = ["a", "b", "c"]
+        .iter()
+        .map(|id| record(id, &body(&format!("notif_{id}"))))
+        .collect();
+    let result = s.worker.process_batch(records, deadline()).await;
+    assert_eq!(result.failures(), ["a", "b", "c"]);
+}
+
+#[tokio::test]
+async fn an_unknown_topic_is_acknowledged_and_counted_never_dead_lettered() {
+    let s = setup().await;
+    let router = Router::new().route("conversation.*", s.handler.clone()).unwrap();
+    let worker = Worker::new(
+        s.store.clone(),
+        Arc::new(SqsDeadLetters::new(s.sqs.clone(), &s.dlq)),
+        router,
+        s.clock.clone(),
+        s.metrics.clone(),
+        WorkerSettings::default(),
+    );
+    let b = notification_body("notif_u", "brand.new.topic", json!({"type": "thing"}));
+    let result = worker.process_batch(vec![record("m", &b)], deadline()).await;
+    assert_eq!(result.outcomes[0].1, Outcome::Ignored);
+    assert!(result.failures().is_empty());
+    assert_eq!(
+        s.metrics.get(
+            "processed",
+            &[("topic", "brand.new.topic"), ("outcome", "ignored")]
+        ),
+        1
+    );
+    assert!(drain(&s.sqs, &s.dlq).await.is_empty());
+}
+
+/// The real redrive: a message that keeps failing is moved to the DLQ by SQS after maxReceiveCount
+/// receives. The worker function is driven with messages received from moto.
+#[tokio::test]
+async fn a_record_that_keeps_failing_reaches_the_dlq_after_max_receive_count() {
+    let s = setup().await;
+    let redrive_dlq = create_queue(&s.sqs, &unique("redrive-dlq")).await;
+    let dlq_arn = s
+        .sqs
+        .get_queue_attributes()
+        .queue_url(&redrive_dlq)
+        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .unwrap()
+        .attributes
+        .unwrap()[&aws_sdk_sqs::types::QueueAttributeName::QueueArn]
+        .clone();
+    let queue = s
+        .sqs
+        .create_queue()
+        .queue_name(unique("main"))
+        .attributes(
+            aws_sdk_sqs::types::QueueAttributeName::RedrivePolicy,
+            json!({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": 5}).to_string(),
+        )
+        .send()
+        .await
+        .unwrap()
+        .queue_url
+        .unwrap();
+    s.handler
+        .fail("notif_stuck", usize::MAX, HandlerError::retryable("always down"));
+    let b = body("notif_stuck");
+    let envelope = intercom_webhooks::notification::Envelope::parse(&b).unwrap();
+    let message = intercom_webhooks::queue::Message::for_notification(&b, &envelope);
+    use intercom_webhooks::queue::Queue;
+    intercom_webhooks::aws::sqs::SqsQueue::new(s.sqs.clone(), &queue, &redrive_dlq)
+        .send(&message)
+        .await
+        .unwrap();
+
+    let mut receives = 0;
+    for _ in 0..10 {
+        let out = s
+            .sqs
+            .receive_message()
+            .queue_url(&queue)
+            .max_number_of_messages(10)
+            .message_attribute_names("All")
+            .message_system_attribute_names(aws_sdk_sqs::types::MessageSystemAttributeName::All)
+            .send()
+            .await
+            .unwrap();
+        let messages = out.messages.unwrap_or_default();
+        if messages.is_empty() {
+            break;
+        }
+        receives += messages.len();
+        let records: Vec<Record> = messages
+            .iter()
+            .map(|m| Record {
+                message_id: m.message_id.clone().unwrap(),
+                message: intercom_webhooks::queue::Message {
+                    body: m.body.clone().unwrap(),
+                    attributes: m
+                        .message_attributes
+                        .clone()
+                        .unwrap_or_default()
+                        .into_iter()
+                        .filter_map(|(k, v)| v.string_value.map(|v| (k, v)))
+                        .collect(),
+                },
+                receive_count: m
+                    .attributes
+                    .as_ref()
+                    .and_then(|a| {
+                        a.get(&aws_sdk_sqs::types::MessageSystemAttributeName::ApproximateReceiveCount)
+                    })
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(1),
+            })
+            .collect();
+        let result = s.worker.process_batch(records, deadline()).await;
+        for m in &messages {
+            let handle = m.receipt_handle.clone().unwrap();
+            if result.failures().contains(m.message_id.as_ref().unwrap()) {
+                // What the visibility timeout does, without waiting for it.
+                s.sqs
+                    .change_message_visibility()
+                    .queue_url(&queue)
+                    .receipt_handle(handle)
+                    .visibility_timeout(0)
+                    .send()
+                    .await
+                    .unwrap();
+            } else {
+                s.sqs
+                    .delete_message()
+                    .queue_url(&queue)
+                    .receipt_handle(handle)
+                    .send()
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+    assert_eq!(receives, 5, "received maxReceiveCount times");
+    assert_eq!(s.handler.calls("notif_stuck"), 5);
+    let dead = drain(&s.sqs, &redrive_dlq).await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].body.as_deref().unwrap().as_bytes(), &b[..]);
+    assert!(
+        stored(&s, "testapp#notif_stuck").await.is_none(),
+        "no claim left behind"
+    );
+}
