@@ -12,6 +12,7 @@ use axum::{Json, Router};
 use serde_json::json;
 use tracing::{field, info, warn, Instrument};
 
+use crate::metrics::Metrics;
 use crate::notification::Envelope;
 use crate::queue::{Message, Queue, QueueError};
 use crate::signature::{ClientSecrets, Malformed, SignatureError, SIGNATURE_HEADER};
@@ -28,6 +29,7 @@ pub struct Intake {
     secrets: ClientSecrets,
     queue: Arc<dyn Queue>,
     max_body_bytes: usize,
+    metrics: Arc<Metrics>,
 }
 
 impl Intake {
@@ -36,7 +38,18 @@ impl Intake {
             secrets,
             queue,
             max_body_bytes,
+            metrics: Arc::new(Metrics::new()),
         }
+    }
+
+    /// Counts into `metrics` (shared with the worker and the metrics endpoints).
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// The axum router: `HEAD`/`POST` on [`WEBHOOK_PATHS`], JSON 404 and 405 elsewhere.
@@ -67,9 +80,19 @@ impl Intake {
             app_id = field::Empty,
             delivery_attempts = field::Empty,
         );
-        self.handle_in_span(headers, body, &span)
+        self.metrics.incr("received", &[]);
+        let outcome = self
+            .handle_in_span(headers, body, &span)
             .instrument(span.clone())
-            .await
+            .await;
+        match &outcome {
+            Outcome::Queued { .. } => self.metrics.incr("enqueued", &[]),
+            Outcome::Ping => self.metrics.incr("pings", &[]),
+            Outcome::DeadLettered { .. } => self.metrics.incr("dead_lettered", &[("stage", "receiver")]),
+            Outcome::Rejected(error) => self.metrics.incr("rejected", &[("reason", error.code())]),
+            Outcome::Unavailable(_) => self.metrics.incr("enqueue_failed", &[]),
+        }
+        outcome
     }
 
     async fn handle_in_span(&self, headers: &HeaderMap, body: &[u8], span: &tracing::Span) -> Outcome {
@@ -80,7 +103,12 @@ impl Intake {
             (None, Some(_)) => unreachable!("an iterator yields nothing after None"),
         };
         let verified = match signature {
-            Ok(v) => v,
+            Ok(v) => {
+                let index = v.secret_index.to_string();
+                self.metrics
+                    .incr("verified_by_secret", &[("secret_index", &index)]);
+                v
+            }
             Err(error) => {
                 warn!(reason = error.code(), %error, bytes = body.len(), "rejected delivery");
                 return Outcome::Rejected(error);
@@ -199,7 +227,7 @@ async fn receive(State(intake): State<Arc<Intake>>, request: Request) -> Respons
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
-        return too_large(limit);
+        return too_large(&intake, limit);
     }
     let body: Bytes = match axum::body::to_bytes(Body::new(body), limit).await {
         Ok(bytes) => bytes,
@@ -207,7 +235,7 @@ async fn receive(State(intake): State<Arc<Intake>>, request: Request) -> Respons
             let too_long =
                 std::error::Error::source(&error).is_some_and(|e| e.is::<http_body_util::LengthLimitError>());
             if too_long {
-                return too_large(limit);
+                return too_large(&intake, limit);
             }
             warn!(%error, "could not read the request body");
             return error_response(
@@ -220,7 +248,9 @@ async fn receive(State(intake): State<Arc<Intake>>, request: Request) -> Respons
     intake.handle(&parts.headers, &body).await.into_response()
 }
 
-fn too_large(limit: usize) -> Response {
+fn too_large(intake: &Intake, limit: usize) -> Response {
+    intake.metrics.incr("received", &[]);
+    intake.metrics.incr("rejected", &[("reason", "body_too_large")]);
     warn!(limit, reason = "body_too_large", "rejected delivery");
     error_response(
         StatusCode::PAYLOAD_TOO_LARGE,

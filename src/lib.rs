@@ -12,6 +12,7 @@ pub mod handler;
 pub mod handlers;
 pub mod idempotency;
 pub mod intake;
+pub mod local;
 pub mod metrics;
 pub mod models;
 pub mod notification;

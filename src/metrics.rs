@@ -64,6 +64,42 @@ impl Metrics {
     }
 }
 
+impl Metrics {
+    /// The counters in Prometheus' text exposition format, each named `intercom_webhooks_<name>`
+    /// (counters get a `_total` suffix).
+    pub fn render_prometheus(&self) -> String {
+        let mut out = String::new();
+        let mut last = String::new();
+        for ((name, labels), value) in self.snapshot() {
+            let metric = if name.ends_with("_sum") {
+                format!("intercom_webhooks_{name}")
+            } else {
+                format!("intercom_webhooks_{name}_total")
+            };
+            if metric != last {
+                out.push_str(&format!("# TYPE {metric} counter\n"));
+                last.clone_from(&metric);
+            }
+            let labels = labels
+                .iter()
+                .map(|(k, v)| {
+                    format!(
+                        "{k}=\"{}\"",
+                        v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(",");
+            if labels.is_empty() {
+                out.push_str(&format!("{metric} {value}\n"));
+            } else {
+                out.push_str(&format!("{metric}{{{labels}}} {value}\n"));
+            }
+        }
+        out
+    }
+}
+
 fn owned(labels: &[(&str, &str)]) -> Labels {
     let mut labels: Labels = labels
         .iter()
@@ -86,5 +122,27 @@ mod tests {
         assert_eq!(m.get("processed", &[("topic", "a"), ("outcome", "processed")]), 2);
         assert_eq!(m.total("processed"), 3);
         assert_eq!(m.get("missing", &[]), 0);
+    }
+
+    #[test]
+    fn prometheus_text() {
+        let m = Metrics::new();
+        m.incr("processed", &[("topic", "a\"b"), ("outcome", "processed")]);
+        m.incr("received", &[]);
+        m.add("handler_latency_ms_sum", &[], 12);
+        let text = m.render_prometheus();
+        assert!(
+            text.contains("# TYPE intercom_webhooks_processed_total counter\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("intercom_webhooks_processed_total{outcome=\"processed\",topic=\"a\\\"b\"} 1\n"),
+            "{text}"
+        );
+        assert!(text.contains("intercom_webhooks_received_total 1\n"), "{text}");
+        assert!(
+            text.contains("intercom_webhooks_handler_latency_ms_sum 12\n"),
+            "{text}"
+        );
     }
 }

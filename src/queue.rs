@@ -2,6 +2,7 @@
 //! processed are kept for an operator (the dead-letter queue).
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use base64::Engine as _;
@@ -119,6 +120,35 @@ pub trait DeadLetterQueue: Send + Sync {
 pub trait Queue: DeadLetterQueue {
     /// Puts a message on the main queue.
     async fn send(&self, message: &Message) -> Result<(), QueueError>;
+}
+
+/// A message handed out by a queue: its id, content and how many times it has been handed out.
+#[derive(Clone, Debug)]
+pub struct Record {
+    /// The queue's id for the message (SQS `messageId`): what a batch failure names.
+    pub message_id: String,
+    pub message: Message,
+    /// How many times the queue has handed out this message, this time included.
+    pub receive_count: u32,
+}
+
+/// A received record and the receipt that acknowledges or retries it.
+#[derive(Clone, Debug)]
+pub struct Delivery {
+    pub record: Record,
+    pub receipt: String,
+}
+
+/// The consuming side of a queue, with SQS's semantics: a received message is invisible for the
+/// visibility timeout, every receive counts, and an acknowledged message is gone.
+#[async_trait]
+pub trait QueueConsumer: Send + Sync {
+    /// Up to `max` visible messages, each hidden for `visibility` afterwards.
+    async fn receive(&self, max: usize, visibility: Duration) -> Result<Vec<Delivery>, QueueError>;
+    /// Deletes a received message.
+    async fn ack(&self, receipt: &str) -> Result<(), QueueError>;
+    /// Makes a received message visible again after `delay`, remembering `error` as its last failure.
+    async fn retry(&self, receipt: &str, error: &str, delay: Duration) -> Result<(), QueueError>;
 }
 
 /// A queue failure, classed by whether trying again can help.

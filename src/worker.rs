@@ -14,18 +14,9 @@ use crate::handler::{HandlerContext, HandlerError};
 use crate::idempotency::{payload_hash, Claim, ClaimOutcome, IdempotencyKey, IdempotencyStore, StoreError};
 use crate::metrics::Metrics;
 use crate::notification::Notification;
-use crate::queue::{attr, DeadLetterQueue, Message};
+pub use crate::queue::Record;
+use crate::queue::{attr, DeadLetterQueue};
 use crate::router::Router;
-
-/// One received queue message.
-#[derive(Clone, Debug)]
-pub struct Record {
-    /// The queue's id for the message (SQS `messageId`): what a batch failure names.
-    pub message_id: String,
-    pub message: Message,
-    /// How many times the queue has handed out this message, this time included.
-    pub receive_count: u32,
-}
 
 /// How one record ended. Exactly one INFO line per record reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -66,6 +57,8 @@ impl Outcome {
 #[derive(Clone, Debug, Default)]
 pub struct BatchResult {
     pub outcomes: Vec<(String, Outcome)>,
+    /// The failure behind each `retry` / `dead_lettered` outcome, by message id.
+    pub errors: std::collections::BTreeMap<String, String>,
 }
 
 impl BatchResult {
@@ -143,32 +136,47 @@ impl Worker {
     /// says whether it must be retried. `deadline_ms` is when the invocation must end (Unix ms).
     pub async fn process_batch(&self, records: Vec<Record>, deadline_ms: i64) -> BatchResult {
         let concurrency = self.settings.concurrency.max(1);
-        let outcomes = futures::stream::iter(records)
+        let results: Vec<(String, Outcome, Option<String>)> = futures::stream::iter(records)
             .map(|record| async move {
-                let outcome = self.process(&record, deadline_ms).await;
-                (record.message_id, outcome)
+                let (outcome, error) = self.process_with_error(&record, deadline_ms).await;
+                (record.message_id, outcome, error)
             })
             .buffered(concurrency)
             .collect()
             .await;
-        BatchResult { outcomes }
+        let mut result = BatchResult::default();
+        for (id, outcome, error) in results {
+            if let Some(error) = error {
+                result.errors.insert(id.clone(), error);
+            }
+            result.outcomes.push((id, outcome));
+        }
+        result
     }
 
     /// Processes one record, logging its outcome line.
     pub async fn process(&self, record: &Record, deadline_ms: i64) -> Outcome {
+        self.process_with_error(record, deadline_ms).await.0
+    }
+
+    async fn process_with_error(&self, record: &Record, deadline_ms: i64) -> (Outcome, Option<String>) {
         let span = tracing::info_span!(
             "notification",
-            notification_id = record.message.attribute(attr::NOTIFICATION_ID).unwrap_or_default(),
-            topic = record.message.attribute(attr::TOPIC).unwrap_or_default(),
+            notification_id = field::Empty,
+            topic = field::Empty,
             app_id = record.message.attribute(attr::APP_ID).unwrap_or_default(),
             delivery_attempts = record.message.attribute(attr::DELIVERY_ATTEMPTS).unwrap_or_default(),
             receive_count = record.receive_count,
             message_id = %record.message_id,
-            outcome = field::Empty,
         );
         let started = Instant::now();
-        let (outcome, topic) = self
-            .process_inner(record, deadline_ms)
+        let mut notification_id = record
+            .message
+            .attribute(attr::NOTIFICATION_ID)
+            .unwrap_or_default()
+            .to_owned();
+        let (outcome, topic, error) = self
+            .process_inner(record, deadline_ms, &mut notification_id)
             .instrument(span.clone())
             .await;
         let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
@@ -177,13 +185,25 @@ impl Worker {
         self.metrics
             .add("handler_latency_ms_sum", &[], duration_ms.round() as u64);
         span.in_scope(|| {
-            info!(outcome = outcome.as_str(), duration_ms, "outcome");
+            info!(
+                notification_id = notification_id.as_str(),
+                topic = topic.as_str(),
+                outcome = outcome.as_str(),
+                duration_ms,
+                "outcome"
+            );
         });
-        outcome
+        (outcome, error)
     }
 
-    async fn process_inner(&self, record: &Record, deadline_ms: i64) -> (Outcome, String) {
+    async fn process_inner(
+        &self,
+        record: &Record,
+        deadline_ms: i64,
+        notification_id: &mut String,
+    ) -> (Outcome, String, Option<String>) {
         let body = record.message.raw_body();
+        let span = tracing::Span::current();
         let notification = match Notification::parse(&body) {
             Ok(n) => n,
             Err(error) => {
@@ -192,18 +212,22 @@ impl Worker {
                     .attribute(attr::TOPIC)
                     .unwrap_or("unknown")
                     .to_owned();
+                span.record("topic", topic.as_str());
+                if let Some(id) = record.message.attribute(attr::NOTIFICATION_ID) {
+                    span.record("notification_id", id);
+                }
                 let reason = format!("malformed: {error}");
-                return (self.dead_letter(record, &reason).await, topic);
+                return (self.dead_letter(record, &reason).await, topic, Some(reason));
             }
         };
         let topic = notification.topic().to_string();
-        let span = tracing::Span::current();
         span.record("notification_id", notification.id.as_str());
+        notification.id.as_str().clone_into(notification_id);
         span.record("topic", topic.as_str());
 
         let handlers = self.router.handlers_for(&topic);
         if handlers.is_empty() || notification.envelope.is_ping() {
-            return (Outcome::Ignored, topic);
+            return (Outcome::Ignored, topic, None);
         }
 
         let now_ms = self.clock.now_ms();
@@ -227,15 +251,15 @@ impl Worker {
                         "a completed notification id arrived with a different payload: the key was reused; not processed again"
                     );
                 }
-                return (Outcome::Duplicate, topic);
+                return (Outcome::Duplicate, topic, None);
             }
             Ok(ClaimOutcome::InFlight { lease_until_ms }) => {
                 info!(lease_until_ms, "another worker holds the claim");
-                return (Outcome::InFlight, topic);
+                return (Outcome::InFlight, topic, Some("claimed by another worker".into()));
             }
             Err(error) => {
                 warn!(%error, "could not claim the notification");
-                return (Outcome::Retry, topic);
+                return (Outcome::Retry, topic, Some(error.to_string()));
             }
         };
 
@@ -273,18 +297,17 @@ impl Worker {
                     // The effects happened; acknowledging keeps them from happening again for this message.
                     Err(error) => warn!(%error, "handled, but the record could not be marked completed"),
                 }
-                (Outcome::Processed, topic)
+                (Outcome::Processed, topic, None)
             }
-            Some((_, HandlerError::Retryable(_))) => {
+            Some((handler, HandlerError::Retryable(why))) => {
                 self.release(&lease).await;
-                (Outcome::Retry, topic)
+                (Outcome::Retry, topic, Some(format!("handler {handler}: {why}")))
             }
             Some((handler, HandlerError::Permanent(why))) => {
-                let outcome = self
-                    .dead_letter(record, &format!("handler {handler}: {why}"))
-                    .await;
+                let reason = format!("handler {handler}: {why}");
+                let outcome = self.dead_letter(record, &reason).await;
                 self.release(&lease).await;
-                (outcome, topic)
+                (outcome, topic, Some(reason))
             }
         }
     }

@@ -5,7 +5,11 @@ use aws_sdk_sqs::error::DisplayErrorContext;
 use aws_sdk_sqs::types::MessageAttributeValue;
 use aws_sdk_sqs::Client;
 
-use crate::queue::{unix_now, DeadLetterQueue, Message, Queue, QueueError};
+use std::time::Duration;
+
+use aws_sdk_sqs::types::MessageSystemAttributeName;
+
+use crate::queue::{unix_now, DeadLetterQueue, Delivery, Message, Queue, QueueConsumer, QueueError, Record};
 
 /// One SQS queue used as a dead-letter queue (the worker needs only this).
 #[derive(Clone, Debug)]
@@ -82,6 +86,94 @@ impl Queue for SqsQueue {
     }
 }
 
+#[async_trait]
+impl QueueConsumer for SqsQueue {
+    async fn receive(&self, max: usize, visibility: Duration) -> Result<Vec<Delivery>, QueueError> {
+        let out = self
+            .client
+            .receive_message()
+            .queue_url(&self.queue_url)
+            .max_number_of_messages(max.clamp(1, 10) as i32)
+            .visibility_timeout(visibility.as_secs() as i32)
+            .message_attribute_names("All")
+            .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+            .send()
+            .await
+            .map_err(queue_error)?;
+        Ok(out
+            .messages
+            .unwrap_or_default()
+            .into_iter()
+            .map(|m| {
+                let receive_count = m
+                    .attributes
+                    .as_ref()
+                    .and_then(|a| a.get(&MessageSystemAttributeName::ApproximateReceiveCount))
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(1);
+                let attributes = m
+                    .message_attributes
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter_map(|(name, value)| value.string_value.map(|v| (name, v)))
+                    .collect();
+                Delivery {
+                    record: Record {
+                        message_id: m.message_id.unwrap_or_default(),
+                        message: Message {
+                            body: m.body.unwrap_or_default(),
+                            attributes,
+                        },
+                        receive_count,
+                    },
+                    receipt: m.receipt_handle.unwrap_or_default(),
+                }
+            })
+            .collect())
+    }
+
+    async fn ack(&self, receipt: &str) -> Result<(), QueueError> {
+        self.client
+            .delete_message()
+            .queue_url(&self.queue_url)
+            .receipt_handle(receipt)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(queue_error)
+    }
+
+    /// SQS keeps no per-message error; the delay becomes the message's new visibility timeout.
+    async fn retry(&self, receipt: &str, _error: &str, delay: Duration) -> Result<(), QueueError> {
+        self.client
+            .change_message_visibility()
+            .queue_url(&self.queue_url)
+            .receipt_handle(receipt)
+            .visibility_timeout(delay.as_secs() as i32)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(queue_error)
+    }
+}
+
+fn queue_error<E>(
+    error: aws_smithy_runtime_api::client::result::SdkError<
+        E,
+        aws_smithy_runtime_api::client::orchestrator::HttpResponse,
+    >,
+) -> QueueError
+where
+    E: aws_smithy_types::error::metadata::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    let text = DisplayErrorContext(&error).to_string();
+    if super::is_transient(&error) {
+        QueueError::Unavailable(text)
+    } else {
+        QueueError::Rejected(text)
+    }
+}
+
 async fn send_message(client: &Client, url: &str, message: &Message) -> Result<(), QueueError> {
     let mut request = client.send_message().queue_url(url).message_body(&message.body);
     for (name, value) in &message.attributes {
@@ -96,12 +188,5 @@ async fn send_message(client: &Client, url: &str, message: &Message) -> Result<(
             .map_err(|e| QueueError::Rejected(e.to_string()))?;
         request = request.message_attributes(name, value);
     }
-    request.send().await.map(|_| ()).map_err(|error| {
-        let text = DisplayErrorContext(&error).to_string();
-        if super::is_transient(&error) {
-            QueueError::Unavailable(text)
-        } else {
-            QueueError::Rejected(text)
-        }
-    })
+    request.send().await.map(|_| ()).map_err(queue_error)
 }

@@ -1,6 +1,8 @@
 //! The `intercom-webhooks` command line. Each subcommand lives in its own module; this one parses
 //! arguments and reports errors.
 
+mod send;
+mod serve;
 mod sign;
 
 use std::process::ExitCode;
@@ -20,6 +22,11 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run the whole pipeline on this machine: receive deliveries over HTTP and process them, with the
+    /// queue and the idempotency store in one SQLite file.
+    Serve(serve::ServeArgs),
+    /// Sign JSON files as Intercom would and POST them to a receiver.
+    Send(send::SendArgs),
     /// Print the X-Hub-Signature header value for a file's exact bytes.
     Sign(sign::SignArgs),
 }
@@ -27,6 +34,8 @@ enum Command {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Serve(args) => serve::run(args),
+        Command::Send(args) => send::run(args),
         Command::Sign(args) => sign::run(args),
     };
     match result {

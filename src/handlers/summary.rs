@@ -21,6 +21,7 @@ pub const SUMMARY_TOPICS: &[&str] = &[
     "contact.user.created",
     "contact.lead.created",
     "contact.signed_up",
+    "contact.deleted",
     "contact.tag.created",
     "contact.tag.deleted",
     "contact.user.tag.created",

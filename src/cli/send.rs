@@ -1,0 +1,119 @@
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use super::sign::secrets_from;
+use crate::signature::ClientSecret;
+
+#[derive(clap::Args, Debug)]
+pub struct SendArgs {
+    /// JSON files, or folders whose `.json` files are all sent (in name order).
+    #[arg(required = true)]
+    paths: Vec<PathBuf>,
+    /// The receiver's URL, e.g. http://127.0.0.1:8080/webhooks/intercom
+    #[arg(long)]
+    url: String,
+    /// The client secret to sign with (default: the first one in INTERCOM_CLIENT_SECRET).
+    #[arg(long, env = "INTERCOM_CLIENT_SECRET", hide_env_values = true)]
+    secret: Option<String>,
+    /// Give each notification a new unique id (so repeated sends are not deduplicated); the changed
+    /// bytes are what is signed.
+    #[arg(long)]
+    fresh_id: bool,
+}
+
+pub fn run(args: SendArgs) -> anyhow::Result<ExitCode> {
+    let secrets = secrets_from(args.secret.as_deref())?;
+    let files = expand(&args.paths)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .connect_timeout(Duration::from_secs(5))
+        .build()?;
+    let mut failed = 0;
+    for file in &files {
+        let body = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+        let body = if args.fresh_id {
+            with_fresh_id(&body, file)?
+        } else {
+            body
+        };
+        let outcome = runtime.block_on(post(&client, &args.url, secrets.primary(), body));
+        match outcome {
+            Ok((status, text)) => {
+                println!("{}  {}  {}", status.as_u16(), file.display(), text.trim());
+                if !status.is_success() {
+                    failed += 1;
+                }
+            }
+            Err(error) => {
+                return Err(error)
+                    .with_context(|| format!("cannot deliver {} to {}", file.display(), args.url))
+            }
+        }
+    }
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// Signs the exact bytes and posts them with the headers Intercom sends.
+async fn post(
+    client: &reqwest::Client,
+    url: &str,
+    secret: &ClientSecret,
+    body: Vec<u8>,
+) -> anyhow::Result<(reqwest::StatusCode, String)> {
+    let response = client
+        .post(url)
+        .header("content-type", "application/json")
+        .header("user-agent", "Intercom-Webhooks")
+        .header("x-hub-signature", secret.sign(&body))
+        .body(body)
+        .send()
+        .await?;
+    let status = response.status();
+    Ok((status, response.text().await.unwrap_or_default()))
+}
+
+fn expand(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for path in paths {
+        let meta = std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+        if meta.is_dir() {
+            let mut found: Vec<PathBuf> = std::fs::read_dir(path)
+                .with_context(|| format!("cannot list {}", path.display()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "json") && p.is_file())
+                .collect();
+            found.sort();
+            if found.is_empty() {
+                anyhow::bail!("{} holds no .json files", path.display());
+            }
+            files.extend(found);
+        } else {
+            files.push(path.clone());
+        }
+    }
+    Ok(files)
+}
+
+/// The notification with a new `id` (`notif_<uuid>`), pretty-printed as Intercom does. A `ping` keeps
+/// its null id.
+fn with_fresh_id(body: &[u8], file: &Path) -> anyhow::Result<Vec<u8>> {
+    let mut value: serde_json::Value = serde_json::from_slice(body)
+        .with_context(|| format!("{} is not JSON; cannot give it a fresh id", file.display()))?;
+    let object = value
+        .as_object_mut()
+        .with_context(|| format!("{} is not a JSON object", file.display()))?;
+    if object.get("topic").and_then(|t| t.as_str()) != Some("ping") {
+        object.insert("id".into(), format!("notif_{}", uuid::Uuid::new_v4()).into());
+    }
+    Ok(serde_json::to_vec_pretty(&value)?)
+}

@@ -1,0 +1,234 @@
+//! One SQLite file for the local queue and idempotency store. A single thread owns the connection; async
+//! callers send it operations and await the result. Operations that arrive together are committed in one
+//! transaction (each inside its own savepoint, so one failing does not undo the others), and no caller
+//! hears back before the commit: that is what makes a 200 from the local server durable.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::thread;
+
+use rusqlite::Connection;
+use tokio::sync::oneshot;
+
+/// Operations committed together at most.
+const GROUP_LIMIT: usize = 512;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS messages (
+    seq            INTEGER PRIMARY KEY AUTOINCREMENT,
+    message_id     TEXT    NOT NULL UNIQUE,
+    body           TEXT    NOT NULL,
+    attributes     TEXT    NOT NULL,
+    enqueued_at    INTEGER NOT NULL,
+    visible_at     INTEGER NOT NULL,
+    receive_count  INTEGER NOT NULL DEFAULT 0,
+    receipt        TEXT,
+    last_error     TEXT
+);
+CREATE INDEX IF NOT EXISTS messages_by_visibility ON messages (visible_at, seq);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    seq              INTEGER PRIMARY KEY AUTOINCREMENT,
+    message_id       TEXT    NOT NULL,
+    body             TEXT    NOT NULL,
+    attributes       TEXT    NOT NULL,
+    reason           TEXT    NOT NULL,
+    receive_count    INTEGER NOT NULL,
+    enqueued_at      INTEGER NOT NULL,
+    dead_lettered_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS idempotency (
+    pk                     TEXT PRIMARY KEY,
+    status                 TEXT    NOT NULL,
+    expiration             INTEGER NOT NULL,
+    in_progress_expiration INTEGER NOT NULL,
+    lease_token            TEXT,
+    payload_hash           TEXT,
+    claimed_at             INTEGER,
+    completed_at           INTEGER
+);
+";
+
+/// Why a database operation failed. Only a closed database is not worth retrying.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DbError {
+    #[error("sqlite: {0}")]
+    Sqlite(String),
+    #[error("the database is closed")]
+    Closed,
+}
+
+impl From<rusqlite::Error> for DbError {
+    fn from(e: rusqlite::Error) -> Self {
+        DbError::Sqlite(e.to_string())
+    }
+}
+
+trait Pending: Send {
+    /// Runs the operation on the open transaction, recording its own result.
+    fn run(&mut self, conn: &Connection);
+    /// Reports the result, or the commit's failure.
+    fn finish(self: Box<Self>, commit: Result<(), DbError>);
+}
+
+struct Op<T, F> {
+    f: Option<F>,
+    result: Option<Result<T, DbError>>,
+    reply: Option<oneshot::Sender<Result<T, DbError>>>,
+}
+
+impl<T, F> Pending for Op<T, F>
+where
+    T: Send + 'static,
+    F: FnOnce(&Connection) -> Result<T, DbError> + Send + 'static,
+{
+    fn run(&mut self, conn: &Connection) {
+        let f = self.f.take().expect("an operation runs once");
+        let result = match conn.execute_batch("SAVEPOINT op") {
+            Err(e) => Err(e.into()),
+            Ok(()) => {
+                let result = f(conn);
+                let end = if result.is_ok() {
+                    conn.execute_batch("RELEASE op")
+                } else {
+                    conn.execute_batch("ROLLBACK TO op; RELEASE op")
+                };
+                match end {
+                    Ok(()) => result,
+                    Err(e) => Err(e.into()),
+                }
+            }
+        };
+        self.result = Some(result);
+    }
+
+    fn finish(mut self: Box<Self>, commit: Result<(), DbError>) {
+        let result = match commit {
+            Ok(()) => self.result.take().unwrap_or(Err(DbError::Closed)),
+            Err(e) => Err(e),
+        };
+        if let Some(reply) = self.reply.take() {
+            let _ = reply.send(result);
+        }
+    }
+}
+
+/// A handle to the database thread. Cheap to clone.
+#[derive(Clone)]
+pub struct Db {
+    jobs: mpsc::Sender<Box<dyn Pending>>,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Db").field("path", &self.path).finish()
+    }
+}
+
+impl Db {
+    /// Opens (creating if needed) the database file in WAL mode with full synchronous commits, and starts
+    /// its thread.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, DbError> {
+        let path = path.as_ref().to_path_buf();
+        let conn = Connection::open(&path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.execute_batch(SCHEMA)?;
+        let (jobs, queue) = mpsc::channel::<Box<dyn Pending>>();
+        thread::Builder::new()
+            .name("sqlite".into())
+            .spawn(move || serve(conn, queue))
+            .map_err(|e| DbError::Sqlite(format!("cannot start the database thread: {e}")))?;
+        Ok(Self { jobs, path })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `f` in the database thread, inside a transaction; resolves after the commit.
+    pub async fn call<T, F>(&self, f: F) -> Result<T, DbError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, DbError> + Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel();
+        let op = Op {
+            f: Some(f),
+            result: None,
+            reply: Some(reply),
+        };
+        self.jobs.send(Box::new(op)).map_err(|_| DbError::Closed)?;
+        answer.await.map_err(|_| DbError::Closed)?
+    }
+}
+
+fn serve(conn: Connection, queue: mpsc::Receiver<Box<dyn Pending>>) {
+    while let Ok(first) = queue.recv() {
+        let mut group = vec![first];
+        while group.len() < GROUP_LIMIT {
+            match queue.try_recv() {
+                Ok(op) => group.push(op),
+                Err(_) => break,
+            }
+        }
+        let commit = match conn.execute_batch("BEGIN IMMEDIATE") {
+            Err(e) => Err(DbError::from(e)),
+            Ok(()) => {
+                for op in group.iter_mut() {
+                    op.run(&conn);
+                }
+                conn.execute_batch("COMMIT").map_err(|e| {
+                    let _ = conn.execute_batch("ROLLBACK");
+                    DbError::from(e)
+                })
+            }
+        };
+        for op in group {
+            op.finish(commit.clone());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn operations_commit_and_failures_roll_back_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path().join("t.db")).unwrap();
+        db.call(|c| Ok(c.execute_batch("CREATE TABLE t (v INTEGER UNIQUE)")?))
+            .await
+            .unwrap();
+        let ok = (0..50).map(|i| {
+            let db = db.clone();
+            async move {
+                db.call(move |c| Ok(c.execute("INSERT INTO t VALUES (?1)", [i])?))
+                    .await
+            }
+        });
+        let bad = db.call(|c| {
+            c.execute("INSERT INTO t VALUES (1000)", [])?;
+            Err::<(), _>(DbError::Sqlite("refused".into()))
+        });
+        let (results, bad) = tokio::join!(futures::future::join_all(ok), bad);
+        assert!(results.iter().all(|r| r.is_ok()));
+        assert_eq!(bad, Err(DbError::Sqlite("refused".into())));
+        let count: i64 = db
+            .call(|c| Ok(c.query_row("SELECT count(*) FROM t", [], |r| r.get(0))?))
+            .await
+            .unwrap();
+        assert_eq!(
+            count, 50,
+            "the failed operation's insert was rolled back, the others kept"
+        );
+        let mode: String = db
+            .call(|c| Ok(c.query_row("PRAGMA journal_mode", [], |r| r.get(0))?))
+            .await
+            .unwrap();
+        assert_eq!(mode, "wal");
+    }
+}

@@ -1,0 +1,278 @@
+//! `serve`: the receiver's HTTP application and the worker's batch function on one machine, with the
+//! queue and the idempotency store in one SQLite file.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use tokio::sync::{watch, Notify};
+use tracing::{info, warn};
+
+use super::{Db, SqliteQueue, SqliteStore};
+use crate::clock::{unix_ms_now, SystemClock};
+use crate::intake::Intake;
+use crate::metrics::Metrics;
+use crate::queue::{Delivery, Queue, QueueConsumer};
+use crate::router::Router as TopicRouter;
+use crate::signature::ClientSecrets;
+use crate::worker::{Worker, WorkerSettings};
+
+/// Records received per poll.
+const BATCH_SIZE: usize = 10;
+
+pub struct ServeOptions {
+    pub listen: SocketAddr,
+    pub db: PathBuf,
+    pub secrets: ClientSecrets,
+    pub max_body_bytes: usize,
+    pub max_receives: u32,
+    /// Record batches processed at the same time.
+    pub pollers: usize,
+    pub worker: WorkerSettings,
+    pub routes: TopicRouter,
+}
+
+/// The local queue, with a wake-up for idle pollers whenever a message is stored.
+struct WakingQueue {
+    inner: SqliteQueue,
+    wake: Arc<Notify>,
+}
+
+#[async_trait::async_trait]
+impl crate::queue::DeadLetterQueue for WakingQueue {
+    async fn dead_letter(
+        &self,
+        message: &crate::queue::Message,
+        reason: &str,
+    ) -> Result<(), crate::queue::QueueError> {
+        self.inner.dead_letter(message, reason).await
+    }
+}
+
+#[async_trait::async_trait]
+impl Queue for WakingQueue {
+    async fn send(&self, message: &crate::queue::Message) -> Result<(), crate::queue::QueueError> {
+        self.inner.send(message).await?;
+        self.wake.notify_one();
+        Ok(())
+    }
+}
+
+/// Runs until `shutdown` resolves: then stops accepting, finishes in-flight requests and batches, and
+/// returns.
+pub async fn serve(
+    options: ServeOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let db = Db::open(&options.db)
+        .map_err(|e| anyhow::anyhow!("cannot open the database {}: {e}", options.db.display()))?;
+    let queue = SqliteQueue::new(db.clone(), options.max_receives);
+    let wake = Arc::new(Notify::new());
+    let metrics = Arc::new(Metrics::new());
+    let worker = Arc::new(Worker::new(
+        Arc::new(SqliteStore::new(db.clone())),
+        Arc::new(queue.clone()),
+        options.routes,
+        Arc::new(SystemClock),
+        metrics.clone(),
+        options.worker,
+    ));
+
+    let listener = tokio::net::TcpListener::bind(options.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", options.listen))?;
+    let address = listener.local_addr()?;
+    let intake = Intake::new(
+        options.secrets,
+        Arc::new(WakingQueue {
+            inner: queue.clone(),
+            wake: wake.clone(),
+        }),
+        options.max_body_bytes,
+    )
+    .with_metrics(metrics.clone());
+    let app = intake.router_with(extra_routes(queue.clone(), metrics.clone()));
+
+    print_banner(address, &options.db, &worker);
+    info!(%address, db = %options.db.display(), "serving");
+
+    let (stop, stopped) = watch::channel(false);
+    let pollers: Vec<_> = (0..options.pollers.max(1))
+        .map(|_| {
+            let poller = Poller {
+                queue: queue.clone(),
+                worker: worker.clone(),
+                wake: wake.clone(),
+                visibility: options.worker.visibility_timeout,
+            };
+            tokio::spawn(poller.run(stopped.clone()))
+        })
+        .collect();
+
+    let server = axum::serve(listener, app).with_graceful_shutdown(shutdown);
+    let served = server.await;
+    info!("no longer accepting deliveries; finishing in-flight batches");
+    let _ = stop.send(true);
+    wake.notify_waiters();
+    for poller in pollers {
+        let _ = poller.await;
+    }
+    served.map_err(|e| anyhow::anyhow!("the server failed: {e}"))?;
+    info!("stopped");
+    Ok(())
+}
+
+fn extra_routes(queue: SqliteQueue, metrics: Arc<Metrics>) -> Router<Arc<Intake>> {
+    Router::new()
+        .route(
+            "/healthz",
+            get(move || {
+                let queue = queue.clone();
+                async move {
+                    match queue.stats().await {
+                        Ok(stats) => (
+                            StatusCode::OK,
+                            Json(serde_json::json!({
+                                "status": "ok",
+                                "queued": stats.queued,
+                                "in_flight": stats.in_flight,
+                                "dead_letters": stats.dead_letters,
+                            })),
+                        )
+                            .into_response(),
+                        Err(error) => (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            Json(serde_json::json!({"status": "unavailable", "error": error.to_string()})),
+                        )
+                            .into_response(),
+                    }
+                }
+            }),
+        )
+        .route(
+            "/metrics",
+            get(move || {
+                let metrics = metrics.clone();
+                async move {
+                    (
+                        [("content-type", "text/plain; version=0.0.4")],
+                        metrics.render_prometheus(),
+                    )
+                }
+            }),
+        )
+}
+
+fn print_banner(address: SocketAddr, db: &std::path::Path, worker: &Worker) {
+    let mut routes = worker.router().describe();
+    routes.sort_by(|a, b| a.1.cmp(&b.1).then(a.0.cmp(&b.0)));
+    let mut handlers: Vec<String> = Vec::new();
+    for (pattern, name) in routes {
+        match handlers.iter_mut().find(|h| h.starts_with(&format!("{name}:"))) {
+            Some(line) => line.push_str(&format!(", {pattern}")),
+            None => handlers.push(format!("{name}: {pattern}")),
+        }
+    }
+    eprintln!("intercom-webhooks is receiving deliveries");
+    eprintln!("  webhook URL:  http://{address}/webhooks/intercom");
+    eprintln!("                (give Intercom an HTTPS URL that forwards here, e.g. through a tunnel or a reverse proxy)");
+    eprintln!("  health:       http://{address}/healthz    metrics: http://{address}/metrics");
+    eprintln!("  database:     {}", db.display());
+    eprintln!("  handlers:");
+    for line in handlers {
+        eprintln!("    {line}");
+    }
+}
+
+struct Poller {
+    queue: SqliteQueue,
+    worker: Arc<Worker>,
+    wake: Arc<Notify>,
+    visibility: Duration,
+}
+
+impl Poller {
+    async fn run(self, mut stop: watch::Receiver<bool>) {
+        loop {
+            if *stop.borrow() {
+                return;
+            }
+            let deliveries = match self.queue.receive(BATCH_SIZE, self.visibility).await {
+                Ok(d) => d,
+                Err(error) => {
+                    warn!(%error, "could not receive from the local queue");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+            };
+            if deliveries.is_empty() {
+                tokio::select! {
+                    _ = self.wake.notified() => {}
+                    _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                    _ = stop.changed() => {}
+                }
+                continue;
+            }
+            self.process(deliveries).await;
+        }
+    }
+
+    async fn process(&self, deliveries: Vec<Delivery>) {
+        let deadline_ms = unix_ms_now() + self.visibility.as_millis() as i64;
+        let receipts: Vec<(String, String, u32)> = deliveries
+            .iter()
+            .map(|d| {
+                (
+                    d.record.message_id.clone(),
+                    d.receipt.clone(),
+                    d.record.receive_count,
+                )
+            })
+            .collect();
+        let records = deliveries.into_iter().map(|d| d.record).collect();
+        let result = self.worker.process_batch(records, deadline_ms).await;
+        let retry: std::collections::HashSet<String> = result.failures().into_iter().collect();
+        for (message_id, receipt, receive_count) in receipts {
+            let outcome = if retry.contains(&message_id) {
+                let error = result
+                    .errors
+                    .get(&message_id)
+                    .map(String::as_str)
+                    .unwrap_or("retry");
+                self.queue
+                    .retry(&receipt, error, backoff(receive_count, self.visibility))
+                    .await
+            } else {
+                self.queue.ack(&receipt).await
+            };
+            if let Err(error) = outcome {
+                // The visibility timeout hands the message out again; the worker deduplicates it.
+                warn!(%error, %message_id, "could not settle a message");
+            }
+        }
+    }
+}
+
+/// 1 s, 2 s, 4 s … after each failed receive, never longer than the visibility timeout.
+fn backoff(receive_count: u32, visibility: Duration) -> Duration {
+    let exponent = receive_count.saturating_sub(1).min(16);
+    Duration::from_secs(1u64 << exponent).min(visibility)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_visibility_timeout() {
+        let v = Duration::from_secs(30);
+        let delays: Vec<u64> = (1..=7).map(|n| backoff(n, v).as_secs()).collect();
+        assert_eq!(delays, [1, 2, 4, 8, 16, 30, 30]);
+    }
+}

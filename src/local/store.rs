@@ -1,0 +1,130 @@
+//! The SQLite adapter of the [`IdempotencyStore`] port, with the same semantics as the DynamoDB one: the
+//! claim is one conditional upsert, complete and release are conditional on the lease token.
+
+use async_trait::async_trait;
+use rusqlite::{params, OptionalExtension};
+
+use super::db::{Db, DbError};
+use crate::clock::unix_ms_now;
+use crate::idempotency::{
+    Claim, ClaimOutcome, IdempotencyStore, Lease, StoreError, StoredRecord, COMPLETED, IN_PROGRESS,
+};
+
+#[derive(Clone, Debug)]
+pub struct SqliteStore {
+    db: Db,
+}
+
+impl SqliteStore {
+    pub fn new(db: Db) -> Self {
+        Self { db }
+    }
+}
+
+fn unavailable(e: DbError) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+#[async_trait]
+impl IdempotencyStore for SqliteStore {
+    async fn claim(&self, claim: &Claim) -> Result<ClaimOutcome, StoreError> {
+        let claim = claim.clone();
+        self.db
+            .call(move |c| {
+                let lease = Lease::new(claim.key.clone());
+                let taken = c.execute(
+                    "INSERT INTO idempotency (pk, status, expiration, in_progress_expiration, lease_token, payload_hash, claimed_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                     ON CONFLICT (pk) DO UPDATE SET
+                         status = excluded.status, expiration = excluded.expiration,
+                         in_progress_expiration = excluded.in_progress_expiration, lease_token = excluded.lease_token,
+                         payload_hash = excluded.payload_hash, claimed_at = excluded.claimed_at, completed_at = NULL
+                     WHERE idempotency.expiration < ?8
+                        OR (idempotency.status = ?2 AND idempotency.in_progress_expiration < ?7)",
+                    params![
+                        claim.key.as_str(),
+                        IN_PROGRESS,
+                        claim.expiration,
+                        claim.lease_until_ms,
+                        lease.token,
+                        claim.payload_hash,
+                        claim.now_ms,
+                        claim.now_secs(),
+                    ],
+                )?;
+                if taken == 1 {
+                    return Ok(Ok(ClaimOutcome::Claimed(lease)));
+                }
+                let old = c
+                    .query_row(
+                        "SELECT status, payload_hash, expiration, in_progress_expiration FROM idempotency WHERE pk = ?1",
+                        [claim.key.as_str()],
+                        |r| {
+                            Ok(StoredRecord {
+                                status: r.get(0)?,
+                                payload_hash: r.get(1)?,
+                                expiration: r.get(2)?,
+                                in_progress_expiration: r.get(3)?,
+                            })
+                        },
+                    )
+                    .optional()?;
+                // In one transaction the record cannot change between the two statements.
+                Ok(old
+                    .and_then(|record| record.refusal(&claim))
+                    .ok_or_else(|| StoreError::Unavailable("the claim was refused for no visible reason".into())))
+            })
+            .await
+            .map_err(unavailable)?
+    }
+
+    async fn complete(&self, lease: &Lease, expiration: i64) -> Result<(), StoreError> {
+        let lease = lease.clone();
+        let changed = {
+            let lease = lease.clone();
+            self.db
+                .call(move |c| {
+                    Ok(c.execute(
+                        "UPDATE idempotency SET status = ?1, expiration = ?2, completed_at = ?3
+                         WHERE pk = ?4 AND status = ?5 AND lease_token = ?6",
+                        params![
+                            COMPLETED,
+                            expiration,
+                            unix_ms_now(),
+                            lease.key.as_str(),
+                            IN_PROGRESS,
+                            lease.token
+                        ],
+                    )?)
+                })
+                .await
+                .map_err(unavailable)?
+        };
+        if changed == 1 {
+            Ok(())
+        } else {
+            Err(StoreError::LeaseLost(lease.key))
+        }
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<(), StoreError> {
+        let lease = lease.clone();
+        let changed = {
+            let lease = lease.clone();
+            self.db
+                .call(move |c| {
+                    Ok(c.execute(
+                        "DELETE FROM idempotency WHERE pk = ?1 AND status = ?2 AND lease_token = ?3",
+                        params![lease.key.as_str(), IN_PROGRESS, lease.token],
+                    )?)
+                })
+                .await
+                .map_err(unavailable)?
+        };
+        if changed == 1 {
+            Ok(())
+        } else {
+            Err(StoreError::LeaseLost(lease.key))
+        }
+    }
+}
