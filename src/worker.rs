@@ -35,6 +35,19 @@ pub enum Outcome {
     Ignored,
 }
 
+/// The claim's lease ends at the invocation's deadline, never later than the visibility timeout (after
+/// which the queue hands the message to someone else). A deadline already past (a clock skew, an emulator
+/// that sends none) must not make the lease expire at once, which would let a duplicate in the same batch
+/// take the claim over: then the visibility timeout bounds it alone.
+pub fn lease_end(now_ms: i64, deadline_ms: i64, visibility_ms: i64) -> i64 {
+    let longest = now_ms + visibility_ms;
+    if deadline_ms > now_ms {
+        deadline_ms.min(longest)
+    } else {
+        longest
+    }
+}
+
 impl Outcome {
     pub fn as_str(self) -> &'static str {
         match self {
@@ -237,7 +250,7 @@ impl Worker {
             key,
             payload_hash: payload_hash(&notification.data),
             now_ms,
-            lease_until_ms: deadline_ms.min(now_ms + visibility_ms),
+            lease_until_ms: lease_end(now_ms, deadline_ms, visibility_ms),
             expiration: now_ms.div_euclid(1000) + self.settings.retention.as_secs() as i64,
         };
         let lease = match self.store.claim(&claim).await {
@@ -335,5 +348,22 @@ impl Worker {
                 Outcome::Retry
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::lease_end;
+
+    #[test]
+    fn leases_end_at_the_deadline_within_the_visibility_timeout() {
+        assert_eq!(lease_end(1_000, 5_000, 180_000), 5_000);
+        assert_eq!(lease_end(1_000, 900_000, 180_000), 181_000);
+        assert_eq!(
+            lease_end(1_000, 0, 180_000),
+            181_000,
+            "a past deadline falls back to the visibility timeout"
+        );
+        assert_eq!(lease_end(1_000, 1_000, 180_000), 181_000);
     }
 }
