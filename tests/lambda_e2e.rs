@@ -1,0 +1,282 @@
+//! Lambda-level end to end: the real `receiver` and `worker` binaries run under the Lambda runtime
+//! emulator (`cargo lambda watch`), against SQS and DynamoDB on the AWS emulator. Deliveries go through
+//! the emulated Function URL; the messages that land in SQS are turned into an SQS event and handed to the
+//! worker with `cargo lambda invoke`.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{create_queue, create_table, fixture, sign, unique, TEST_SECRET};
+use serde_json::{json, Value};
+
+/// Kills the child processes when the test ends, however it ends.
+struct Processes(Vec<Child>);
+
+impl Drop for Processes {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_for_port(port: u16) {
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "cargo lambda watch did not start"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Starts one of this package's Lambda binaries against the emulator's runtime API.
+fn function(name: &str, binary: &str, port: u16, env: &BTreeMap<&str, String>, log: &Path) -> Child {
+    let mut command = Command::new(binary);
+    command
+        .env("AWS_LAMBDA_FUNCTION_NAME", name)
+        .env("AWS_LAMBDA_FUNCTION_VERSION", "1")
+        .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128")
+        .env(
+            "AWS_LAMBDA_RUNTIME_API",
+            format!("http://127.0.0.1:{port}/.rt/{name}"),
+        )
+        .stdout(std::fs::File::create(log).unwrap())
+        .stderr(Stdio::null());
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    command.spawn().unwrap()
+}
+
+fn invoke_worker(port: u16, event: &Value, dir: &Path) -> Value {
+    let file = dir.join(format!("event-{}.json", uuid::Uuid::new_v4()));
+    std::fs::write(&file, event.to_string()).unwrap();
+    let out = Command::new("cargo")
+        .args(["lambda", "invoke", "worker", "--data-file"])
+        .arg(&file)
+        .args([
+            "-A",
+            "127.0.0.1",
+            "-P",
+            &port.to_string(),
+            "--output-format",
+            "json",
+        ])
+        .output()
+        .expect("cargo lambda is installed (scripts/test puts .venv/bin on PATH)");
+    assert!(
+        out.status.success(),
+        "cargo lambda invoke failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Messages received from SQS as an SQS Lambda event (what the event source mapping would send).
+fn sqs_event(messages: &[aws_sdk_sqs::types::Message]) -> Value {
+    let records: Vec<Value> = messages
+        .iter()
+        .map(|m| {
+            let attributes: serde_json::Map<String, Value> = m
+                .message_attributes
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v)| {
+                    (k, json!({"stringValue": v.string_value, "stringListValues": [], "binaryListValues": [], "dataType": "String"}))
+                })
+                .collect();
+            json!({
+                "messageId": m.message_id,
+                "receiptHandle": m.receipt_handle,
+                "body": m.body,
+                "attributes": {"ApproximateReceiveCount": "1", "SentTimestamp": "1795600800000"},
+                "messageAttributes": attributes,
+                "md5OfBody": m.md5_of_body,
+                "eventSource": "aws:sqs",
+                "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:notifications",
+                "awsRegion": "us-east-1"
+            })
+        })
+        .collect();
+    json!({ "Records": records })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn receiver_and_worker_under_the_lambda_emulator() {
+    let sdk = common::aws_config().await;
+    let sqs = aws_sdk_sqs::Client::new(&sdk);
+    let dynamo = aws_sdk_dynamodb::Client::new(&sdk);
+    let queue = create_queue(&sqs, &unique("lambda-notifications")).await;
+    let dlq = create_queue(&sqs, &unique("lambda-dead-letters")).await;
+    let table = unique("lambda-idempotency");
+    create_table(&dynamo, &table).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut processes = Processes(Vec::new());
+    processes.0.push(
+        Command::new("cargo")
+            .args([
+                "lambda",
+                "watch",
+                "--only-lambda-apis",
+                "-A",
+                "127.0.0.1",
+                "-P",
+                &port.to_string(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("cargo lambda is installed (scripts/test puts .venv/bin on PATH)"),
+    );
+    wait_for_port(port);
+    let env = BTreeMap::from([
+        ("INTERCOM_CLIENT_SECRET", TEST_SECRET.to_string()),
+        ("QUEUE_URL", queue.clone()),
+        ("DEAD_LETTER_QUEUE_URL", dlq.clone()),
+        ("IDEMPOTENCY_TABLE", table.clone()),
+    ]);
+    processes.0.push(function(
+        "receiver",
+        env!("CARGO_BIN_EXE_receiver"),
+        port,
+        &env,
+        &dir.path().join("receiver.log"),
+    ));
+    processes.0.push(function(
+        "worker",
+        env!("CARGO_BIN_EXE_worker"),
+        port,
+        &env,
+        &dir.path().join("worker.log"),
+    ));
+
+    // Deliveries through the emulated Function URL.
+    let url = format!("http://127.0.0.1:{port}/lambda-url/receiver/");
+    let client = reqwest::Client::new();
+    let post = |body: Vec<u8>, signature: String| {
+        let client = client.clone();
+        let url = url.clone();
+        async move {
+            let response = client
+                .post(&url)
+                .header("content-type", "application/json")
+                .header("x-hub-signature", signature)
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let created = fixture("conversation_user_created.json");
+    let replied = fixture("conversation_user_replied.json");
+    let ping = fixture("ping.json");
+    let (status, answer) = post(created.clone(), sign(&created)).await;
+    assert_eq!(
+        (status, answer["status"].as_str()),
+        (200, Some("queued")),
+        "{answer}"
+    );
+    assert_eq!(post(replied.clone(), sign(&replied)).await.0, 200);
+    assert_eq!(
+        post(created.clone(), sign(&created)).await.0,
+        200,
+        "Intercom delivers twice sometimes"
+    );
+    assert_eq!(post(ping.clone(), sign(&ping)).await.0, 200);
+    let (status, answer) = post(created.clone(), sign(b"tampered")).await;
+    assert_eq!(
+        (status, answer["error"].as_str()),
+        (401, Some("signature_mismatch"))
+    );
+    let head = client.head(&url).send().await.unwrap();
+    assert_eq!(head.status().as_u16(), 200);
+
+    // What landed in SQS: three messages, exact bytes.
+    let mut messages = Vec::new();
+    let start = Instant::now();
+    while messages.len() < 3 && start.elapsed() < Duration::from_secs(10) {
+        let out = sqs
+            .receive_message()
+            .queue_url(&queue)
+            .max_number_of_messages(10)
+            .message_attribute_names("All")
+            .send()
+            .await
+            .unwrap();
+        messages.extend(out.messages.unwrap_or_default());
+    }
+    assert_eq!(messages.len(), 3);
+    for m in &messages {
+        let body = m.body.as_deref().unwrap().as_bytes();
+        assert!(body == &created[..] || body == &replied[..]);
+    }
+
+    // The worker, invoked with those messages plus a malformed one.
+    let mut event = sqs_event(&messages);
+    event["Records"].as_array_mut().unwrap().push(json!({
+        "messageId": "malformed-1", "receiptHandle": "x", "body": "{\"topic\": ", "attributes": {"ApproximateReceiveCount": "1"},
+        "messageAttributes": {}, "md5OfBody": "", "eventSource": "aws:sqs",
+        "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:notifications", "awsRegion": "us-east-1"
+    }));
+    let answer = invoke_worker(port, &event, dir.path());
+    let failures = answer["batchItemFailures"].as_array().unwrap().clone();
+    // The duplicate in the same batch is either reported for retry (claim in flight) or acknowledged.
+    assert!(failures.len() <= 1, "{answer}");
+
+    // The table holds one COMPLETED record per notification.
+    let items = dynamo
+        .scan()
+        .table_name(&table)
+        .send()
+        .await
+        .unwrap()
+        .items
+        .unwrap_or_default();
+    assert_eq!(items.len(), 2, "{items:?}");
+    assert!(items.iter().all(|i| i["status"].as_s().unwrap() == "COMPLETED"));
+    let mut keys: Vec<String> = items.iter().map(|i| i["pk"].as_s().unwrap().clone()).collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            "i6wc9ipe#notif_2c71fff0-65ef-46be-bbfe-dbf637bbff15",
+            "i6wc9ipe#notif_3ac27816-d27c-45fd-a65a-bbaf021cf780"
+        ]
+    );
+    // The malformed record went to the DLQ with its reason.
+    let dead = common::drain(&sqs, &dlq).await;
+    assert_eq!(dead.len(), 1);
+    assert!(common::attr(&dead[0], "reason")
+        .unwrap()
+        .starts_with("malformed: "));
+
+    // Redelivered, the whole batch is acknowledged as duplicates: no failures, no new effects.
+    let answer = invoke_worker(port, &sqs_event(&messages), dir.path());
+    assert_eq!(answer, json!({"batchItemFailures": []}));
+    let log = std::fs::read_to_string(dir.path().join("worker.log")).unwrap();
+    let processed = log
+        .lines()
+        .filter(|l| l.contains("\"outcome\":\"processed\""))
+        .count();
+    assert_eq!(processed, 2, "each notification handled once:\n{log}");
+}
