@@ -8,6 +8,7 @@ pub mod aws;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod dlq;
 pub mod handler;
 pub mod handlers;
 pub mod idempotency;

@@ -6,9 +6,20 @@ use std::sync::Mutex;
 
 type Labels = Vec<(String, String)>;
 
+/// Observations kept per timing between two drains (CloudWatch takes at most 100 values per metric).
+const MAX_OBSERVATIONS: usize = 100;
+
 #[derive(Debug, Default)]
 pub struct Metrics {
     counters: Mutex<BTreeMap<(String, Labels), u64>>,
+    observations: Mutex<BTreeMap<String, Vec<f64>>>,
+}
+
+/// Everything counted since the last drain.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Drained {
+    pub counters: Vec<((String, Labels), u64)>,
+    pub observations: Vec<(String, Vec<f64>)>,
 }
 
 impl Metrics {
@@ -29,6 +40,28 @@ impl Metrics {
             .expect("metrics lock")
             .entry(key)
             .or_default() += value;
+    }
+
+    /// Records one timing in milliseconds: counters `<name>_sum` (rounded) and `<name>_count`, and the
+    /// value itself for the next drain.
+    pub fn observe(&self, name: &str, value_ms: f64) {
+        self.add(&format!("{name}_sum"), &[], value_ms.round().max(0.0) as u64);
+        self.add(&format!("{name}_count"), &[], 1);
+        let mut observations = self.observations.lock().expect("metrics lock");
+        let values = observations.entry(name.to_owned()).or_default();
+        if values.len() < MAX_OBSERVATIONS {
+            values.push(value_ms);
+        }
+    }
+
+    /// Takes every counter and observation, leaving them empty: for per-invocation flushes on Lambda.
+    pub fn drain(&self) -> Drained {
+        let counters = std::mem::take(&mut *self.counters.lock().expect("metrics lock"));
+        let observations = std::mem::take(&mut *self.observations.lock().expect("metrics lock"));
+        Drained {
+            counters: counters.into_iter().collect(),
+            observations: observations.into_iter().collect(),
+        }
     }
 
     /// The value of one counter with exactly these labels.
@@ -71,7 +104,7 @@ impl Metrics {
         let mut out = String::new();
         let mut last = String::new();
         for ((name, labels), value) in self.snapshot() {
-            let metric = if name.ends_with("_sum") {
+            let metric = if name.ends_with("_sum") || name.ends_with("_count") {
                 format!("intercom_webhooks_{name}")
             } else {
                 format!("intercom_webhooks_{name}_total")
@@ -129,7 +162,7 @@ mod tests {
         let m = Metrics::new();
         m.incr("processed", &[("topic", "a\"b"), ("outcome", "processed")]);
         m.incr("received", &[]);
-        m.add("handler_latency_ms_sum", &[], 12);
+        m.observe("handler_latency_ms", 12.2);
         let text = m.render_prometheus();
         assert!(
             text.contains("# TYPE intercom_webhooks_processed_total counter\n"),

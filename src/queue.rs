@@ -19,7 +19,7 @@ pub mod attr {
     pub const REASON: &str = "reason";
     /// Set to `base64` when the body had to be encoded to be stored (bytes that are not valid text).
     pub const BODY_ENCODING: &str = "body_encoding";
-    /// Unix seconds at which the message was dead-lettered.
+    /// Unix milliseconds at which the message was dead-lettered.
     pub const DEAD_LETTERED_AT: &str = "dead_lettered_at";
 }
 
@@ -78,14 +78,14 @@ impl Message {
     }
 
     /// This message with a dead-letter `reason` (bounded in length) and time stamp added.
-    pub fn with_reason(&self, reason: &str, now_unix: i64) -> Self {
+    pub fn with_reason(&self, reason: &str, now_ms: i64) -> Self {
         let mut message = self.clone();
         message
             .attributes
             .insert(attr::REASON.into(), truncate(reason, MAX_REASON_BYTES));
         message
             .attributes
-            .insert(attr::DEAD_LETTERED_AT.into(), now_unix.to_string());
+            .insert(attr::DEAD_LETTERED_AT.into(), now_ms.to_string());
         message
     }
 }
@@ -166,13 +166,6 @@ impl QueueError {
     pub fn is_retryable(&self) -> bool {
         matches!(self, QueueError::Unavailable(_))
     }
-}
-
-pub(crate) fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or_default()
 }
 
 #[cfg(test)]

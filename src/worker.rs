@@ -195,8 +195,7 @@ impl Worker {
         let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
         self.metrics
             .incr("processed", &[("topic", &topic), ("outcome", outcome.as_str())]);
-        self.metrics
-            .add("handler_latency_ms_sum", &[], duration_ms.round() as u64);
+        self.metrics.observe("handler_latency_ms", duration_ms);
         span.in_scope(|| {
             info!(
                 notification_id = notification_id.as_str(),

@@ -304,3 +304,38 @@ async fn function_url_events_plain_and_base64() {
     }
     assert_eq!(queue.sent().len(), 2);
 }
+
+#[tokio::test]
+async fn counters_follow_a_scripted_sequence_of_requests() {
+    let metrics = Arc::new(intercom_webhooks::metrics::Metrics::new());
+    let queue = Arc::new(RecordingQueue::default());
+    let app = Intake::new(
+        ClientSecrets::parse(&format!("new-secret,{TEST_SECRET}")).unwrap(),
+        queue.clone(),
+        1_000_000,
+    )
+    .with_metrics(metrics.clone())
+    .router();
+    let body = fixture("contact_deleted.json");
+    let ping = fixture("ping.json");
+    // Two queued (signed with the second secret), one ping, two rejections, one dead-lettered.
+    call(&app, post("/", &body, Some(&sign(&body)))).await;
+    call(&app, post("/", &body, Some(&sign(&body)))).await;
+    call(&app, post("/", &ping, Some(&sign(&ping)))).await;
+    call(&app, post("/", &body, None)).await;
+    call(&app, post("/", &body, Some(&sign(b"x")))).await;
+    call(&app, post("/", b"nope", Some(&sign(b"nope")))).await;
+    // One that cannot be stored.
+    *queue.fail_send.lock().unwrap() = Some(QueueError::Unavailable("down".into()));
+    call(&app, post("/", &body, Some(&sign(&body)))).await;
+
+    assert_eq!(metrics.total("received"), 7);
+    assert_eq!(metrics.total("enqueued"), 2);
+    assert_eq!(metrics.total("pings"), 1);
+    assert_eq!(metrics.get("rejected", &[("reason", "signature_missing")]), 1);
+    assert_eq!(metrics.get("rejected", &[("reason", "signature_mismatch")]), 1);
+    assert_eq!(metrics.get("dead_lettered", &[("stage", "receiver")]), 1);
+    assert_eq!(metrics.total("enqueue_failed"), 1);
+    assert_eq!(metrics.get("verified_by_secret", &[("secret_index", "1")]), 5);
+    assert_eq!(metrics.get("verified_by_secret", &[("secret_index", "0")]), 0);
+}

@@ -2,8 +2,10 @@
 //! The domain never sees an SDK type; everything AWS-specific stays in this module.
 
 pub mod dynamodb;
+pub mod emf;
 pub mod lambda_sqs;
 pub mod sqs;
+pub mod sqs_dlq;
 
 use std::time::Duration;
 

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use aws_sdk_sqs::types::MessageSystemAttributeName;
 
-use crate::queue::{unix_now, DeadLetterQueue, Delivery, Message, Queue, QueueConsumer, QueueError, Record};
+use crate::clock::unix_ms_now;
+use crate::queue::{DeadLetterQueue, Delivery, Message, Queue, QueueConsumer, QueueError, Record};
 
 /// One SQS queue used as a dead-letter queue (the worker needs only this).
 #[derive(Clone, Debug)]
@@ -34,7 +35,12 @@ impl SqsDeadLetters {
 #[async_trait]
 impl DeadLetterQueue for SqsDeadLetters {
     async fn dead_letter(&self, message: &Message, reason: &str) -> Result<(), QueueError> {
-        send_message(&self.client, &self.url, &message.with_reason(reason, unix_now())).await
+        send_message(
+            &self.client,
+            &self.url,
+            &message.with_reason(reason, unix_ms_now()),
+        )
+        .await
     }
 }
 
@@ -157,7 +163,7 @@ impl QueueConsumer for SqsQueue {
     }
 }
 
-fn queue_error<E>(
+pub(crate) fn queue_error<E>(
     error: aws_smithy_runtime_api::client::result::SdkError<
         E,
         aws_smithy_runtime_api::client::orchestrator::HttpResponse,

@@ -3,9 +3,11 @@
 use std::sync::Arc;
 
 use anyhow::Context;
-use intercom_webhooks::aws::{load_config, sqs::SqsQueue, CallBudget};
+use axum::response::Response;
+use intercom_webhooks::aws::{emf, load_config, sqs::SqsQueue, CallBudget};
 use intercom_webhooks::config::{Env, ReceiverConfig};
 use intercom_webhooks::intake::Intake;
+use intercom_webhooks::metrics::Metrics;
 use intercom_webhooks::telemetry;
 
 #[tokio::main]
@@ -23,7 +25,14 @@ async fn main() -> anyhow::Result<()> {
         max_body_bytes = config.max_body_bytes,
         "receiver ready"
     );
-    let app = Intake::new(config.secrets, Arc::new(queue), config.max_body_bytes).router();
+    let metrics = Arc::new(Metrics::new());
+    let app = Intake::new(config.secrets, Arc::new(queue), config.max_body_bytes)
+        .with_metrics(metrics.clone())
+        .router()
+        .layer(axum::middleware::map_response(move |response: Response| {
+            emf::flush(&metrics, "receiver");
+            std::future::ready(response)
+        }));
     lambda_http::run(app)
         .await
         .map_err(|e| anyhow::anyhow!("the Lambda runtime stopped: {e}"))

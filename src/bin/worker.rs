@@ -7,7 +7,7 @@ use anyhow::Context;
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use intercom_webhooks::aws::dynamodb::DynamoStore;
 use intercom_webhooks::aws::sqs::SqsDeadLetters;
-use intercom_webhooks::aws::{lambda_sqs, load_config, CallBudget};
+use intercom_webhooks::aws::{emf, lambda_sqs, load_config, CallBudget};
 use intercom_webhooks::clock::SystemClock;
 use intercom_webhooks::config::{Env, WorkerLambdaConfig};
 use intercom_webhooks::{handlers, metrics::Metrics, telemetry, worker::Worker};
@@ -41,6 +41,7 @@ async fn main() -> anyhow::Result<()> {
             let result = worker
                 .process_batch(lambda_sqs::records(event.payload), deadline_ms)
                 .await;
+            emf::flush(worker.metrics(), "worker");
             Ok::<SqsBatchResponse, lambda_runtime::Error>(lambda_sqs::batch_response(&result))
         }
     });

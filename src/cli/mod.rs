@@ -1,6 +1,7 @@
 //! The `intercom-webhooks` command line. Each subcommand lives in its own module; this one parses
 //! arguments and reports errors.
 
+mod dlq;
 mod send;
 mod serve;
 mod sign;
@@ -25,6 +26,8 @@ enum Command {
     /// Run the whole pipeline on this machine: receive deliveries over HTTP and process them, with the
     /// queue and the idempotency store in one SQLite file.
     Serve(serve::ServeArgs),
+    /// Inspect dead-lettered notifications and send them back for processing (SQS or the local file).
+    Dlq(dlq::DlqArgs),
     /// Sign JSON files as Intercom would and POST them to a receiver.
     Send(send::SendArgs),
     /// Print the X-Hub-Signature header value for a file's exact bytes.
@@ -36,6 +39,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),
         Command::Send(args) => send::run(args),
+        Command::Dlq(args) => dlq::run(args),
         Command::Sign(args) => sign::run(args),
     };
     match result {

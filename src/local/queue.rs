@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use super::db::{Db, DbError};
 use crate::clock::unix_ms_now;
+use crate::dlq::{DeadLetterEntry, DeadLetterStore, Filter, RedriveReport};
 use crate::queue::{attr, DeadLetterQueue, Delivery, Message, Queue, QueueConsumer, QueueError, Record};
 
 #[derive(Clone, Debug)]
@@ -63,7 +64,7 @@ fn insert_dead_letter(
     enqueued_at: i64,
     now: i64,
 ) -> Result<(), DbError> {
-    let stored = message.with_reason(reason, now / 1000);
+    let stored = message.with_reason(reason, now);
     conn.execute(
         "INSERT INTO dead_letters (message_id, body, attributes, reason, receive_count, enqueued_at, dead_lettered_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -284,4 +285,81 @@ pub async fn receipt_of(db: &Db, message_id: &str) -> Result<Option<String>, DbE
         )
     })
     .await
+}
+
+fn entry(d: DeadLetter) -> DeadLetterEntry {
+    DeadLetterEntry {
+        id: d.message_id,
+        notification_id: d.attributes.get(attr::NOTIFICATION_ID).cloned(),
+        topic: d.attributes.get(attr::TOPIC).cloned(),
+        reason: d.reason,
+        receive_count: d.receive_count,
+        dead_lettered_at_ms: Some(d.dead_lettered_at_ms),
+        body: d.body,
+        attributes: d.attributes,
+    }
+}
+
+#[async_trait]
+impl DeadLetterStore for SqliteQueue {
+    async fn list(&self, filter: &Filter, limit: usize) -> Result<Vec<DeadLetterEntry>, QueueError> {
+        Ok(self
+            .dead_letters()
+            .await?
+            .into_iter()
+            .map(entry)
+            .filter(|e| filter.matches(e))
+            .take(limit)
+            .collect())
+    }
+
+    async fn show(&self, id: &str) -> Result<Option<DeadLetterEntry>, QueueError> {
+        Ok(self
+            .dead_letters()
+            .await?
+            .into_iter()
+            .map(entry)
+            .find(|e| e.id == id))
+    }
+
+    async fn redrive(&self, filter: &Filter, max: usize, dry_run: bool) -> Result<RedriveReport, QueueError> {
+        let all = self.dead_letters().await?;
+        let mut report = RedriveReport::default();
+        let mut chosen = Vec::new();
+        for dead in all {
+            let seq = dead.seq;
+            let e = entry(dead);
+            if filter.matches(&e) && chosen.len() < max {
+                chosen.push((seq, e.redriven()));
+            } else {
+                report.skipped += 1;
+            }
+        }
+        if dry_run {
+            report.would_move = chosen.len();
+            return Ok(report);
+        }
+        // One transaction: the message is back on the queue and gone from the dead letters, or neither.
+        let moved = self
+            .db
+            .call(move |c| {
+                let now = unix_ms_now();
+                let mut moved = 0;
+                for (seq, message) in chosen {
+                    let removed = c.execute("DELETE FROM dead_letters WHERE seq = ?1", [seq])?;
+                    if removed == 1 {
+                        c.execute(
+                            "INSERT INTO messages (message_id, body, attributes, enqueued_at, visible_at) VALUES (?1, ?2, ?3, ?4, ?4)",
+                            params![uuid::Uuid::new_v4().to_string(), message.body, encode(&message.attributes), now],
+                        )?;
+                        moved += 1;
+                    }
+                }
+                Ok(moved)
+            })
+            .await
+            .map_err(unavailable)?;
+        report.moved = moved;
+        Ok(report)
+    }
 }
