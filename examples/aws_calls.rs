@@ -1,0 +1,247 @@
+//! Counts the AWS requests the Lambda path makes per notification, against the AWS emulator, and prices
+//! them. Run with `bench/aws-calls.sh` (it starts moto_server), or with AWS_ENDPOINT_URL set:
+//! `cargo run --release --example aws_calls -- 200`.
+//!
+//! The receiver's intake and the worker's batch function run in-process with SDK clients whose every
+//! HTTP request is counted by an interceptor. The SQS event source mapping (AWS's side of the worker: one
+//! ReceiveMessage per batch of 10, one DeleteMessageBatch for the acknowledged records) is emulated with
+//! counted calls too, so the SQS figure includes it.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use aws_smithy_runtime_api::box_error::BoxError;
+use aws_smithy_runtime_api::client::interceptors::context::BeforeTransmitInterceptorContextRef;
+use aws_smithy_runtime_api::client::interceptors::Intercept;
+use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
+use aws_smithy_types::config_bag::ConfigBag;
+use intercom_webhooks::aws::dynamodb::DynamoStore;
+use intercom_webhooks::aws::sqs::{SqsDeadLetters, SqsQueue};
+use intercom_webhooks::aws::{load_config, CallBudget};
+use intercom_webhooks::clock::SystemClock;
+use intercom_webhooks::intake::{Intake, Outcome as IntakeOutcome, DEFAULT_MAX_BODY_BYTES};
+use intercom_webhooks::metrics::Metrics;
+use intercom_webhooks::queue::{Delivery, QueueConsumer};
+use intercom_webhooks::signature::ClientSecrets;
+use intercom_webhooks::worker::{Worker, WorkerSettings};
+
+/// Counts requests by `X-Amz-Target` (the operation), per phase.
+#[derive(Debug, Clone, Default)]
+struct Counter {
+    phase: Arc<Mutex<&'static str>>,
+    counts: Arc<Mutex<BTreeMap<(&'static str, String), u64>>>,
+}
+
+impl Intercept for Counter {
+    fn name(&self) -> &'static str {
+        "request-counter"
+    }
+
+    fn read_before_transmit(
+        &self,
+        context: &BeforeTransmitInterceptorContextRef<'_>,
+        _: &RuntimeComponents,
+        _: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        let operation = context
+            .request()
+            .headers()
+            .get("x-amz-target")
+            .unwrap_or("unknown")
+            .to_owned();
+        let phase = *self.phase.lock().unwrap();
+        *self.counts.lock().unwrap().entry((phase, operation)).or_default() += 1;
+        Ok(())
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let n: usize = std::env::args()
+        .nth(1)
+        .map(|a| a.parse())
+        .transpose()?
+        .unwrap_or(200);
+    anyhow::ensure!(
+        std::env::var("AWS_ENDPOINT_URL").is_ok(),
+        "AWS_ENDPOINT_URL is not set: run bench/aws-calls.sh, which starts moto_server"
+    );
+    let sdk = load_config(CallBudget::WORKER).await;
+    let counter = Counter::default();
+    let sqs = aws_sdk_sqs::Client::from_conf(
+        aws_sdk_sqs::config::Builder::from(&sdk)
+            .interceptor(counter.clone())
+            .build(),
+    );
+    let dynamo = aws_sdk_dynamodb::Client::from_conf(
+        aws_sdk_dynamodb::config::Builder::from(&sdk)
+            .interceptor(counter.clone())
+            .build(),
+    );
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    *counter.phase.lock().unwrap() = "setup";
+    let queue_url = sqs
+        .create_queue()
+        .queue_name(format!("calls-{run}"))
+        .send()
+        .await?
+        .queue_url
+        .unwrap();
+    let dlq_url = sqs
+        .create_queue()
+        .queue_name(format!("calls-dlq-{run}"))
+        .send()
+        .await?
+        .queue_url
+        .unwrap();
+    let table = format!("calls-{run}");
+    {
+        use aws_sdk_dynamodb::types::*;
+        dynamo
+            .create_table()
+            .table_name(&table)
+            .billing_mode(BillingMode::PayPerRequest)
+            .attribute_definitions(
+                AttributeDefinition::builder()
+                    .attribute_name("pk")
+                    .attribute_type(ScalarAttributeType::S)
+                    .build()?,
+            )
+            .key_schema(
+                KeySchemaElement::builder()
+                    .attribute_name("pk")
+                    .key_type(KeyType::Hash)
+                    .build()?,
+            )
+            .send()
+            .await?;
+    }
+
+    // Receiver: every notification a fresh id, signed, through the intake.
+    let secrets = ClientSecrets::parse("bench-secret")?;
+    let queue = SqsQueue::new(sqs.clone(), &queue_url, &dlq_url);
+    let intake = Intake::new(secrets.clone(), Arc::new(queue.clone()), DEFAULT_MAX_BODY_BYTES);
+    let template: serde_json::Value = serde_json::from_slice(&std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/events/notifications/conversation_user_replied.json"
+    ))?)?;
+    *counter.phase.lock().unwrap() = "receiver";
+    for i in 0..n {
+        let mut body = template.clone();
+        body["id"] = format!("notif_calls_{run}_{i}").into();
+        let bytes = serde_json::to_vec_pretty(&body)?;
+        let mut headers = axum::http::HeaderMap::new();
+        headers.insert("x-hub-signature", secrets.primary().sign(&bytes).parse()?);
+        let outcome = intake.handle(&headers, &bytes).await;
+        anyhow::ensure!(
+            matches!(outcome, IntakeOutcome::Queued { .. }),
+            "not queued: {outcome:?}"
+        );
+    }
+
+    // Worker: batches of 10, as the event source mapping delivers them.
+    let worker = Worker::new(
+        Arc::new(DynamoStore::new(dynamo.clone(), &table)),
+        Arc::new(SqsDeadLetters::new(sqs.clone(), &dlq_url)),
+        intercom_webhooks::handlers::default_router(None)?,
+        Arc::new(SystemClock),
+        Arc::new(Metrics::new()),
+        WorkerSettings::default(),
+    );
+    let mut processed = 0;
+    let mut batches = 0;
+    while processed < n && batches < n {
+        *counter.phase.lock().unwrap() = "event source mapping";
+        let deliveries: Vec<Delivery> = queue.receive(10, std::time::Duration::from_secs(60)).await?;
+        if deliveries.is_empty() {
+            continue;
+        }
+        batches += 1;
+        *counter.phase.lock().unwrap() = "worker";
+        let deadline = intercom_webhooks::clock::unix_ms_now() + 30_000;
+        let result = worker
+            .process_batch(deliveries.iter().map(|d| d.record.clone()).collect(), deadline)
+            .await;
+        anyhow::ensure!(
+            result.failures().is_empty(),
+            "failures on the happy path: {result:?}"
+        );
+        processed += deliveries.len();
+        *counter.phase.lock().unwrap() = "event source mapping";
+        let mut delete = sqs.delete_message_batch().queue_url(&queue_url);
+        for (i, d) in deliveries.iter().enumerate() {
+            delete = delete.entries(
+                aws_sdk_sqs::types::DeleteMessageBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .receipt_handle(&d.receipt)
+                    .build()?,
+            );
+        }
+        delete.send().await?;
+    }
+
+    let counts = counter.counts.lock().unwrap().clone();
+    println!("notifications: {n}, worker batches: {batches}");
+    println!(
+        "{:<22} {:<40} {:>8} {:>14}",
+        "phase", "operation", "calls", "per notif."
+    );
+    let mut sqs_total = 0;
+    let mut dynamo_writes = 0;
+    let mut dynamo_total = 0;
+    for ((phase, operation), calls) in &counts {
+        if *phase == "setup" {
+            continue;
+        }
+        println!(
+            "{phase:<22} {operation:<40} {calls:>8} {:>14.3}",
+            *calls as f64 / n as f64
+        );
+        if operation.starts_with("AmazonSQS.") {
+            sqs_total += calls;
+        }
+        if operation.starts_with("DynamoDB_") {
+            dynamo_total += calls;
+            if ["PutItem", "UpdateItem", "DeleteItem"]
+                .iter()
+                .any(|w| operation.ends_with(w))
+            {
+                dynamo_writes += calls;
+            }
+        }
+    }
+    let per = |x: u64| x as f64 / n as f64;
+    println!();
+    println!(
+        "SQS requests per notification:      {:.3}  (goal <= 1.3)",
+        per(sqs_total)
+    );
+    println!(
+        "DynamoDB writes per notification:   {:.3}  (goal exactly 2)",
+        per(dynamo_writes)
+    );
+    println!("DynamoDB requests per notification: {:.3}", per(dynamo_total));
+
+    // List prices, us-east-1, standard SQS queue, DynamoDB on-demand, Lambda arm64 (check current prices).
+    const SQS_PER_MILLION: f64 = 0.40;
+    const WRU_PER_MILLION: f64 = 0.625;
+    const RRU_PER_MILLION: f64 = 0.125;
+    let sqs_cost = per(sqs_total) * SQS_PER_MILLION;
+    let dynamo_cost =
+        per(dynamo_writes) * WRU_PER_MILLION + per(dynamo_total - dynamo_writes) * RRU_PER_MILLION;
+    println!();
+    println!("Cost per million notifications (list prices, us-east-1; items < 1 KB, messages < 64 KB):");
+    println!(
+        "  SQS      {:.2} M requests x $0.40/M      = ${sqs_cost:.2}",
+        per(sqs_total)
+    );
+    println!(
+        "  DynamoDB {:.2} M write units x $0.625/M = ${dynamo_cost:.2}",
+        per(dynamo_writes)
+    );
+    println!(
+        "  total for queue and store               = ${:.2}",
+        sqs_cost + dynamo_cost
+    );
+    Ok(())
+}
