@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use common::{create_queue, create_table, drain, unique};
+use common::{create_table, drain, unique};
 use intercom_webhooks::aws::dynamodb::DynamoStore;
 use intercom_webhooks::aws::sqs::SqsQueue;
 use intercom_webhooks::clock::unix_ms_now;
@@ -252,29 +252,7 @@ async fn queue_contract_sqlite() {
 async fn queue_contract_sqs() {
     let sdk = common::aws_config().await;
     let sqs = aws_sdk_sqs::Client::new(&sdk);
-    let dlq = create_queue(&sqs, &unique("contract-dlq")).await;
-    let arn = sqs
-        .get_queue_attributes()
-        .queue_url(&dlq)
-        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
-        .send()
-        .await
-        .unwrap()
-        .attributes
-        .unwrap()[&aws_sdk_sqs::types::QueueAttributeName::QueueArn]
-        .clone();
-    let main = sqs
-        .create_queue()
-        .queue_name(unique("contract"))
-        .attributes(
-            aws_sdk_sqs::types::QueueAttributeName::RedrivePolicy,
-            serde_json::json!({"deadLetterTargetArn": arn, "maxReceiveCount": 3}).to_string(),
-        )
-        .send()
-        .await
-        .unwrap()
-        .queue_url
-        .unwrap();
+    let (main, dlq) = common::create_queue_with_dlq(&sqs, "contract", 3).await;
     let queue = Arc::new(SqsQueue::new(sqs.clone(), &main, &dlq));
     queue_contract(queue, Arc::new(SqsDeadLetterReader(sqs, dlq)), 3).await;
 }

@@ -407,31 +407,7 @@ async fn an_unknown_topic_is_acknowledged_and_counted_never_dead_lettered() {
 #[tokio::test]
 async fn a_record_that_keeps_failing_reaches_the_dlq_after_max_receive_count() {
     let s = setup().await;
-    let redrive_dlq = create_queue(&s.sqs, &unique("redrive-dlq")).await;
-    let dlq_arn = s
-        .sqs
-        .get_queue_attributes()
-        .queue_url(&redrive_dlq)
-        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
-        .send()
-        .await
-        .unwrap()
-        .attributes
-        .unwrap()[&aws_sdk_sqs::types::QueueAttributeName::QueueArn]
-        .clone();
-    let queue = s
-        .sqs
-        .create_queue()
-        .queue_name(unique("main"))
-        .attributes(
-            aws_sdk_sqs::types::QueueAttributeName::RedrivePolicy,
-            json!({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": 5}).to_string(),
-        )
-        .send()
-        .await
-        .unwrap()
-        .queue_url
-        .unwrap();
+    let (queue, redrive_dlq) = common::create_queue_with_dlq(&s.sqs, "main", 5).await;
     s.handler
         .fail("notif_stuck", usize::MAX, HandlerError::retryable("always down"));
     let b = body("notif_stuck");

@@ -79,52 +79,42 @@ impl IdempotencyStore for SqliteStore {
     }
 
     async fn complete(&self, lease: &Lease, expiration: i64) -> Result<(), StoreError> {
-        let lease = lease.clone();
-        let changed = {
-            let lease = lease.clone();
-            self.db
-                .call(move |c| {
-                    Ok(c.execute(
-                        "UPDATE idempotency SET status = ?1, expiration = ?2, completed_at = ?3
-                         WHERE pk = ?4 AND status = ?5 AND lease_token = ?6",
-                        params![
-                            COMPLETED,
-                            expiration,
-                            unix_ms_now(),
-                            lease.key.as_str(),
-                            IN_PROGRESS,
-                            lease.token
-                        ],
-                    )?)
-                })
-                .await
-                .map_err(unavailable)?
-        };
-        if changed == 1 {
-            Ok(())
-        } else {
-            Err(StoreError::LeaseLost(lease.key))
-        }
+        let (key, token) = (lease.key.as_str().to_owned(), lease.token.clone());
+        let changed = self
+            .db
+            .call(move |c| {
+                Ok(c.execute(
+                    "UPDATE idempotency SET status = ?1, expiration = ?2, completed_at = ?3
+                     WHERE pk = ?4 AND status = ?5 AND lease_token = ?6",
+                    params![COMPLETED, expiration, unix_ms_now(), key, IN_PROGRESS, token],
+                )?)
+            })
+            .await
+            .map_err(unavailable)?;
+        held(changed, lease)
     }
 
     async fn release(&self, lease: &Lease) -> Result<(), StoreError> {
-        let lease = lease.clone();
-        let changed = {
-            let lease = lease.clone();
-            self.db
-                .call(move |c| {
-                    Ok(c.execute(
-                        "DELETE FROM idempotency WHERE pk = ?1 AND status = ?2 AND lease_token = ?3",
-                        params![lease.key.as_str(), IN_PROGRESS, lease.token],
-                    )?)
-                })
-                .await
-                .map_err(unavailable)?
-        };
-        if changed == 1 {
-            Ok(())
-        } else {
-            Err(StoreError::LeaseLost(lease.key))
-        }
+        let (key, token) = (lease.key.as_str().to_owned(), lease.token.clone());
+        let changed = self
+            .db
+            .call(move |c| {
+                Ok(c.execute(
+                    "DELETE FROM idempotency WHERE pk = ?1 AND status = ?2 AND lease_token = ?3",
+                    params![key, IN_PROGRESS, token],
+                )?)
+            })
+            .await
+            .map_err(unavailable)?;
+        held(changed, lease)
+    }
+}
+
+/// A holder-only write changed its row, or the lease was lost.
+fn held(changed: usize, lease: &Lease) -> Result<(), StoreError> {
+    if changed == 1 {
+        Ok(())
+    } else {
+        Err(StoreError::LeaseLost(lease.key.clone()))
     }
 }
