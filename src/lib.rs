@@ -9,6 +9,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod dlq;
+pub mod events;
 pub mod handler;
 pub mod handlers;
 pub mod idempotency;

@@ -1,6 +1,7 @@
 //! The `intercom-webhooks` command line. Each subcommand lives in its own module; this one parses
 //! arguments and reports errors.
 
+mod events;
 mod dlq;
 mod send;
 mod serve;
@@ -23,6 +24,8 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Send Data Events to Intercom: one (`track`) or a JSON Lines file of them (`bulk`), at the rate limit.
+    Events(events::EventsArgs),
     /// Run the whole pipeline on this machine: receive deliveries over HTTP and process them, with the
     /// queue and the idempotency store in one SQLite file.
     Serve(serve::ServeArgs),
@@ -37,6 +40,7 @@ enum Command {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Events(args) => events::run(args),
         Command::Serve(args) => serve::run(args),
         Command::Send(args) => send::run(args),
         Command::Dlq(args) => dlq::run(args),

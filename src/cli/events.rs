@@ -1,0 +1,483 @@
+//! `intercom-webhooks events`: send Data Events to Intercom, one (`track`) or a JSON Lines file of them
+//! (`bulk`) at the rate limit.
+
+use std::fs::File;
+use std::io::{BufWriter, IsTerminal, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::builder::TypedValueParser as _;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
+use serde_json::Value;
+
+use crate::config::Env;
+use crate::events::{
+    AccessToken, BulkOptions, BulkSummary, DataEvent, Endpoint, EventsClient, FailedEvent, Progress, Region,
+    DEFAULT_INTERCOM_VERSION, DEFAULT_MAX_IN_FLIGHT,
+};
+
+const TOKEN_VAR: &str = "INTERCOM_ACCESS_TOKEN";
+const TOKEN_HINT: &str = "set INTERCOM_ACCESS_TOKEN to an access token of your Intercom app that may write \
+     events (Developer Hub > your app > Authentication)";
+/// How often progress is printed when standard error is not a terminal.
+const PROGRESS_LINE_EVERY: Duration = Duration::from_secs(5);
+/// Invalid lines or failed events listed on standard error before the rest are only counted.
+const LISTED: usize = 20;
+
+#[derive(clap::Args, Debug)]
+#[command(after_help = "The access token is read from INTERCOM_ACCESS_TOKEN, never from an argument.")]
+pub struct EventsArgs {
+    #[command(subcommand)]
+    command: EventsCommand,
+    #[command(flatten)]
+    connection: ConnectionArgs,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum EventsCommand {
+    /// Send one event about one contact and print Intercom's answer.
+    Track(TrackArgs),
+    /// Send every event of a JSON Lines file as fast as the rate limit allows.
+    Bulk(BulkArgs),
+}
+
+/// Where events go. The access token is read from INTERCOM_ACCESS_TOKEN only, never from an argument,
+/// so that it does not show in the process list or the shell history.
+#[derive(clap::Args, Debug)]
+struct ConnectionArgs {
+    /// The workspace's region: us, eu or au.
+    #[arg(long, env = "INTERCOM_REGION", default_value = "us", global = true)]
+    region: String,
+    /// Send to this base URL instead of the region's (a proxy or a mock); /events is appended.
+    #[arg(long, value_name = "URL", global = true)]
+    base_url: Option<String>,
+    /// The Intercom-Version header.
+    #[arg(long, env = "INTERCOM_VERSION", default_value = DEFAULT_INTERCOM_VERSION, global = true)]
+    intercom_version: String,
+}
+
+#[derive(clap::Args, Debug)]
+struct TrackArgs {
+    /// The event's name, e.g. invited-friend.
+    #[arg(long)]
+    name: String,
+    #[command(flatten)]
+    contact: ContactArgs,
+    /// A metadata entry, repeatable (at most 10). Numbers stay numbers; a value starting with `{` is read
+    /// as JSON (a rich link {"url":…,"value":…} or an amount {"amount":cents,"currency":"eur"});
+    /// anything else is a string.
+    #[arg(long = "meta", value_name = "KEY=VALUE", value_parser = parse_meta)]
+    meta: Vec<(String, Value)>,
+    /// When the event happened, in Unix seconds (default: now).
+    #[arg(long, value_name = "UNIX")]
+    created_at: Option<u64>,
+}
+
+/// Exactly one contact identifier.
+#[derive(clap::Args, Debug)]
+#[group(required = true, multiple = false)]
+struct ContactArgs {
+    /// Your identifier for the user.
+    #[arg(long)]
+    user_id: Option<String>,
+    /// Intercom's identifier for the contact (the only one that works for leads).
+    #[arg(long)]
+    id: Option<String>,
+    /// The user's email address.
+    #[arg(long)]
+    email: Option<String>,
+}
+
+#[derive(clap::Args, Debug)]
+struct BulkArgs {
+    /// A JSON Lines file, one event per line with the API's field names (event_name, created_at,
+    /// user_id / id / email, metadata); `-` reads standard input.
+    file: PathBuf,
+    /// Write the events that failed here, one per line with an "error" field; the file can be given
+    /// back to `events bulk` as it is.
+    #[arg(long, value_name = "FILE")]
+    failed_out: Option<PathBuf>,
+    /// Check every line and send nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// The most requests awaiting an answer at once.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_IN_FLIGHT,
+          value_parser = clap::value_parser!(u16).range(1..=1000).map(usize::from))]
+    concurrency: usize,
+}
+
+pub fn run(args: EventsArgs) -> anyhow::Result<ExitCode> {
+    match args.command {
+        EventsCommand::Track(track) => run_track(&args.connection, track),
+        EventsCommand::Bulk(bulk) => run_bulk(&args.connection, bulk),
+    }
+}
+
+fn run_track(connection: &ConnectionArgs, args: TrackArgs) -> anyhow::Result<ExitCode> {
+    let mut builder = DataEvent::builder(args.name);
+    let ContactArgs { user_id, id, email } = args.contact;
+    if let Some(user_id) = user_id {
+        builder = builder.user_id(user_id);
+    }
+    if let Some(id) = id {
+        builder = builder.id(id);
+    }
+    if let Some(email) = email {
+        builder = builder.email(email);
+    }
+    if let Some(created_at) = args.created_at {
+        builder = builder.created_at(created_at);
+    }
+    for (key, value) in args.meta {
+        builder = builder.metadata(key, value);
+    }
+    let event = builder.build().context("invalid event")?;
+    let client = client(connection)?;
+    let tracked = runtime()?.block_on(client.track(&event)).with_context(|| {
+        format!(
+            "event {:?} for {} was not accepted",
+            event.event_name(),
+            event.contact()
+        )
+    })?;
+    println!(
+        "accepted after {} {}: {}",
+        tracked.attempts,
+        if tracked.attempts == 1 {
+            "attempt"
+        } else {
+            "attempts"
+        },
+        event.to_json()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_bulk(connection: &ConnectionArgs, args: BulkArgs) -> anyhow::Result<ExitCode> {
+    let text = read_input(&args.file)?;
+    let (events, line_numbers) = parse_lines(&text)?;
+    if args.dry_run {
+        println!("{} events valid; dry run, nothing sent", events.len());
+        return Ok(ExitCode::SUCCESS);
+    }
+    if events.is_empty() {
+        println!("no events in {}; nothing sent", args.file.display());
+        if let Some(path) = &args.failed_out {
+            write_failed(path, &[], &line_numbers)?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let client = client(connection)?;
+    let total = events.len() as u64;
+    let options = BulkOptions {
+        max_in_flight: args.concurrency,
+    };
+    let mut reporter = Reporter::new(total);
+    let summary = runtime()?.block_on(client.track_all(
+        futures::stream::iter(events),
+        &options,
+        |progress| reporter.update(progress),
+    ));
+    reporter.finish();
+
+    println!("{}", summary_line(&summary, total));
+    if let Some(path) = &args.failed_out {
+        write_failed(path, &summary.failures, &line_numbers)?;
+    }
+    if summary.failures.is_empty() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    for failure in summary.failures.iter().take(LISTED) {
+        eprintln!(
+            "line {}: {}",
+            line_numbers[failure.index],
+            error_chain(&failure.error)
+        );
+    }
+    if summary.failures.len() > LISTED {
+        eprintln!("… and {} more", summary.failures.len() - LISTED);
+    }
+    match &args.failed_out {
+        Some(path) => eprintln!(
+            "{} events failed; they are in {} (send them again with `events bulk {}`)",
+            summary.failures.len(),
+            path.display(),
+            path.display()
+        ),
+        None => eprintln!(
+            "{} events failed; pass --failed-out FILE to keep them for another try",
+            summary.failures.len()
+        ),
+    }
+    Ok(ExitCode::FAILURE)
+}
+
+fn client(connection: &ConnectionArgs) -> anyhow::Result<EventsClient> {
+    let token = Env::process().required(TOKEN_VAR, TOKEN_HINT)?;
+    let token = AccessToken::new(token).with_context(|| format!("{TOKEN_VAR} is invalid"))?;
+    let endpoint = match &connection.base_url {
+        Some(url) => Endpoint::base_url(url)?,
+        None => Endpoint::Region(
+            connection
+                .region
+                .parse::<Region>()
+                .context("INTERCOM_REGION / --region is invalid")?,
+        ),
+    };
+    Ok(EventsClient::builder(token, endpoint)
+        .intercom_version(&connection.intercom_version)
+        .build()?)
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+/// `key=value`: a JSON number stays a number, `{…}` is read as a JSON object, the rest is a string.
+fn parse_meta(raw: &str) -> Result<(String, Value), String> {
+    let (key, value) = raw
+        .split_once('=')
+        .ok_or_else(|| format!("{raw:?} is not KEY=VALUE"))?;
+    if key.trim().is_empty() {
+        return Err(format!("{raw:?} has an empty key"));
+    }
+    let value = if let Ok(number) = serde_json::from_str::<serde_json::Number>(value) {
+        Value::Number(number)
+    } else if value.trim_start().starts_with('{') {
+        match serde_json::from_str::<Value>(value) {
+            Ok(object @ Value::Object(_)) => object,
+            _ => {
+                return Err(format!(
+                    "the value of {key} starts with {{ but is not a JSON object"
+                ))
+            }
+        }
+    } else {
+        Value::String(value.to_string())
+    };
+    Ok((key.to_string(), value))
+}
+
+fn read_input(path: &Path) -> anyhow::Result<String> {
+    if path.as_os_str() == "-" {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .context("cannot read standard input")?;
+        return Ok(text);
+    }
+    std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
+}
+
+/// Every non-blank line as an event, with its line number (1-based); or every bad line reported.
+/// An `error` field (as written to --failed-out) is ignored, so failed events can be sent again.
+fn parse_lines(text: &str) -> anyhow::Result<(Vec<DataEvent>, Vec<usize>)> {
+    let mut events = Vec::new();
+    let mut line_numbers = Vec::new();
+    let mut bad = Vec::new();
+    for (index, line) in text.lines().enumerate() {
+        let number = index + 1;
+        if line.trim().is_empty() {
+            continue;
+        }
+        match parse_line(line) {
+            Ok(event) => {
+                events.push(event);
+                line_numbers.push(number);
+            }
+            Err(reason) => bad.push(format!("line {number}: {reason}")),
+        }
+    }
+    if bad.is_empty() {
+        return Ok((events, line_numbers));
+    }
+    for message in bad.iter().take(LISTED) {
+        eprintln!("{message}");
+    }
+    if bad.len() > LISTED {
+        eprintln!("… and {} more", bad.len() - LISTED);
+    }
+    bail!(
+        "{} of {} events are invalid; nothing was sent",
+        bad.len(),
+        bad.len() + events.len()
+    )
+}
+
+fn parse_line(line: &str) -> Result<DataEvent, String> {
+    let mut value: Value = serde_json::from_str(line).map_err(|e| format!("not JSON: {e}"))?;
+    if let Value::Object(object) = &mut value {
+        object.remove("error");
+    }
+    DataEvent::from_json(value).map_err(|e| e.to_string())
+}
+
+/// One line per failed event: the event as sent, plus `error` with its kind, status, message, the
+/// attempts made and the line it came from.
+fn write_failed(path: &Path, failures: &[FailedEvent], line_numbers: &[usize]) -> anyhow::Result<()> {
+    let file = File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    let mut out = BufWriter::new(file);
+    for failure in failures {
+        let mut line = failure.event.to_json();
+        let error = serde_json::json!({
+            "kind": failure.error.kind().as_str(),
+            "status": failure.error.status(),
+            "message": error_chain(&failure.error),
+            "line": line_numbers[failure.index],
+        });
+        if let Value::Object(object) = &mut line {
+            object.insert("error".into(), error);
+        }
+        writeln!(out, "{line}").with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    out.flush()
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+fn summary_line(summary: &BulkSummary, total: u64) -> String {
+    let seconds = summary.elapsed.as_secs_f64();
+    let rate = if seconds > 0.0 {
+        summary.sent as f64 / seconds
+    } else {
+        0.0
+    };
+    let mut line = format!(
+        "sent {} of {total} events in {seconds:.1}s ({rate:.1}/s); failed {}",
+        summary.sent,
+        summary.failed_total()
+    );
+    if !summary.failed.is_empty() {
+        let kinds: Vec<String> = summary.failed.iter().map(|(k, n)| format!("{k} {n}")).collect();
+        line.push_str(&format!(" ({})", kinds.join(", ")));
+    }
+    line.push_str(&format!(
+        "; retried {}; 429 answers {}; requests {}",
+        summary.retried, summary.rate_limited, summary.requests
+    ));
+    line
+}
+
+/// Progress on standard error: a bar with rate and ETA on a terminal, a plain line every few seconds
+/// otherwise.
+struct Reporter {
+    total: u64,
+    bar: Option<ProgressBar>,
+    started: Instant,
+    last_line: Instant,
+}
+
+impl Reporter {
+    fn new(total: u64) -> Self {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+            let style = ProgressStyle::with_template(
+                "{elapsed_precise} [{wide_bar}] {pos}/{len} {rate} ETA {eta} {msg}",
+            )
+            .expect("the template is valid")
+            .with_key("rate", |state: &ProgressState, out: &mut dyn std::fmt::Write| {
+                let _ = write!(out, "{:.1}/s", state.per_sec());
+            })
+            .progress_chars("=> ");
+            bar.set_style(style);
+            bar.enable_steady_tick(Duration::from_millis(250));
+            bar
+        });
+        let now = Instant::now();
+        Self {
+            total,
+            bar,
+            started: now,
+            last_line: now,
+        }
+    }
+
+    fn update(&mut self, progress: &Progress) {
+        let done = progress.sent + progress.failed;
+        match &self.bar {
+            Some(bar) => {
+                bar.set_position(done);
+                bar.set_message(format!(
+                    "failed {} retried {} 429s {}",
+                    progress.failed, progress.retried, progress.rate_limited
+                ));
+            }
+            None if self.last_line.elapsed() >= PROGRESS_LINE_EVERY => {
+                self.last_line = Instant::now();
+                let seconds = self.started.elapsed().as_secs_f64();
+                let rate = done as f64 / seconds.max(0.001);
+                let eta = if rate > 0.0 {
+                    format!("{:.0}s", self.total.saturating_sub(done) as f64 / rate)
+                } else {
+                    "?".into()
+                };
+                eprintln!(
+                    "progress: {done}/{} ({} sent, {} failed, {} retried, {} rate limited) \
+                     {rate:.1}/s ETA {eta}",
+                    self.total, progress.sent, progress.failed, progress.retried, progress.rate_limited
+                );
+            }
+            None => {}
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish();
+            // The bar leaves the cursor at the end of its line.
+            eprintln!();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn meta_values_keep_their_type() {
+        assert_eq!(parse_meta("seats=3").unwrap(), ("seats".into(), json!(3)));
+        assert_eq!(parse_meta("load=3.67").unwrap(), ("load".into(), json!(3.67)));
+        assert_eq!(parse_meta("zip=02134").unwrap(), ("zip".into(), json!("02134")));
+        assert_eq!(
+            parse_meta("plan=pro=yearly").unwrap(),
+            ("plan".into(), json!("pro=yearly"))
+        );
+        assert_eq!(parse_meta("ok=true").unwrap(), ("ok".into(), json!("true")));
+        assert_eq!(
+            parse_meta(r#"price={"amount":34999,"currency":"eur"}"#).unwrap(),
+            ("price".into(), json!({"amount": 34999, "currency": "eur"}))
+        );
+        assert!(parse_meta("novalue").is_err());
+        assert!(parse_meta("=x").is_err());
+        assert!(parse_meta("x={oops").is_err());
+    }
+
+    #[test]
+    fn failed_out_lines_parse_back() {
+        let line = r#"{"event_name":"a","created_at":5,"user_id":"u","error":{"kind":"server_error"}}"#;
+        let event = parse_line(line).unwrap();
+        assert_eq!(event.created_at(), 5);
+        assert!(parse_line(r#"{"event_name":"a"}"#)
+            .unwrap_err()
+            .contains("no contact"));
+        assert!(parse_line("{").unwrap_err().starts_with("not JSON"));
+    }
+}
