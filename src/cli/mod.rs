@@ -1,8 +1,8 @@
 //! The `intercom-webhooks` command line. Each subcommand lives in its own module; this one parses
 //! arguments and reports errors.
 
-mod events;
 mod dlq;
+mod events;
 mod send;
 mod serve;
 mod sign;
