@@ -26,6 +26,7 @@ CREATE TABLE IF NOT EXISTS messages (
     last_error     TEXT
 );
 CREATE INDEX IF NOT EXISTS messages_by_visibility ON messages (visible_at, seq);
+CREATE INDEX IF NOT EXISTS messages_by_receipt ON messages (receipt);
 CREATE TABLE IF NOT EXISTS dead_letters (
     seq              INTEGER PRIMARY KEY AUTOINCREMENT,
     message_id       TEXT    NOT NULL,

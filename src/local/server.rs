@@ -238,24 +238,30 @@ impl Poller {
         let records = deliveries.into_iter().map(|d| d.record).collect();
         let result = self.worker.process_batch(records, deadline_ms).await;
         let retry: std::collections::HashSet<String> = result.failures().into_iter().collect();
-        for (message_id, receipt, receive_count) in receipts {
-            let outcome = if retry.contains(&message_id) {
-                let error = result
-                    .errors
-                    .get(&message_id)
-                    .map(String::as_str)
-                    .unwrap_or("retry");
-                self.queue
-                    .retry(&receipt, error, backoff(receive_count, self.visibility))
-                    .await
-            } else {
-                self.queue.ack(&receipt).await
-            };
-            if let Err(error) = outcome {
-                // The visibility timeout hands the message out again; the worker deduplicates it.
-                warn!(%error, %message_id, "could not settle a message");
+        // Settled together: the database thread commits concurrent operations as one transaction.
+        let settles = receipts.into_iter().map(|(message_id, receipt, receive_count)| {
+            let retry = retry.contains(&message_id);
+            let result = &result;
+            async move {
+                let outcome = if retry {
+                    let error = result
+                        .errors
+                        .get(&message_id)
+                        .map(String::as_str)
+                        .unwrap_or("retry");
+                    self.queue
+                        .retry(&receipt, error, backoff(receive_count, self.visibility))
+                        .await
+                } else {
+                    self.queue.ack(&receipt).await
+                };
+                if let Err(error) = outcome {
+                    // The visibility timeout hands the message out again; the worker deduplicates it.
+                    warn!(%error, %message_id, "could not settle a message");
+                }
             }
-        }
+        });
+        futures::future::join_all(settles).await;
     }
 }
 
