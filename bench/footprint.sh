@@ -1,0 +1,263 @@
+#!/usr/bin/env bash
+# Lambda footprint: the size of the release `receiver` and `worker` binaries and of their deployment zips
+# (arm64 when a build is there: .aws-sam/build from `sam build`, or target/lambda from
+# `cargo lambda build --arm64`; x86_64 from `cargo build --release` otherwise); the start-up time of the
+# x86_64 release `receiver` under the Lambda runtime emulator (`cargo lambda watch --only-lambda-apis`),
+# from process start to its "receiver ready" log line and to its first answer (a signed ping, which needs
+# no AWS call); and the peak memory (max RSS, /usr/bin/time -v) of `serve` under the intake load of
+# bench/intake.sh. Prints Markdown.
+#
+#   bench/footprint.sh                       # 20 start-ups, wrk -t2 -c64 -d15s
+#   bench/footprint.sh --runs 50 --duration 30s
+#
+# Installs what it needs: wrk, curl, time (apt); cargo-lambda (PyPI, into a temporary virtualenv unless
+# .venv/bin/cargo-lambda or cargo-lambda on PATH exists).
+set -euo pipefail
+SELF=$(cd "$(dirname "$0")" && pwd)/$(basename "$0")
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+RUNS=20
+THREADS=2
+CONNECTIONS=64
+DURATION=15s
+FIXTURE=events/notifications/conversation_user_created.json
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --runs) RUNS=$2; shift 2 ;;
+    --threads) THREADS=$2; shift 2 ;;
+    --connections) CONNECTIONS=$2; shift 2 ;;
+    --duration) DURATION=$2; shift 2 ;;
+    --fixture) FIXTURE=$2; shift 2 ;;
+    -h|--help) sed -n '2,15p' "$SELF"; exit 0 ;;
+    *) echo "unknown option: $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
+
+SUDO=""
+[[ "$(id -u)" -eq 0 ]] || SUDO=sudo
+APT_UPDATED=0
+apt_install() {
+  if [[ $APT_UPDATED -eq 0 ]]; then $SUDO apt-get update -qq; APT_UPDATED=1; fi
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "$@" >/dev/null
+}
+need() { # need COMMAND APT_PACKAGE
+  command -v "$1" >/dev/null 2>&1 || apt_install "$2"
+}
+need wrk wrk
+need curl curl
+need python3 python3
+[[ -x /usr/bin/time ]] || apt_install time
+
+TMP=$(mktemp -d -t footprint-bench.XXXXXX)
+PIDS=()
+cleanup() {
+  for pid in ${PIDS[@]+"${PIDS[@]}"}; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in ${PIDS[@]+"${PIDS[@]}"}; do
+    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+  done
+  rm -rf "$TMP"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+CARGO_LAMBDA=""
+if [[ -x .venv/bin/cargo-lambda ]]; then
+  CARGO_LAMBDA=$ROOT/.venv/bin/cargo-lambda
+elif command -v cargo-lambda >/dev/null 2>&1; then
+  CARGO_LAMBDA=$(command -v cargo-lambda)
+else
+  echo "installing cargo-lambda into a temporary virtualenv..." >&2
+  need_version=$(grep -i '^cargo-lambda' scripts/requirements-test.txt 2>/dev/null || echo cargo-lambda)
+  python3 -m venv "$TMP/venv"
+  "$TMP/venv/bin/pip" install --quiet --disable-pip-version-check "$need_version"
+  CARGO_LAMBDA=$TMP/venv/bin/cargo-lambda
+fi
+
+echo "building the x86_64 release binaries..." >&2
+cargo build --release --quiet --bin receiver --bin worker --bin intercom-webhooks
+
+# --- sizes ---------------------------------------------------------------------------------------------
+arch_of() { # the ELF machine of a binary
+  python3 - "$1" <<'PY'
+import struct, sys
+with open(sys.argv[1], "rb") as f:
+    head = f.read(20)
+machine = struct.unpack("<H", head[18:20])[0] if head[:4] == b"\x7fELF" else None
+print({0xB7: "arm64", 0x3E: "x86_64"}.get(machine, "unknown"))
+PY
+}
+zip_size() { # zip_size BINARY ZIPFILE: a Lambda zip (the binary as `bootstrap`, deflate) and its size
+  python3 - "$1" "$2" <<'PY'
+import os, sys, zipfile
+binary, out = sys.argv[1], sys.argv[2]
+info = zipfile.ZipInfo("bootstrap")
+info.compress_type = zipfile.ZIP_DEFLATED
+info.external_attr = 0o755 << 16
+with open(binary, "rb") as f, zipfile.ZipFile(out, "w") as z:
+    z.writestr(info, f.read())
+print(os.path.getsize(out))
+PY
+}
+LAMBDA_ROWS=()
+SOURCE="x86_64 release build (\`cargo build --release\`; no arm64 build found)"
+if [[ -f .aws-sam/build/ReceiverFunction/bootstrap && -f .aws-sam/build/WorkerFunction/bootstrap ]]; then
+  RECEIVER_DEPLOY=.aws-sam/build/ReceiverFunction/bootstrap
+  WORKER_DEPLOY=.aws-sam/build/WorkerFunction/bootstrap
+  SOURCE="\`sam build\` (.aws-sam/build, built $(date -r "$RECEIVER_DEPLOY" '+%Y-%m-%d %H:%M'))"
+elif [[ -f target/lambda/receiver/bootstrap && -f target/lambda/worker/bootstrap ]]; then
+  RECEIVER_DEPLOY=target/lambda/receiver/bootstrap
+  WORKER_DEPLOY=target/lambda/worker/bootstrap
+  SOURCE="\`cargo lambda build\` (target/lambda, built $(date -r "$RECEIVER_DEPLOY" '+%Y-%m-%d %H:%M'))"
+else
+  RECEIVER_DEPLOY=target/release/receiver
+  WORKER_DEPLOY=target/release/worker
+fi
+for pair in "receiver:$RECEIVER_DEPLOY" "worker:$WORKER_DEPLOY" "receiver:target/release/receiver" "worker:target/release/worker"; do
+  name=${pair%%:*}
+  file=${pair#*:}
+  key="$name:$(arch_of "$file")"
+  # Each (binary, architecture) once.
+  [[ " ${SEEN_KEYS:-} " == *" $key "* ]] && continue
+  SEEN_KEYS="${SEEN_KEYS:-} $key"
+  bytes=$(stat -c %s "$file")
+  zipped=$(zip_size "$file" "$TMP/$name-$(arch_of "$file").zip")
+  LAMBDA_ROWS+=("| \`$name\` | $(arch_of "$file") | \`$file\` | $bytes ($(python3 -c "print(f'{$bytes/1048576:.1f}')") MiB) | $zipped ($(python3 -c "print(f'{$zipped/1048576:.1f}')") MiB) |")
+done
+
+# --- start-up under the runtime emulator ---------------------------------------------------------------
+LPORT=$(free_port)
+"$CARGO_LAMBDA" lambda watch --only-lambda-apis -A 127.0.0.1 -P "$LPORT" >"$TMP/watch.log" 2>&1 &
+PIDS+=($!)
+for _ in $(seq 1 300); do
+  python3 -c "import socket; socket.create_connection(('127.0.0.1', $LPORT), 0.2)" 2>/dev/null && break
+  sleep 0.1
+done
+SECRET=footprint-secret
+echo "start-up: $RUNS runs of target/release/receiver under cargo lambda watch..." >&2
+python3 - "$ROOT/target/release/receiver" "$LPORT" "$RUNS" "$ROOT/events/notifications/ping.json" "$SECRET" \
+  >"$TMP/startup.txt" <<'PY' &
+import hashlib, hmac, os, select, signal, statistics, subprocess, sys, time, urllib.request
+
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # runs the `finally` that kills the receiver
+
+binary, port, runs, ping, secret = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
+body = open(ping, "rb").read()
+signature = "sha1=" + hmac.new(secret.encode(), body, hashlib.sha1).hexdigest()
+env = dict(
+    os.environ,
+    AWS_LAMBDA_FUNCTION_NAME="receiver",
+    AWS_LAMBDA_FUNCTION_VERSION="1",
+    AWS_LAMBDA_FUNCTION_MEMORY_SIZE="128",
+    AWS_LAMBDA_RUNTIME_API=f"http://127.0.0.1:{port}/.rt/receiver",
+    INTERCOM_CLIENT_SECRET=secret,
+    # Never reached: start-up and a ping make no AWS call.
+    QUEUE_URL="http://127.0.0.1:9/123456789012/notifications",
+    DEAD_LETTER_QUEUE_URL="http://127.0.0.1:9/123456789012/dead-letters",
+    AWS_REGION="us-east-1",
+    AWS_ACCESS_KEY_ID="x",
+    AWS_SECRET_ACCESS_KEY="x",
+    AWS_SESSION_TOKEN="x",
+    RUST_LOG="info",
+)
+env.pop("AWS_ENDPOINT_URL", None)
+ready, first, hwm = [], [], []
+for _ in range(runs):
+    start = time.perf_counter()
+    p = subprocess.Popen([binary], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        buf, deadline, t_ready = b"", start + 10, None
+        while t_ready is None and time.perf_counter() < deadline:
+            r, _, _ = select.select([p.stdout], [], [], 0.5)
+            if r:
+                chunk = os.read(p.stdout.fileno(), 65536)
+                if not chunk:
+                    break
+                buf += chunk
+                if b"receiver ready" in buf:
+                    t_ready = time.perf_counter()
+        if t_ready is None:
+            sys.exit(f"no 'receiver ready' line within 10 s: {buf[-500:]!r}")
+        ready.append((t_ready - start) * 1000)
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/lambda-url/receiver/", data=body, method="POST",
+            headers={"content-type": "application/json", "x-hub-signature": signature})
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            assert answer.status == 200, answer.status
+        first.append((time.perf_counter() - start) * 1000)
+        with open(f"/proc/{p.pid}/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    hwm.append(int(line.split()[1]))
+    finally:
+        p.kill()
+        p.wait()
+def row(name, xs, unit="ms", fmt="{:.1f}"):
+    xs = sorted(xs)
+    return (f"| {name} | " + " | ".join(fmt.format(v) + f" {unit}" for v in
+            (statistics.median(xs), xs[0], xs[int(0.9 * (len(xs) - 1))], xs[-1])) + " |")
+print("| measure | median | min | p90 | max |")
+print("|---|---:|---:|---:|---:|")
+print(row("process start → `receiver ready` log line", ready))
+print(row("process start → first answer (a signed ping through the Function URL)", first))
+print(row("peak RSS (VmHWM) after that first answer", [h / 1024 for h in hwm], "MiB"))
+PY
+HARNESS_PID=$!
+PIDS+=("$HARNESS_PID")
+wait "$HARNESS_PID"
+
+# --- peak memory of serve under the intake load ---------------------------------------------------------
+BIN=$ROOT/target/release/intercom-webhooks
+SIGNATURE=$("$BIN" sign --secret "$SECRET" "$FIXTURE")
+PORT=$(free_port)
+INTERCOM_CLIENT_SECRET=$SECRET /usr/bin/time -v -o "$TMP/time.txt" "$BIN" serve --listen "127.0.0.1:$PORT" \
+  --db "$TMP/footprint.db" --log-format json >"$TMP/serve.log" 2>"$TMP/serve.err" &
+TIME_PID=$!
+PIDS+=("$TIME_PID")
+SERVE_PID=""
+for _ in $(seq 1 100); do
+  SERVE_PID=$(ps -o pid= --ppid "$TIME_PID" | tr -d ' ' || true)
+  [[ -n "$SERVE_PID" ]] && curl -fsS --max-time 2 -o /dev/null "http://127.0.0.1:$PORT/healthz" 2>/dev/null && break
+  sleep 0.05
+done
+[[ -n "$SERVE_PID" ]] || { echo "serve did not start; $(cat "$TMP/serve.err")" >&2; exit 1; }
+PIDS+=("$SERVE_PID")
+IDLE_RSS=$(awk '/VmRSS/ {print $2}' "/proc/$SERVE_PID/status")
+echo "peak memory: wrk -t$THREADS -c$CONNECTIONS -d$DURATION against serve under /usr/bin/time -v..." >&2
+env BODY_FILE="$FIXTURE" SIGNATURE="$SIGNATURE" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" \
+  -s bench/wrk-post.lua "http://127.0.0.1:$PORT/webhooks/intercom" >"$TMP/wrk.txt" &
+WRK_PID=$!
+PIDS+=("$WRK_PID")
+wait "$WRK_PID"
+RPS=$(awk '/^Requests\/sec/ {printf "%.0f", $2}' "$TMP/wrk.txt")
+kill -TERM "$SERVE_PID"
+for _ in $(seq 1 300); do kill -0 "$TIME_PID" 2>/dev/null || break; sleep 0.1; done
+kill -KILL "$SERVE_PID" 2>/dev/null || true
+wait "$TIME_PID" 2>/dev/null || true
+MAX_RSS=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$TMP/time.txt")
+
+# --- report --------------------------------------------------------------------------------------------
+echo
+echo "### Lambda footprint"
+echo
+echo "Deployable binaries from $SOURCE; zips made with Python's zipfile (deflate, the binary as \`bootstrap\`)."
+echo
+echo "| binary | arch | file | size | zip |"
+echo "|---|---|---|---:|---:|"
+printf '%s\n' "${LAMBDA_ROWS[@]}"
+echo
+echo "Start-up of the x86_64 release \`receiver\` ($RUNS runs) under \`cargo lambda watch --only-lambda-apis\`"
+echo "($("$CARGO_LAMBDA" lambda --version 2>/dev/null | head -1)), with INTERCOM_CLIENT_SECRET, an unreachable QUEUE_URL and"
+echo "DEAD_LETTER_QUEUE_URL, AWS_REGION and static credentials set as Lambda sets them; timed by a Python harness"
+echo "from just before the process is spawned (hyperfine does not fit: the receiver never exits by itself):"
+echo
+cat "$TMP/startup.txt"
+echo
+echo "Peak memory of \`serve\` under the intake load (wrk \`-t$THREADS -c$CONNECTIONS -d$DURATION\`, \`$FIXTURE\`, $RPS requests/s in"
+echo "this run; worker running alongside): max RSS **$((MAX_RSS / 1024)) MiB** ($MAX_RSS kB, \`/usr/bin/time -v\`);"
+echo "$((IDLE_RSS / 1024)) MiB ($IDLE_RSS kB) RSS idle after start."

@@ -1,0 +1,235 @@
+#!/usr/bin/env bash
+# Intake throughput of `serve` (a 200 only after the SQLite commit) under wrk, against a minimal Node.js
+# (Express) receiver that only verifies the HMAC and answers 200 without storing anything. Both get the
+# same wrk settings and the same signed fixture; prints requests/s, p50 and p99 latency of each, the
+# ratio, and proves every 200 from `serve` was stored (wrk's 200s against `enqueued_total` in /metrics,
+# then the queue drained by the worker running alongside).
+#
+#   bench/intake.sh                                    # -t2 -c64 -d15s, conversation_user_created.json
+#   bench/intake.sh --fixture events/notifications/ticket_created.json --duration 30s
+#   bench/intake.sh --threads 1 --connections 32 --no-reference
+#   bench/intake.sh --bin /path/to/intercom-webhooks --drain-secs 60    # another build, a longer drain
+#
+# The worker of `serve` runs during the load (there is no intake-only mode): it competes with the intake
+# and with wrk for the same cores. Every POST carries the same notification id, so the worker stores and
+# processes the first and finds the rest duplicates. Figures depend on the machine; nothing here is a test.
+#
+# Installs what it needs: wrk, curl, Node.js and npm (apt), express (npm, into bench/reference/node_modules).
+set -euo pipefail
+SELF=$(cd "$(dirname "$0")" && pwd)/$(basename "$0")
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+THREADS=2
+CONNECTIONS=64
+DURATION=15s
+FIXTURE=events/notifications/conversation_user_created.json
+REFERENCE=1
+DRAIN_SECS=20
+BIN=""
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --threads) THREADS=$2; shift 2 ;;
+    --connections) CONNECTIONS=$2; shift 2 ;;
+    --duration) DURATION=$2; shift 2 ;;
+    --fixture) FIXTURE=$2; shift 2 ;;
+    --no-reference) REFERENCE=0; shift ;;
+    --drain-secs) DRAIN_SECS=$2; shift 2 ;;
+    --bin) BIN=$2; shift 2 ;;
+    -h|--help) sed -n '2,17p' "$SELF"; exit 0 ;;
+    *) echo "unknown option: $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
+[[ -f "$FIXTURE" ]] || { echo "no such fixture: $FIXTURE" >&2; exit 2; }
+
+# --- tools ---------------------------------------------------------------------------------------------
+SUDO=""
+[[ "$(id -u)" -eq 0 ]] || SUDO=sudo
+APT_UPDATED=0
+need() { # need COMMAND APT_PACKAGE
+  command -v "$1" >/dev/null 2>&1 && return 0
+  if [[ $APT_UPDATED -eq 0 ]]; then $SUDO apt-get update -qq; APT_UPDATED=1; fi
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "$2" >/dev/null
+}
+need wrk wrk
+need curl curl
+need python3 python3
+if [[ $REFERENCE -eq 1 ]]; then
+  need node nodejs
+  need npm npm
+fi
+
+if [[ -z "$BIN" ]]; then
+  echo "building the release binary..." >&2
+  cargo build --release --quiet --bin intercom-webhooks
+  BIN=$ROOT/target/release/intercom-webhooks
+fi
+
+if [[ $REFERENCE -eq 1 ]]; then
+  echo "installing the reference receiver's dependencies (npm)..." >&2
+  if [[ -f bench/reference/package-lock.json ]]; then
+    (cd bench/reference && npm ci --silent --no-audit --no-fund >/dev/null)
+  else
+    (cd bench/reference && npm install --silent --no-audit --no-fund >/dev/null)
+  fi
+fi
+
+# --- processes -----------------------------------------------------------------------------------------
+TMP=$(mktemp -d -t intake-bench.XXXXXX)
+PIDS=()
+cleanup() {
+  for pid in ${PIDS[@]+"${PIDS[@]}"}; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in ${PIDS[@]+"${PIDS[@]}"}; do
+    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+  done
+  rm -rf "$TMP"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+wait_http() { # wait_http URL PID
+  for _ in $(seq 1 200); do
+    curl -fsS --max-time 2 -o /dev/null "$1" 2>/dev/null && return 0
+    kill -0 "$2" 2>/dev/null || { echo "the server exited before answering $1" >&2; return 1; }
+    sleep 0.05
+  done
+  echo "timed out waiting for $1" >&2
+  return 1
+}
+stop() { # stop PID: SIGTERM, wait (at most 30 s), then SIGKILL
+  kill -TERM "$1" 2>/dev/null || true
+  for _ in $(seq 1 300); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.1; done
+  kill -KILL "$1" 2>/dev/null || true
+}
+
+SECRET=bench-secret-$RANDOM$RANDOM
+SIGNATURE=$("$BIN" sign --secret "$SECRET" "$FIXTURE")
+BYTES=$(wc -c <"$FIXTURE")
+
+run_wrk() { # run_wrk URL OUTFILE (in the background, so that a signal stops the script at once)
+  env BODY_FILE="$FIXTURE" SIGNATURE="$SIGNATURE" \
+    wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s bench/wrk-post.lua "$1" >"$2" &
+  local pid=$!
+  PIDS+=("$pid")
+  wait "$pid"
+}
+summarise() { # summarise OUTFILE -> "rps p50_ms p99_ms requests non2xx socket_errors"
+  local line
+  line=$(grep '^WRK_RESULT' "$1" | sed 's/^WRK_RESULT/ /')
+  python3 - "$line" <<'PY'
+import sys
+f = dict(kv.split("=") for kv in sys.argv[1].split())
+requests, secs = int(f["requests"]), int(f["duration_us"]) / 1e6
+errors = sum(int(f[k]) for k in ("connect", "read", "write", "timeout"))
+print(f"{requests / secs:.0f} {int(f['p50_us']) / 1000:.2f} {int(f['p99_us']) / 1000:.2f} "
+      f"{requests} {f['non2xx']} {errors}")
+PY
+}
+metric() { # metric NAME < /metrics text: the sum over every label set
+  awk -v n="$1" '$1 == n || index($1, n "{") == 1 { s += $2 } END { printf "%d\n", s }'
+}
+
+# --- serve ---------------------------------------------------------------------------------------------
+PORT=$(free_port)
+INTERCOM_CLIENT_SECRET=$SECRET "$BIN" serve --listen "127.0.0.1:$PORT" --db "$TMP/intake.db" \
+  --log-format json >"$TMP/serve.log" 2>"$TMP/serve.err" &
+SERVE_PID=$!
+PIDS+=("$SERVE_PID")
+wait_http "http://127.0.0.1:$PORT/healthz" "$SERVE_PID"
+
+echo "serve: wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency ($FIXTURE, $BYTES bytes)..." >&2
+run_wrk "http://127.0.0.1:$PORT/webhooks/intercom" "$TMP/wrk-serve.txt"
+read -r S_RPS S_P50 S_P99 S_REQ S_NON2XX S_ERR < <(summarise "$TMP/wrk-serve.txt")
+S_OK=$((S_REQ - S_NON2XX))
+curl -fsS --max-time 30 "http://127.0.0.1:$PORT/metrics" >"$TMP/metrics-after-load.txt"
+ENQUEUED_AFTER=$(metric intercom_webhooks_enqueued_total <"$TMP/metrics-after-load.txt")
+PROCESSED_AFTER=$(metric intercom_webhooks_processed_total <"$TMP/metrics-after-load.txt")
+
+# Let the worker drain what was stored, for at most DRAIN_SECS of wall-clock time.
+queued() {
+  curl -fsS --max-time 10 "http://127.0.0.1:$PORT/healthz" | python3 -c 'import json,sys; print(json.load(sys.stdin)["queued"])'
+}
+QUEUED_AFTER=$(queued)
+DRAIN_START=$SECONDS
+DRAINED=no
+while ((SECONDS - DRAIN_START < DRAIN_SECS)); do
+  if [[ "$(queued)" == "0" ]]; then DRAINED=yes; break; fi
+  sleep 0.5
+done
+DRAIN_TAKEN=$((SECONDS - DRAIN_START))
+curl -fsS --max-time 30 "http://127.0.0.1:$PORT/metrics" >"$TMP/metrics-final.txt"
+# Requests still in flight when wrk stopped are committed (and counted) a little later: read it again.
+ENQUEUED=$(metric intercom_webhooks_enqueued_total <"$TMP/metrics-final.txt")
+PROCESSED_FINAL=$(metric intercom_webhooks_processed_total <"$TMP/metrics-final.txt")
+DUPLICATES_FINAL=$(metric intercom_webhooks_duplicates_total <"$TMP/metrics-final.txt")
+# SIGTERM: serve finishes its in-flight batches (and their acknowledgements) before it exits.
+stop "$SERVE_PID"
+OUTCOME_LINES=$(grep -c '"message":"outcome"' "$TMP/serve.log" || true)
+# `in_flight` and `retry` outcomes put the message back on the queue; every other outcome settles it.
+SETTLED=$(grep '"message":"outcome"' "$TMP/serve.log" | grep -cv '"outcome":"in_flight"\|"outcome":"retry"' || true)
+# What is left in the file: every stored message is either still there or was processed (and deleted).
+LEFT=$(python3 -c 'import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute("SELECT count(*) FROM messages").fetchone()[0])' "$TMP/intake.db")
+DEAD=$(python3 -c 'import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute("SELECT count(*) FROM dead_letters").fetchone()[0])' "$TMP/intake.db")
+
+# --- reference -----------------------------------------------------------------------------------------
+if [[ $REFERENCE -eq 1 ]]; then
+  RPORT=$(free_port)
+  INTERCOM_CLIENT_SECRET=$SECRET PORT=$RPORT node bench/reference/server.js >"$TMP/ref.log" 2>&1 &
+  REF_PID=$!
+  PIDS+=("$REF_PID")
+  wait_http "http://127.0.0.1:$RPORT/healthz" "$REF_PID"
+  echo "reference (Node.js $(node --version), Express): the same wrk settings..." >&2
+  run_wrk "http://127.0.0.1:$RPORT/webhooks/intercom" "$TMP/wrk-ref.txt"
+  read -r R_RPS R_P50 R_P99 R_REQ R_NON2XX R_ERR < <(summarise "$TMP/wrk-ref.txt")
+  stop "$REF_PID"
+fi
+
+# --- report --------------------------------------------------------------------------------------------
+echo
+echo "### Intake throughput"
+echo
+echo "wrk \`-t$THREADS -c$CONNECTIONS -d$DURATION --latency -s bench/wrk-post.lua\`, POST /webhooks/intercom with"
+echo "\`$FIXTURE\` ($BYTES bytes), signed with \`intercom-webhooks sign\`; wrk and the server share the machine."
+echo
+echo "| receiver | requests/s | p50 | p99 | requests | non-2xx | socket errors |"
+echo "|---|---:|---:|---:|---:|---:|---:|"
+echo "| \`serve\` (SQLite, durable ack) | $S_RPS | $S_P50 ms | $S_P99 ms | $S_REQ | $S_NON2XX | $S_ERR |"
+if [[ $REFERENCE -eq 1 ]]; then
+  echo "| reference (Node.js $(node --version), Express 5, verify + 200, stores nothing) | $R_RPS | $R_P50 ms | $R_P99 ms | $R_REQ | $R_NON2XX | $R_ERR |"
+  RATIO=$(python3 -c "print(f'{$S_RPS / $R_RPS:.2f}')")
+  MET=$(python3 -c "print('met' if $S_RPS >= 5 * $R_RPS else 'missed')")
+  echo
+  echo "Ratio \`serve\` / reference: **${RATIO}×** (goal ≥ 5×: $MET)."
+fi
+echo
+STORED=$((LEFT + SETTLED))
+echo "Durability check (\`serve\`): wrk counted $S_OK answers 200; \`intercom_webhooks_enqueued_total\` = $ENQUEUED"
+echo "($( ((ENQUEUED - S_OK >= 0 && ENQUEUED - S_OK <= CONNECTIONS)) && echo consistent || echo INCONSISTENT): a request in flight when wrk stops may be answered"
+echo "after wrk stopped counting, so the difference, $((ENQUEUED - S_OK)), may be 0 to $CONNECTIONS)."
+echo "When wrk stopped: $ENQUEUED_AFTER enqueued so far, $QUEUED_AFTER still queued, $PROCESSED_AFTER processed by the worker"
+echo "running alongside. The worker then had ${DRAIN_SECS} s to drain (drained: $DRAINED, after ${DRAIN_TAKEN} s;"
+echo "$PROCESSED_FINAL outcomes, $DUPLICATES_FINAL of them duplicates: every POST carries the same notification id)."
+echo "After SIGTERM, counted in the database file and the log: $LEFT messages left + $SETTLED settled by the worker"
+echo "(of $OUTCOME_LINES outcome lines; the others are \`in_flight\`: a copy with the same id was being processed,"
+echo "so it went back on the queue) = **$STORED stored**, $DEAD dead letters. Against the $S_OK answers 200:"
+echo "$( ((STORED - S_OK >= 0 && STORED - S_OK <= CONNECTIONS)) && echo 'every 200 was stored' || echo 'MISMATCH')"
+echo "(the surplus, $((STORED - S_OK)), may be 0 to $CONNECTIONS: requests committed while wrk was closing its connections, so"
+echo "never answered; $((STORED - ENQUEUED)) of them are not in \`enqueued_total\` either, which counts only answers)."
+echo
+echo "Raw wrk output (\`serve\`):"
+echo
+echo '```'
+grep -v '^WRK_RESULT' "$TMP/wrk-serve.txt"
+echo '```'
+if [[ $REFERENCE -eq 1 ]]; then
+  echo
+  echo "Raw wrk output (reference):"
+  echo
+  echo '```'
+  grep -v '^WRK_RESULT' "$TMP/wrk-ref.txt"
+  echo '```'
+fi

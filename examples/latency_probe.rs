@@ -1,0 +1,576 @@
+//! End-to-end latency and saturation of `intercom-webhooks serve`: from the POST of a signed notification
+//! to its handler's completion.
+//!
+//! Starts the release binary as a child process (`serve --log-format json` on a fresh database in a
+//! temporary folder), posts copies of a real fixture, each with a fresh notification id, at a fixed offered
+//! rate (open loop: requests are sent on schedule, never waiting for earlier answers), and records the
+//! wall-clock instant each was sent. The server's `outcome` log line (printed after the handlers ran and
+//! the idempotency record was marked completed) carries an RFC 3339 timestamp; latency is that minus the
+//! send instant. Then a saturation run: rates stepping up, a few seconds each, to find the highest offered
+//! rate the worker keeps up with.
+//!
+//! Run it with `bench/latency.sh` (which builds the binary first); `--help` lists the options.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use clap::Parser;
+use intercom_webhooks::signature::ClientSecret;
+
+#[derive(Parser, Debug)]
+#[command(about = "End-to-end latency (POST to handler completion) and saturation of `serve`.")]
+struct Args {
+    /// The `intercom-webhooks` binary to run.
+    #[arg(long, default_value = "target/release/intercom-webhooks")]
+    bin: PathBuf,
+    /// The fixture posted (its id is replaced by a fresh one per request; the rest is sent byte for byte).
+    #[arg(long, default_value = "events/notifications/conversation_user_created.json")]
+    fixture: PathBuf,
+    /// Offered rate of the latency run, notifications per second.
+    #[arg(long, default_value_t = 1000)]
+    rate: u32,
+    /// Seconds of the latency run.
+    #[arg(long, default_value_t = 15)]
+    duration: u64,
+    /// Seconds of warm-up at the latency run's rate before it (not counted; 0 for none).
+    #[arg(long, default_value_t = 2)]
+    warmup_secs: u64,
+    /// Offered rates of the saturation run, comma-separated.
+    #[arg(
+        long,
+        default_value = "1000,2000,3000,4000,5000,6000,7000,8000",
+        value_delimiter = ','
+    )]
+    steps: Vec<u32>,
+    /// Seconds per saturation step.
+    #[arg(long, default_value_t = 5)]
+    step_secs: u64,
+    /// Seconds allowed after a step (or the latency run) for the worker to catch up.
+    #[arg(long, default_value_t = 5)]
+    drain_secs: u64,
+    /// `serve --pollers` (default: serve's own default).
+    #[arg(long)]
+    pollers: Option<u32>,
+    /// Requests in flight at most; a request due while this many are unanswered is counted as skipped.
+    #[arg(long, default_value_t = 2048)]
+    max_in_flight: usize,
+    /// Skip the saturation run.
+    #[arg(long)]
+    no_saturation: bool,
+    /// Keep going after the first saturation step that does not keep up.
+    #[arg(long)]
+    all_steps: bool,
+    /// Folder in which a scratch folder (the database, the server's stderr) is made and removed at the end
+    /// (default: the system's temporary folder).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Also print the latency run's p50 / p99 / max for each second of sending.
+    #[arg(long)]
+    per_second: bool,
+}
+
+const SECRET: &str = "latency-probe-secret";
+
+fn unix_us(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+/// One `outcome` line: notification id, outcome, timestamp (Unix µs).
+type OutcomeLine = (String, String, i64);
+
+/// A running `serve` whose outcome lines arrive on a channel.
+struct Server {
+    child: Child,
+    port: u16,
+    outcomes: mpsc::Receiver<OutcomeLine>,
+    dir: PathBuf,
+}
+
+impl Server {
+    fn start(bin: &PathBuf, pollers: Option<u32>, base: Option<&PathBuf>) -> anyhow::Result<Server> {
+        let base = base.cloned().unwrap_or_else(std::env::temp_dir);
+        let dir = base.join(format!("latency-probe-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir)?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let mut command = Command::new(bin);
+        command
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--log-format",
+                "json",
+                "--db",
+            ])
+            .arg(dir.join("serve.db"))
+            .env("INTERCOM_CLIENT_SECRET", SECRET)
+            .env_remove("NOTIFY_WEBHOOK_URL")
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(dir.join("serve.err"))?);
+        if let Some(p) = pollers {
+            command.args(["--pollers", &p.to_string()]);
+        }
+        let mut child = command
+            .spawn()
+            .map_err(|e| anyhow::anyhow!("cannot start {} (build it first): {e}", bin.display()))?;
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (tx, outcomes) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if !line.contains("\"message\":\"outcome\"") {
+                    continue;
+                }
+                let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+                    continue;
+                };
+                let at = v["timestamp"]
+                    .as_str()
+                    .and_then(|t| humantime::parse_rfc3339(t).ok())
+                    .map(unix_us)
+                    .unwrap_or(0);
+                let id = v["notification_id"].as_str().unwrap_or_default().to_owned();
+                let outcome = v["outcome"].as_str().unwrap_or_default().to_owned();
+                if tx.send((id, outcome, at)).is_err() {
+                    return;
+                }
+            }
+        });
+        let server = Server {
+            child,
+            port,
+            outcomes,
+            dir,
+        };
+        let start = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if start.elapsed() > Duration::from_secs(15) {
+                anyhow::bail!("serve did not start listening within 15 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(server)
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/webhooks/intercom", self.port)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // SIGTERM first (a clean stop), SIGKILL if it lingers.
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(10) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The fixture with a placeholder for its id, signed per request.
+struct Template {
+    before: Vec<u8>,
+    after: Vec<u8>,
+    secret: ClientSecret,
+}
+
+impl Template {
+    fn load(path: &PathBuf) -> anyhow::Result<Template> {
+        let bytes = std::fs::read(path)?;
+        let json: serde_json::Value = serde_json::from_slice(&bytes)?;
+        let id = json["id"]
+            .as_str()
+            .ok_or_else(|| anyhow::anyhow!("{} has no string id", path.display()))?;
+        let needle = format!("\"{id}\"");
+        let at = bytes
+            .windows(needle.len())
+            .position(|w| w == needle.as_bytes())
+            .ok_or_else(|| anyhow::anyhow!("the id is not found verbatim in {}", path.display()))?;
+        Ok(Template {
+            before: bytes[..at].to_vec(),
+            after: bytes[at + needle.len()..].to_vec(),
+            secret: ClientSecret::new(SECRET)?,
+        })
+    }
+
+    /// The body for `id` and its X-Hub-Signature.
+    fn body(&self, id: &str) -> (Vec<u8>, String) {
+        let mut body = Vec::with_capacity(self.before.len() + self.after.len() + id.len() + 2);
+        body.extend_from_slice(&self.before);
+        body.push(b'"');
+        body.extend_from_slice(id.as_bytes());
+        body.push(b'"');
+        body.extend_from_slice(&self.after);
+        let signature = self.secret.sign(&body);
+        (body, signature)
+    }
+}
+
+/// What happened to each id sent in one run.
+#[derive(Default)]
+struct Sent {
+    /// id → send instant (Unix µs).
+    at: HashMap<String, i64>,
+    /// id → intake answer latency (µs) for answers 200.
+    acked: HashMap<String, i64>,
+    failed: usize,
+    skipped: usize,
+}
+
+/// Posts at `rate`/s for `secs`, open loop. Returns when the last request has been answered.
+async fn offer(
+    client: &reqwest::Client,
+    url: &str,
+    template: &Arc<Template>,
+    prefix: &str,
+    rate: u32,
+    secs: u64,
+    max_in_flight: usize,
+) -> Sent {
+    let sent = Arc::new(Mutex::new(Sent::default()));
+    let limit = Arc::new(tokio::sync::Semaphore::new(max_in_flight));
+    let total = rate as u64 * secs;
+    let start = Instant::now();
+    let mut issued = 0u64;
+    let mut tasks = tokio::task::JoinSet::new();
+    while issued < total {
+        // Everything due by now goes out now (the timer's granularity is about 1 ms).
+        let due = ((start.elapsed().as_secs_f64() * rate as f64) as u64 + 1).min(total);
+        while issued < due {
+            issued += 1;
+            let id = format!("notif_{prefix}_{issued}");
+            let Ok(permit) = limit.clone().try_acquire_owned() else {
+                sent.lock().unwrap().skipped += 1;
+                continue;
+            };
+            let (client, url, template, sent) =
+                (client.clone(), url.to_owned(), template.clone(), sent.clone());
+            tasks.spawn(async move {
+                let (body, signature) = template.body(&id);
+                let at = SystemTime::now();
+                let clock = Instant::now();
+                let answer = client
+                    .post(url)
+                    .header("content-type", "application/json")
+                    .header("x-hub-signature", signature)
+                    .body(body)
+                    .send()
+                    .await;
+                let took = clock.elapsed().as_micros() as i64;
+                let mut sent = sent.lock().unwrap();
+                sent.at.insert(id.clone(), unix_us(at));
+                match answer {
+                    Ok(r) if r.status() == 200 => {
+                        sent.acked.insert(id, took);
+                    }
+                    _ => sent.failed += 1,
+                }
+                drop(permit);
+            });
+        }
+        while tasks.try_join_next().is_some() {}
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    while tasks.join_next().await.is_some() {}
+    Arc::try_unwrap(sent)
+        .ok()
+        .expect("every task finished")
+        .into_inner()
+        .unwrap()
+}
+
+/// Waits (at most `wait`) until every acknowledged id of `sent` has an outcome; returns id → (outcome,
+/// timestamp µs) for the ids of this run.
+fn collect(
+    server: &Server,
+    sent: &Sent,
+    seen: &mut HashMap<String, (String, i64)>,
+    wait: Duration,
+) -> (usize, Duration) {
+    let start = Instant::now();
+    loop {
+        while let Ok((id, outcome, at)) = server.outcomes.try_recv() {
+            seen.insert(id, (outcome, at));
+        }
+        let missing = sent.acked.keys().filter(|id| !seen.contains_key(*id)).count();
+        if missing == 0 || start.elapsed() >= wait {
+            return (missing, start.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn percentile(sorted: &[i64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1] as f64 / 1000.0
+}
+
+/// Latencies (µs, sorted) from send to outcome, for the processed ids of `sent`.
+fn latencies(sent: &Sent, seen: &HashMap<String, (String, i64)>) -> (Vec<i64>, usize) {
+    let mut out = Vec::new();
+    let mut processed = 0;
+    for (id, at) in &sent.at {
+        if let Some((outcome, done)) = seen.get(id) {
+            if outcome == "processed" {
+                processed += 1;
+                out.push(done - at);
+            }
+        }
+    }
+    out.sort_unstable();
+    (out, processed)
+}
+
+/// The latency run's figures for each second of sending.
+fn per_second(sent: &Sent, seen: &HashMap<String, (String, i64)>) {
+    let Some(first) = sent.at.values().min().copied() else {
+        return;
+    };
+    let mut buckets: Vec<Vec<i64>> = Vec::new();
+    for (id, at) in &sent.at {
+        if let Some((outcome, done)) = seen.get(id) {
+            if outcome == "processed" {
+                let second = ((at - first) / 1_000_000) as usize;
+                if buckets.len() <= second {
+                    buckets.resize_with(second + 1, Vec::new);
+                }
+                buckets[second].push(done - at);
+            }
+        }
+    }
+    println!();
+    println!("| second | processed | p50 | p99 | max |");
+    println!("|---:|---:|---:|---:|---:|");
+    for (second, mut lat) in buckets.into_iter().enumerate() {
+        lat.sort_unstable();
+        println!(
+            "| {second} | {} | {:.2} ms | {:.2} ms | {:.2} ms |",
+            lat.len(),
+            percentile(&lat, 50.0),
+            percentile(&lat, 99.0),
+            lat.last().copied().unwrap_or(0) as f64 / 1000.0
+        );
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let template = Arc::new(Template::load(&args.fixture)?);
+    let server = Server::start(&args.bin, args.pollers, args.dir.as_ref())?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .pool_max_idle_per_host(args.max_in_flight)
+        .build()?;
+    let url = server.url();
+    let mut seen: HashMap<String, (String, i64)> = HashMap::new();
+    let pollers = args
+        .pollers
+        .map_or_else(|| "default (4)".to_owned(), |p| p.to_string());
+
+    // Warm-up: connections, the database file, the page cache.
+    let mut warm_line = String::from("No warm-up.");
+    if args.warmup_secs > 0 {
+        let warm = runtime.block_on(offer(
+            &client,
+            &url,
+            &template,
+            "warm",
+            args.rate,
+            args.warmup_secs,
+            args.max_in_flight,
+        ));
+        collect(&server, &warm, &mut seen, Duration::from_secs(10));
+        let (lat, processed) = latencies(&warm, &seen);
+        warm_line = format!(
+            "Warm-up ({} s at {}/s, not counted): {processed} processed, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms.",
+            args.warmup_secs,
+            args.rate,
+            percentile(&lat, 50.0),
+            percentile(&lat, 99.0),
+            lat.last().copied().unwrap_or(0) as f64 / 1000.0
+        );
+    }
+
+    eprintln!(
+        "latency run: {} notifications/s for {} s ({}, --pollers {pollers})...",
+        args.rate,
+        args.duration,
+        args.fixture.display()
+    );
+    let run = runtime.block_on(offer(
+        &client,
+        &url,
+        &template,
+        "lat",
+        args.rate,
+        args.duration,
+        args.max_in_flight,
+    ));
+    let (missing, _) = collect(
+        &server,
+        &run,
+        &mut seen,
+        Duration::from_secs(args.drain_secs.max(10)),
+    );
+    let (lat, processed) = latencies(&run, &seen);
+    let mut intake: Vec<i64> = run.acked.values().copied().collect();
+    intake.sort_unstable();
+    let p99 = percentile(&lat, 99.0);
+    println!("### End-to-end latency at a fixed offered rate");
+    println!();
+    println!(
+        "`serve --pollers {pollers}`, {} offered at {}/s for {} s (open loop, fresh id each), fixture `{}`.",
+        run.at.len() + run.skipped,
+        args.rate,
+        args.duration,
+        args.fixture.display()
+    );
+    println!(
+        "Latency = the `outcome` line's timestamp − the wall-clock instant the POST was sent. After a {} s warm-up at the same rate (not counted).",
+        args.warmup_secs
+    );
+    println!();
+    println!(
+        "| sent | answered 200 | failed | skipped (in-flight cap) | processed | no outcome after drain |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|");
+    println!(
+        "| {} | {} | {} | {} | {} | {} |",
+        run.at.len(),
+        run.acked.len(),
+        run.failed,
+        run.skipped,
+        processed,
+        missing
+    );
+    println!();
+    println!("| | p50 | p90 | p99 | max |");
+    println!("|---|---:|---:|---:|---:|");
+    println!(
+        "| POST → handler done (outcome line) | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms |",
+        percentile(&lat, 50.0),
+        percentile(&lat, 90.0),
+        p99,
+        lat.last().copied().unwrap_or(0) as f64 / 1000.0
+    );
+    println!(
+        "| POST → 200 (intake answer) | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms |",
+        percentile(&intake, 50.0),
+        percentile(&intake, 90.0),
+        percentile(&intake, 99.0),
+        intake.last().copied().unwrap_or(0) as f64 / 1000.0
+    );
+    println!();
+    println!("{warm_line}");
+    println!();
+    println!(
+        "Goal p99 < 10 ms at 1,000/s: {} (p99 {p99:.2} ms at {}/s).",
+        if args.rate >= 1000 && p99 < 10.0 {
+            "met"
+        } else {
+            "missed"
+        },
+        args.rate
+    );
+
+    if args.per_second {
+        per_second(&run, &seen);
+    }
+    if args.no_saturation || args.steps.is_empty() {
+        return Ok(());
+    }
+    println!();
+    println!("### Saturation: processed rate against offered rate");
+    println!();
+    println!(
+        "`serve --pollers {pollers}`, {} s per step; a step keeps up when processed/s (outcomes timestamped within the step) ≥ 95 % of offered and every acknowledged notification is processed within {} s after the step. p50 / p99: POST → outcome, over the notifications processed by then.",
+        args.step_secs, args.drain_secs
+    );
+    println!();
+    println!("| offered/s | sent/s | answered 200 | processed/s in the step | caught up after | p50 | p99 | keeps up |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---|");
+    let mut best = None;
+    for (n, &rate) in args.steps.iter().enumerate() {
+        eprintln!("saturation step: {rate}/s for {} s...", args.step_secs);
+        let step_start = unix_us(SystemTime::now());
+        let step = runtime.block_on(offer(
+            &client,
+            &url,
+            &template,
+            &format!("sat{n}"),
+            rate,
+            args.step_secs,
+            args.max_in_flight,
+        ));
+        let step_end = step_start + (args.step_secs * 1_000_000) as i64;
+        let (missing, waited) = collect(&server, &step, &mut seen, Duration::from_secs(args.drain_secs));
+        let in_window = step
+            .at
+            .keys()
+            .filter_map(|id| seen.get(id))
+            .filter(|(o, at)| o == "processed" && *at <= step_end)
+            .count();
+        let last = step
+            .acked
+            .keys()
+            .filter_map(|id| seen.get(id))
+            .map(|(_, at)| *at)
+            .max()
+            .unwrap_or(step_end);
+        let processed_rate = in_window as f64 / args.step_secs as f64;
+        let (lat, _) = latencies(&step, &seen);
+        let keeps_up = missing == 0 && processed_rate >= 0.95 * rate as f64 && step.failed == 0;
+        if keeps_up {
+            best = Some(rate);
+        }
+        let catch_up = if missing == 0 {
+            format!("{:.1} s", ((last - step_end).max(0)) as f64 / 1e6)
+        } else {
+            format!("{missing} left after {:.0} s", waited.as_secs_f64())
+        };
+        println!(
+            "| {rate} | {:.0} | {} | {:.0} | {catch_up} | {:.1} ms | {:.1} ms | {} |",
+            step.at.len() as f64 / args.step_secs as f64,
+            step.acked.len(),
+            processed_rate,
+            percentile(&lat, 50.0),
+            percentile(&lat, 99.0),
+            if keeps_up { "yes" } else { "no" }
+        );
+        if !keeps_up {
+            if !args.all_steps {
+                break;
+            }
+            // Let the backlog clear before the next step.
+            collect(&server, &step, &mut seen, Duration::from_secs(60));
+        }
+    }
+    println!();
+    match best {
+        Some(rate) => println!(
+            "Highest offered rate kept up with: **{rate}/s** (goal ≥ 5,000/s sustained: {}).",
+            if rate >= 5000 { "met" } else { "missed" }
+        ),
+        None => println!("No step kept up (goal ≥ 5,000/s sustained: missed)."),
+    }
+    Ok(())
+}

@@ -1,0 +1,505 @@
+//! Soak test of `intercom-webhooks serve`: steady signed load for minutes while the server is killed with
+//! SIGKILL at a fixed interval and restarted on the same database; then a final drain. Reports the
+//! notifications sent, acknowledged (answered 200), processed, duplicates suppressed, and lost: an
+//! acknowledged notification with no `processed` outcome line (across every restart) and no COMPLETED
+//! idempotency record after the drain. Lost must be 0, and so must "processed twice".
+//!
+//! A share of the requests re-deliver an id that was already acknowledged, byte for byte, as Intercom
+//! does sometimes: those must come out as `duplicate`. Run it with `bench/soak.sh`; `--help` lists the
+//! options.
+
+use std::collections::{HashMap, HashSet};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use intercom_webhooks::signature::ClientSecret;
+
+#[derive(Parser, Debug)]
+#[command(
+    about = "Steady load on `serve` with periodic kill -9 and restart; counts lost and duplicated notifications."
+)]
+struct Args {
+    /// The `intercom-webhooks` binary to run.
+    #[arg(long, default_value = "target/release/intercom-webhooks")]
+    bin: PathBuf,
+    /// The fixture posted (its id is replaced per notification; the rest is sent byte for byte).
+    #[arg(long, default_value = "events/notifications/conversation_user_replied.json")]
+    fixture: PathBuf,
+    /// Offered rate, requests per second (open loop).
+    #[arg(long, default_value_t = 1000)]
+    rate: u32,
+    /// Seconds of load.
+    #[arg(long, default_value_t = 120)]
+    duration: u64,
+    /// Seconds between two SIGKILLs (0: never kill).
+    #[arg(long, default_value_t = 20)]
+    kill_every: u64,
+    /// Percentage of requests that re-deliver an already acknowledged notification.
+    #[arg(long, default_value_t = 2)]
+    redeliver_pct: u32,
+    /// `serve --visibility-timeout`: how soon a message received by a killed server is handed out again.
+    #[arg(long, default_value_t = 5)]
+    visibility_timeout: u64,
+    /// `serve --pollers` (default: serve's own default).
+    #[arg(long)]
+    pollers: Option<u32>,
+    /// Seconds allowed for the final drain.
+    #[arg(long, default_value_t = 60)]
+    drain_secs: u64,
+    /// Requests in flight at most; a request due while this many are unanswered is counted as skipped.
+    #[arg(long, default_value_t = 2048)]
+    max_in_flight: usize,
+    /// Folder in which a scratch folder (the database, the servers' stderr) is made and removed at the
+    /// end (default: the system's temporary folder).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+}
+
+const SECRET: &str = "soak-secret";
+
+/// Every outcome line of every server run: (notification id, outcome).
+type Outcomes = Arc<Mutex<Vec<(String, String)>>>;
+
+fn start_server(args: &Args, db: &Path, port: u16, outcomes: &Outcomes, err: &Path) -> anyhow::Result<Child> {
+    let mut command = Command::new(&args.bin);
+    command
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--log-format",
+            "json",
+        ])
+        .args([
+            "--visibility-timeout",
+            &args.visibility_timeout.to_string(),
+            "--db",
+        ])
+        .arg(db)
+        .env("INTERCOM_CLIENT_SECRET", SECRET)
+        .env_remove("NOTIFY_WEBHOOK_URL")
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::OpenOptions::new().create(true).append(true).open(err)?);
+    if let Some(p) = args.pollers {
+        command.args(["--pollers", &p.to_string()]);
+    }
+    let mut child = command
+        .spawn()
+        .map_err(|e| anyhow::anyhow!("cannot start {} (build it first): {e}", args.bin.display()))?;
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let sink = outcomes.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if !line.contains("\"message\":\"outcome\"") {
+                continue;
+            }
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                let id = v["notification_id"].as_str().unwrap_or_default().to_owned();
+                let outcome = v["outcome"].as_str().unwrap_or_default().to_owned();
+                sink.lock().unwrap().push((id, outcome));
+            }
+        }
+    });
+    Ok(child)
+}
+
+/// Waits until `/healthz` answers 200 (at most 30 s). Returns how long that took.
+fn wait_healthy(port: u16, child: &mut Child) -> anyhow::Result<Duration> {
+    let start = Instant::now();
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()?;
+    loop {
+        if client
+            .get(format!("http://127.0.0.1:{port}/healthz"))
+            .send()
+            .is_ok_and(|r| r.status().is_success())
+        {
+            return Ok(start.elapsed());
+        }
+        if let Some(status) = child.try_wait()? {
+            anyhow::bail!("serve exited before it was ready: {status}");
+        }
+        if start.elapsed() > Duration::from_secs(30) {
+            anyhow::bail!("serve was not ready within 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn sigterm_and_wait(child: &mut Child, within: Duration) -> Option<ExitStatus> {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let start = Instant::now();
+    while start.elapsed() < within {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
+/// The fixture split around its id, signed per request.
+struct Template {
+    before: Vec<u8>,
+    after: Vec<u8>,
+    app_id: String,
+    secret: ClientSecret,
+}
+
+impl Template {
+    fn load(path: &Path) -> anyhow::Result<Template> {
+        let bytes = std::fs::read(path)?;
+        let json: serde_json::Value = serde_json::from_slice(&bytes)?;
+        let id = json["id"]
+            .as_str()
+            .ok_or_else(|| anyhow::anyhow!("{} has no string id", path.display()))?;
+        let needle = format!("\"{id}\"");
+        let at = bytes
+            .windows(needle.len())
+            .position(|w| w == needle.as_bytes())
+            .ok_or_else(|| anyhow::anyhow!("the id is not found verbatim in {}", path.display()))?;
+        Ok(Template {
+            before: bytes[..at].to_vec(),
+            after: bytes[at + needle.len()..].to_vec(),
+            app_id: json["app_id"].as_str().unwrap_or_default().to_owned(),
+            secret: ClientSecret::new(SECRET)?,
+        })
+    }
+
+    fn body(&self, id: &str) -> (Vec<u8>, String) {
+        let mut body = Vec::with_capacity(self.before.len() + self.after.len() + id.len() + 2);
+        body.extend_from_slice(&self.before);
+        body.push(b'"');
+        body.extend_from_slice(id.as_bytes());
+        body.push(b'"');
+        body.extend_from_slice(&self.after);
+        let signature = self.secret.sign(&body);
+        (body, signature)
+    }
+}
+
+/// What the sender saw.
+#[derive(Default)]
+struct Load {
+    sent_fresh: usize,
+    /// Fresh ids answered 200, in order.
+    acked: Vec<String>,
+    acked_set: HashSet<String>,
+    redelivered: usize,
+    redelivered_acked: usize,
+    /// Requests not answered 200: connection refused or reset (the server was down), timeouts, 5xx.
+    failed: usize,
+    failed_status: HashMap<u16, usize>,
+    skipped: usize,
+}
+
+async fn load(args: Arc<Args>, port: u16, template: Arc<Template>, state: Arc<Mutex<Load>>) {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("a client builds");
+    let url = format!("http://127.0.0.1:{port}/webhooks/intercom");
+    let limit = Arc::new(tokio::sync::Semaphore::new(args.max_in_flight));
+    let total = args.rate as u64 * args.duration;
+    let every = if args.redeliver_pct == 0 {
+        u64::MAX
+    } else {
+        (100 / args.redeliver_pct.min(100)).max(1) as u64
+    };
+    let start = Instant::now();
+    let mut issued = 0u64;
+    let mut tasks = tokio::task::JoinSet::new();
+    while issued < total {
+        let due = ((start.elapsed().as_secs_f64() * args.rate as f64) as u64 + 1).min(total);
+        while issued < due {
+            issued += 1;
+            let redelivery = if issued % every == 0 {
+                let s = state.lock().unwrap();
+                (!s.acked.is_empty()).then(|| s.acked[(issued as usize * 7919) % s.acked.len()].clone())
+            } else {
+                None
+            };
+            let Ok(permit) = limit.clone().try_acquire_owned() else {
+                state.lock().unwrap().skipped += 1;
+                continue;
+            };
+            let (fresh, id) = match redelivery {
+                Some(id) => (false, id),
+                None => (true, format!("notif_soak_{issued}")),
+            };
+            let (client, url, template, state) =
+                (client.clone(), url.clone(), template.clone(), state.clone());
+            tasks.spawn(async move {
+                let (body, signature) = template.body(&id);
+                let answer = client
+                    .post(url)
+                    .header("content-type", "application/json")
+                    .header("x-hub-signature", signature)
+                    .body(body)
+                    .send()
+                    .await;
+                let mut s = state.lock().unwrap();
+                if fresh {
+                    s.sent_fresh += 1;
+                } else {
+                    s.redelivered += 1;
+                }
+                match answer {
+                    Ok(r) if r.status() == 200 => {
+                        if fresh {
+                            s.acked_set.insert(id.clone());
+                            s.acked.push(id);
+                        } else {
+                            s.redelivered_acked += 1;
+                        }
+                    }
+                    Ok(r) => {
+                        s.failed += 1;
+                        *s.failed_status.entry(r.status().as_u16()).or_default() += 1;
+                    }
+                    Err(_) => s.failed += 1,
+                }
+                drop(permit);
+            });
+        }
+        while tasks.try_join_next().is_some() {}
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Arc::new(Args::parse());
+    let template = Arc::new(Template::load(&args.fixture)?);
+    let base = args.dir.clone().unwrap_or_else(std::env::temp_dir);
+    let dir = base.join(format!("soak-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir)?;
+    let result = run(args, template, &dir);
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+fn run(args: Arc<Args>, template: Arc<Template>, dir: &Path) -> anyhow::Result<()> {
+    let db = dir.join("soak.db");
+    let err = dir.join("serve.err");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let outcomes: Outcomes = Arc::new(Mutex::new(Vec::new()));
+    let mut child = start_server(&args, &db, port, &outcomes, &err)?;
+    let guard = ChildGuard(Arc::new(Mutex::new(None)));
+    wait_healthy(port, &mut child)?;
+    *guard.0.lock().unwrap() = Some(child.id());
+
+    let state = Arc::new(Mutex::new(Load::default()));
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    eprintln!(
+        "soak: {}/s for {} s, SIGKILL every {} s, {} % re-deliveries...",
+        args.rate, args.duration, args.kill_every, args.redeliver_pct
+    );
+    let sender = runtime.spawn(load(args.clone(), port, template.clone(), state.clone()));
+
+    // Kill and restart on schedule while the load runs.
+    let start = Instant::now();
+    let mut downtimes = Vec::new();
+    let mut next_kill = args.kill_every;
+    while start.elapsed() < Duration::from_secs(args.duration) {
+        std::thread::sleep(Duration::from_millis(50));
+        if args.kill_every == 0 || start.elapsed() < Duration::from_secs(next_kill) {
+            continue;
+        }
+        if start.elapsed() + Duration::from_secs(1) >= Duration::from_secs(args.duration) {
+            break;
+        }
+        next_kill += args.kill_every;
+        let killed_at = Instant::now();
+        child.kill()?; // SIGKILL
+        child.wait()?;
+        child = start_server(&args, &db, port, &outcomes, &err)?;
+        *guard.0.lock().unwrap() = Some(child.id());
+        wait_healthy(port, &mut child)?;
+        let down = killed_at.elapsed();
+        eprintln!(
+            "  SIGKILL at {:.1} s, serving again after {:.0} ms",
+            killed_at.duration_since(start).as_secs_f64(),
+            down.as_secs_f64() * 1000.0
+        );
+        downtimes.push(down);
+    }
+    runtime.block_on(sender)?;
+    let load_secs = start.elapsed().as_secs_f64();
+
+    // Final drain: until the queue is empty and every acknowledged id has a settling outcome line
+    // (`processed`, or `duplicate` when a server was killed between the completion write and the line),
+    // or the time is up.
+    let acked: HashSet<String> = state.lock().unwrap().acked_set.clone();
+    let drain_start = Instant::now();
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()?;
+    let mut health;
+    loop {
+        health = client
+            .get(format!("http://127.0.0.1:{port}/healthz"))
+            .send()
+            .and_then(|r| r.json())
+            .unwrap_or(serde_json::Value::Null);
+        let settled: HashSet<String> = outcomes
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, o)| o == "processed" || o == "duplicate")
+            .map(|(id, _)| id.clone())
+            .collect();
+        let done = health["queued"] == 0 && acked.iter().all(|id| settled.contains(id));
+        if done || drain_start.elapsed() > Duration::from_secs(args.drain_secs) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let drained_after = drain_start.elapsed();
+    let exit = sigterm_and_wait(&mut child, Duration::from_secs(30));
+    *guard.0.lock().unwrap() = None;
+    std::thread::sleep(Duration::from_millis(200)); // the reader thread reads the last lines
+
+    // Tally.
+    let outcomes = outcomes.lock().unwrap().clone();
+    let mut by_outcome: HashMap<String, usize> = HashMap::new();
+    let mut processed_count: HashMap<String, usize> = HashMap::new();
+    for (id, outcome) in &outcomes {
+        *by_outcome.entry(outcome.clone()).or_default() += 1;
+        if outcome == "processed" {
+            *processed_count.entry(id.clone()).or_default() += 1;
+        }
+    }
+    let twice = processed_count.values().filter(|&&n| n > 1).count();
+    let no_line: Vec<&String> = acked
+        .iter()
+        .filter(|id| !processed_count.contains_key(*id))
+        .collect();
+    let completed = completed_ids(&db, &template.app_id)?;
+    let completed_without_line = no_line.iter().filter(|id| completed.contains(**id)).count();
+    let lost = no_line.len() - completed_without_line;
+    let unacked_processed = processed_count.keys().filter(|id| !acked.contains(*id)).count();
+    let s = state.lock().unwrap();
+    let count = |o: &str| by_outcome.get(o).copied().unwrap_or(0);
+    let others: usize = by_outcome
+        .iter()
+        .filter(|(o, _)| !["processed", "duplicate", "in_flight", "retry"].contains(&o.as_str()))
+        .map(|(_, n)| n)
+        .sum();
+
+    println!("### Soak: steady load with kill -9 and restart");
+    println!();
+    println!(
+        "`serve --visibility-timeout {} --pollers {}`, {} requests/s for {} s (open loop; {} % re-deliver an acknowledged id), SIGKILL every {} s and an immediate restart on the same database ({} kills); then a drain of at most {} s and SIGTERM. Fixture `{}`.",
+        args.visibility_timeout,
+        args.pollers.map_or_else(|| "default (4)".into(), |p| p.to_string()),
+        args.rate,
+        args.duration,
+        args.redeliver_pct,
+        args.kill_every,
+        downtimes.len(),
+        args.drain_secs,
+        args.fixture.display()
+    );
+    println!();
+    println!("| figure | value |");
+    println!("|---|---:|");
+    println!("| notifications sent (fresh ids) | {} |", s.sent_fresh);
+    println!("| acknowledged (answered 200) | {} |", acked.len());
+    println!(
+        "| not acknowledged (server down, reset, timeout, non-200) | {} |",
+        s.failed
+    );
+    println!(
+        "| re-deliveries of acknowledged ids sent / answered 200 | {} / {} |",
+        s.redelivered, s.redelivered_acked
+    );
+    println!("| skipped (in-flight cap) | {} |", s.skipped);
+    println!(
+        "| processed (outcome lines, every run) | {} |",
+        count("processed")
+    );
+    println!("| distinct ids processed | {} |", processed_count.len());
+    println!("| of them not acknowledged (stored, answer lost in a kill) | {unacked_processed} |");
+    println!(
+        "| duplicates suppressed (`duplicate` outcome lines) | {} |",
+        count("duplicate")
+    );
+    println!(
+        "| `in_flight` / `retry` outcomes (handed out again) | {} / {} |",
+        count("in_flight"),
+        count("retry")
+    );
+    println!("| other outcomes | {others} |");
+    println!("| ids processed more than once (must be 0) | **{twice}** |");
+    println!("| acknowledged, completed, but killed before the outcome line | {completed_without_line} |");
+    println!("| **lost**: acknowledged, never processed (must be 0) | **{lost}** |");
+    println!(
+        "| queue after the drain: queued / dead letters | {} / {} |",
+        health["queued"], health["dead_letters"]
+    );
+    println!("| drain after the load | {:.1} s |", drained_after.as_secs_f64());
+    println!(
+        "| final SIGTERM | {} |",
+        exit.map_or_else(|| "did not stop within 30 s".to_owned(), |e| e.to_string())
+    );
+    if !downtimes.is_empty() {
+        let mut ms: Vec<f64> = downtimes.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
+        ms.sort_by(f64::total_cmp);
+        println!(
+            "| SIGKILL → serving again (min / median / max) | {:.0} / {:.0} / {:.0} ms |",
+            ms[0],
+            ms[ms.len() / 2],
+            ms[ms.len() - 1]
+        );
+    }
+    println!("| load phase | {load_secs:.1} s |");
+    if !s.failed_status.is_empty() {
+        println!();
+        println!("Non-200 answers by status: {:?}", s.failed_status);
+    }
+    println!();
+    println!(
+        "Lost: {} (goal 0). Processed twice: {}.",
+        if lost == 0 { "0, met" } else { "MISSED" },
+        if twice == 0 { "0" } else { "NOT 0" }
+    );
+    if lost > 0 || twice > 0 {
+        anyhow::bail!("{lost} acknowledged notifications lost, {twice} processed more than once");
+    }
+    Ok(())
+}
+
+/// The notification ids whose idempotency record is COMPLETED.
+fn completed_ids(db: &Path, app_id: &str) -> anyhow::Result<HashSet<String>> {
+    let conn = rusqlite::Connection::open(db)?;
+    let mut statement = conn.prepare("SELECT pk FROM idempotency WHERE status = 'COMPLETED'")?;
+    let prefix = format!("{app_id}#");
+    let ids = statement
+        .query_map([], |r| r.get::<_, String>(0))?
+        .filter_map(Result::ok)
+        .map(|pk| pk.strip_prefix(&prefix).map(str::to_owned).unwrap_or(pk))
+        .collect();
+    Ok(ids)
+}
+
+/// Kills the current server if `run` returns early (an error or a panic).
+struct ChildGuard(Arc<Mutex<Option<u32>>>);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0.lock().ok().and_then(|g| *g) {
+            let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+        }
+    }
+}
