@@ -246,20 +246,36 @@ fn sigkill_under_load_then_restart_processes_every_acknowledged_notification_exa
         }
         count
     };
-    server.wait_until("every acknowledged notification is processed", || {
-        let mut all = before.clone();
-        all.extend(server.outcomes());
-        let count = processed(&all);
-        acked.iter().all(|id| count.contains_key(id))
+    // Every acknowledged notification ends COMPLETED in the store. (The outcome line is written after the
+    // completion commit, so a kill between the two leaves a completed notification without a `processed`
+    // line; its redelivery is then a `duplicate`. The store is the record of truth.)
+    let app = template["app_id"].as_str().unwrap().to_owned();
+    let completed = || -> std::collections::HashSet<String> {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        let mut statement = conn
+            .prepare("SELECT pk FROM idempotency WHERE status = 'COMPLETED'")
+            .unwrap();
+        let rows = statement.query_map([], |r| r.get::<_, String>(0)).unwrap();
+        rows.map(|r| r.unwrap()).collect()
+    };
+    server.wait_until("every acknowledged notification is completed", || {
+        let done = completed();
+        acked.iter().all(|id| done.contains(&format!("{app}#{id}")))
     });
-    // Give a second copy, if there were one, the time to show up.
     server.wait_until("the queue is empty", || server.health()["queued"] == 0);
     let mut all = before.clone();
     all.extend(server.outcomes());
     let count = processed(&all);
     for id in &acked {
-        assert_eq!(count[id], 1, "{id} processed {} times", count[id]);
+        let n = count.get(id).copied().unwrap_or(0);
+        assert!(n <= 1, "{id} processed {n} times");
     }
+    let logged = acked.iter().filter(|id| count.contains_key(*id)).count();
+    assert!(
+        logged + 8 >= acked.len(),
+        "only {logged} of {} have a processed line",
+        acked.len()
+    );
     assert_eq!(server.health()["dead_letters"], 0);
 }
 
