@@ -48,10 +48,6 @@ impl Intake {
         self
     }
 
-    pub fn metrics(&self) -> &Arc<Metrics> {
-        &self.metrics
-    }
-
     /// The axum router: `HEAD`/`POST` on [`WEBHOOK_PATHS`], JSON 404 and 405 elsewhere.
     pub fn router(self) -> Router {
         self.router_with(Router::new())

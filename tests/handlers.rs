@@ -6,7 +6,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{create_queue, create_table, fixtures, record, unique};
+use common::{create_queue, create_table, fixture, fixtures, record, unique};
 use intercom_webhooks::aws::dynamodb::DynamoStore;
 use intercom_webhooks::aws::lambda_sqs;
 use intercom_webhooks::aws::sqs::SqsDeadLetters;
@@ -125,12 +125,7 @@ async fn the_worker_runs_every_fixture_through_the_builtin_handlers() {
 
 #[tokio::test]
 async fn notify_classes_webhook_answers() {
-    let body = &fixtures()
-        .into_iter()
-        .find(|(n, _)| n == "conversation_user_created.json")
-        .unwrap()
-        .1;
-    let notification = Notification::parse(body).unwrap();
+    let notification = Notification::parse(&fixture("conversation_user_created.json")).unwrap();
     for (status, expected) in [
         (200, None),
         (204, None),
@@ -161,12 +156,7 @@ async fn notify_classes_webhook_answers() {
 
 #[tokio::test]
 async fn notify_timeouts_and_unreachable_hooks_are_retryable_and_never_leak_the_url() {
-    let body = &fixtures()
-        .into_iter()
-        .find(|(n, _)| n == "conversation_user_created.json")
-        .unwrap()
-        .1;
-    let notification = Notification::parse(body).unwrap();
+    let notification = Notification::parse(&fixture("conversation_user_created.json")).unwrap();
     let chat = MockServer::start().await;
     Mock::given(method("POST"))
         .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_secs(5)))

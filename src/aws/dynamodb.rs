@@ -89,8 +89,18 @@ fn store_error<E: ProvideErrorMetadata + std::error::Error + 'static>(
     }
 }
 
-fn is_condition_failure<E: ProvideErrorMetadata>(error: &SdkError<E, HttpResponse>) -> bool {
-    matches!(error, SdkError::ServiceError(c) if c.err().code() == Some("ConditionalCheckFailedException"))
+/// The outcome of a write conditional on holding `lease`: a failed condition means the lease was lost.
+fn held<T, E>(result: Result<T, SdkError<E, HttpResponse>>, lease: &Lease) -> Result<(), StoreError>
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    match result {
+        Ok(_) => Ok(()),
+        Err(SdkError::ServiceError(c)) if c.err().code() == Some("ConditionalCheckFailedException") => {
+            Err(StoreError::LeaseLost(lease.key.clone()))
+        }
+        Err(e) => Err(store_error(e)),
+    }
 }
 
 #[async_trait]
@@ -165,11 +175,7 @@ impl IdempotencyStore for DynamoStore {
             .expression_attribute_values(":token", s(&lease.token))
             .send()
             .await;
-        match result {
-            Ok(_) => Ok(()),
-            Err(e) if is_condition_failure(&e) => Err(StoreError::LeaseLost(lease.key.clone())),
-            Err(e) => Err(store_error(e)),
-        }
+        held(result, lease)
     }
 
     async fn release(&self, lease: &Lease) -> Result<(), StoreError> {
@@ -184,10 +190,6 @@ impl IdempotencyStore for DynamoStore {
             .expression_attribute_values(":token", s(&lease.token))
             .send()
             .await;
-        match result {
-            Ok(_) => Ok(()),
-            Err(e) if is_condition_failure(&e) => Err(StoreError::LeaseLost(lease.key.clone())),
-            Err(e) => Err(store_error(e)),
-        }
+        held(result, lease)
     }
 }

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection};
 use serde::Serialize;
 
 use super::db::{Db, DbError};
@@ -270,21 +270,6 @@ impl QueueConsumer for SqliteQueue {
             .await
             .map_err(unavailable)
     }
-}
-
-/// A message's receipt, if it is currently received (for tests and tools).
-pub async fn receipt_of(db: &Db, message_id: &str) -> Result<Option<String>, DbError> {
-    let id = message_id.to_owned();
-    db.call(move |c| {
-        Ok(
-            c.query_row("SELECT receipt FROM messages WHERE message_id = ?1", [id], |r| {
-                r.get(0)
-            })
-            .optional()?
-            .flatten(),
-        )
-    })
-    .await
 }
 
 fn entry(d: DeadLetter) -> DeadLetterEntry {
