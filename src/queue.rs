@@ -54,7 +54,7 @@ impl Message {
     pub fn from_bytes(body: &[u8]) -> Self {
         let mut attributes = BTreeMap::new();
         let body = match std::str::from_utf8(body) {
-            Ok(text) if text.chars().all(storable_char) => text.to_owned(),
+            Ok(text) if storable(text) => text.to_owned(),
             _ => {
                 attributes.insert(attr::BODY_ENCODING.into(), "base64".into());
                 base64::engine::general_purpose::STANDARD.encode(body)
@@ -104,8 +104,19 @@ fn truncate(text: &str, max: usize) -> String {
 }
 
 /// Characters SQS accepts in a message body: #x9 | #xA | #xD | #x20–#xD7FF | #xE000–#xFFFD | #x10000+.
+#[cfg(test)]
 fn storable_char(c: char) -> bool {
     matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..)
+}
+
+/// Whether every character of `text` is one SQS accepts ([`storable_char`]), checked on bytes: text is
+/// valid UTF-8, so it holds no surrogates, and the only refused characters are the C0 controls other than
+/// tab, LF and CR, and U+FFFE and U+FFFF.
+fn storable(text: &str) -> bool {
+    text.bytes()
+        .all(|b| b >= 0x20 || matches!(b, b'\t' | b'\n' | b'\r'))
+        && !text.contains('\u{FFFE}')
+        && !text.contains('\u{FFFF}')
 }
 
 /// Where messages that can never be processed are kept for an operator. Returns once durably stored.
@@ -171,6 +182,19 @@ impl QueueError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn byte_check_agrees_with_the_character_rule() {
+        let edges = [
+            0u32, 0x8, 0x9, 0xA, 0xB, 0xC, 0xD, 0xE, 0x1F, 0x20, 0x7E, 0x7F, 0x80, 0x7FF, 0x800, 0xD7FF,
+            0xE000, 0xFFFC, 0xFFFD, 0xFFFE, 0xFFFF, 0x10000, 0x1F600, 0x10FFFF,
+        ];
+        for c in edges.iter().filter_map(|&n| char::from_u32(n)) {
+            for text in [c.to_string(), format!("ab{c}cd"), format!("é{c}")] {
+                assert_eq!(storable(&text), text.chars().all(storable_char), "{:?}", text);
+            }
+        }
+    }
 
     #[test]
     fn notification_message_keeps_raw_bytes_and_attributes() {
