@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use rusqlite::{params, Connection};
 use serde::Serialize;
 
-use super::db::{Db, DbError};
+use super::db::{new_id, Db, DbError};
 use crate::clock::unix_ms_now;
 use crate::dlq::{DeadLetterEntry, DeadLetterStore, Filter, RedriveReport};
 use crate::queue::{attr, DeadLetterQueue, Delivery, Message, Queue, QueueConsumer, QueueError, Record};
@@ -65,10 +65,11 @@ fn insert_dead_letter(
     now: i64,
 ) -> Result<(), DbError> {
     let stored = message.with_reason(reason, now);
-    conn.execute(
+    conn.prepare_cached(
         "INSERT INTO dead_letters (message_id, body, attributes, reason, receive_count, enqueued_at, dead_lettered_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        params![
+    )?
+    .execute(params![
             message_id,
             stored.body,
             encode(&stored.attributes),
@@ -76,8 +77,7 @@ fn insert_dead_letter(
             receive_count,
             enqueued_at,
             now
-        ],
-    )?;
+        ])?;
     Ok(())
 }
 
@@ -147,10 +147,10 @@ impl Queue for SqliteQueue {
         self.db
             .call(move |c| {
                 let now = unix_ms_now();
-                c.execute(
+                c.prepare_cached(
                     "INSERT INTO messages (message_id, body, attributes, enqueued_at, visible_at) VALUES (?1, ?2, ?3, ?4, ?4)",
-                    params![uuid::Uuid::new_v4().to_string(), message.body, encode(&message.attributes), now],
-                )?;
+                )?
+                .execute(params![new_id(), message.body, encode(&message.attributes), now])?;
                 Ok(())
             })
             .await
@@ -170,15 +170,7 @@ impl DeadLetterQueue for SqliteQueue {
                     .attribute("receive_count")
                     .and_then(|n| n.parse().ok())
                     .unwrap_or(0);
-                insert_dead_letter(
-                    c,
-                    &uuid::Uuid::new_v4().to_string(),
-                    &message,
-                    &reason,
-                    receive_count,
-                    now,
-                    now,
-                )
+                insert_dead_letter(c, &new_id(), &message, &reason, receive_count, now, now)
             })
             .await
             .map_err(unavailable)
@@ -220,14 +212,14 @@ impl QueueConsumer for SqliteQueue {
                                 last_error.as_deref().unwrap_or("no error recorded")
                             );
                             insert_dead_letter(c, &message_id, &message, &reason, count, enqueued_at, now)?;
-                            c.execute("DELETE FROM messages WHERE seq = ?1", [seq])?;
+                            c.prepare_cached("DELETE FROM messages WHERE seq = ?1")?.execute([seq])?;
                             continue;
                         }
-                        let receipt = uuid::Uuid::new_v4().to_string();
-                        c.execute(
+                        let receipt = new_id();
+                        c.prepare_cached(
                             "UPDATE messages SET receive_count = receive_count + 1, visible_at = ?1, receipt = ?2 WHERE seq = ?3",
-                            params![now + visibility_ms, receipt, seq],
-                        )?;
+                        )?
+                        .execute(params![now + visibility_ms, receipt, seq])?;
                         out.push(Delivery {
                             record: Record {
                                 message_id,
@@ -248,7 +240,8 @@ impl QueueConsumer for SqliteQueue {
         let receipt = receipt.to_owned();
         self.db
             .call(move |c| {
-                c.execute("DELETE FROM messages WHERE receipt = ?1", [receipt])?;
+                c.prepare_cached("DELETE FROM messages WHERE receipt = ?1")?
+                    .execute([receipt])?;
                 Ok(())
             })
             .await
@@ -261,10 +254,8 @@ impl QueueConsumer for SqliteQueue {
         self.db
             .call(move |c| {
                 let visible_at = unix_ms_now() + delay.as_millis() as i64;
-                c.execute(
-                    "UPDATE messages SET visible_at = ?1, last_error = ?2 WHERE receipt = ?3",
-                    params![visible_at, error, receipt],
-                )?;
+                c.prepare_cached("UPDATE messages SET visible_at = ?1, last_error = ?2 WHERE receipt = ?3")?
+                    .execute(params![visible_at, error, receipt])?;
                 Ok(())
             })
             .await
@@ -331,12 +322,12 @@ impl DeadLetterStore for SqliteQueue {
                 let now = unix_ms_now();
                 let mut moved = 0;
                 for (seq, message) in chosen {
-                    let removed = c.execute("DELETE FROM dead_letters WHERE seq = ?1", [seq])?;
+                    let removed = c.prepare_cached("DELETE FROM dead_letters WHERE seq = ?1")?.execute([seq])?;
                     if removed == 1 {
-                        c.execute(
+                        c.prepare_cached(
                             "INSERT INTO messages (message_id, body, attributes, enqueued_at, visible_at) VALUES (?1, ?2, ?3, ?4, ?4)",
-                            params![uuid::Uuid::new_v4().to_string(), message.body, encode(&message.attributes), now],
-                        )?;
+                        )?
+                        .execute(params![new_id(), message.body, encode(&message.attributes), now])?;
                         moved += 1;
                     }
                 }

@@ -32,7 +32,7 @@ impl IdempotencyStore for SqliteStore {
         self.db
             .call(move |c| {
                 let lease = Lease::new(claim.key.clone());
-                let taken = c.execute(
+                let taken = c.prepare_cached(
                     "INSERT INTO idempotency (pk, status, expiration, in_progress_expiration, lease_token, payload_hash, claimed_at)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
                      ON CONFLICT (pk) DO UPDATE SET
@@ -41,7 +41,8 @@ impl IdempotencyStore for SqliteStore {
                          payload_hash = excluded.payload_hash, claimed_at = excluded.claimed_at, completed_at = NULL
                      WHERE idempotency.expiration < ?8
                         OR (idempotency.status = ?2 AND idempotency.in_progress_expiration < ?7)",
-                    params![
+                )?
+                .execute(params![
                         claim.key.as_str(),
                         IN_PROGRESS,
                         claim.expiration,
@@ -50,14 +51,15 @@ impl IdempotencyStore for SqliteStore {
                         claim.payload_hash,
                         claim.now_ms,
                         claim.now_secs(),
-                    ],
-                )?;
+                    ])?;
                 if taken == 1 {
                     return Ok(Ok(ClaimOutcome::Claimed(lease)));
                 }
                 let old = c
-                    .query_row(
+                    .prepare_cached(
                         "SELECT status, payload_hash, expiration, in_progress_expiration FROM idempotency WHERE pk = ?1",
+                    )?
+                    .query_row(
                         [claim.key.as_str()],
                         |r| {
                             Ok(StoredRecord {
@@ -83,11 +85,18 @@ impl IdempotencyStore for SqliteStore {
         let changed = self
             .db
             .call(move |c| {
-                Ok(c.execute(
+                Ok(c.prepare_cached(
                     "UPDATE idempotency SET status = ?1, expiration = ?2, completed_at = ?3
                      WHERE pk = ?4 AND status = ?5 AND lease_token = ?6",
-                    params![COMPLETED, expiration, unix_ms_now(), key, IN_PROGRESS, token],
-                )?)
+                )?
+                .execute(params![
+                    COMPLETED,
+                    expiration,
+                    unix_ms_now(),
+                    key,
+                    IN_PROGRESS,
+                    token
+                ])?)
             })
             .await
             .map_err(unavailable)?;
@@ -99,10 +108,10 @@ impl IdempotencyStore for SqliteStore {
         let changed = self
             .db
             .call(move |c| {
-                Ok(c.execute(
+                Ok(c.prepare_cached(
                     "DELETE FROM idempotency WHERE pk = ?1 AND status = ?2 AND lease_token = ?3",
-                    params![key, IN_PROGRESS, token],
-                )?)
+                )?
+                .execute(params![key, IN_PROGRESS, token])?)
             })
             .await
             .map_err(unavailable)?;
