@@ -81,6 +81,8 @@ fi
 
 echo "building the x86_64 release binaries..." >&2
 cargo build --release --quiet --bin receiver --bin worker --bin intercom-webhooks
+# A fresh build leaves hundreds of MB of dirty pages; their write-back makes every fsync slow for a while.
+sync
 
 # --- sizes ---------------------------------------------------------------------------------------------
 arch_of() { # the ELF machine of a binary

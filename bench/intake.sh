@@ -64,6 +64,8 @@ if [[ -z "$BIN" ]]; then
   cargo build --release --quiet --bin intercom-webhooks
   BIN=$ROOT/target/release/intercom-webhooks
 fi
+# A fresh build leaves hundreds of MB of dirty pages; their write-back makes every fsync slow for a while.
+sync
 
 if [[ $REFERENCE -eq 1 ]]; then
   echo "installing the reference receiver's dependencies (npm)..." >&2

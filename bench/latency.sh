@@ -37,6 +37,8 @@ trap 'exit 130' INT TERM
 echo "building the release binary and the probe..." >&2
 cargo build --release --quiet --bin intercom-webhooks
 cargo build --release --quiet --example latency_probe
+# A fresh build leaves hundreds of MB of dirty pages; their write-back makes every fsync slow for a while.
+sync
 
 target/release/examples/latency_probe --bin target/release/intercom-webhooks --dir "$SCRATCH" "$@" &
 PROBE_PID=$!

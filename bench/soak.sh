@@ -37,6 +37,8 @@ trap 'exit 130' INT TERM
 echo "building the release binary and the soak driver..." >&2
 cargo build --release --quiet --bin intercom-webhooks
 cargo build --release --quiet --example soak
+# A fresh build leaves hundreds of MB of dirty pages; their write-back makes every fsync slow for a while.
+sync
 
 target/release/examples/soak --bin target/release/intercom-webhooks --dir "$SCRATCH" "$@" &
 SOAK_PID=$!
