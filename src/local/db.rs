@@ -3,25 +3,15 @@
 //! transaction (each inside its own savepoint, so one failing does not undo the others), and no caller
 //! hears back before the commit: that is what makes a 200 from the local server durable.
 
-use std::ffi::c_int;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::thread;
 
-use rusqlite::wal::CheckpointMode;
 use rusqlite::Connection;
 use tokio::sync::oneshot;
 
 /// Operations committed together at most.
 const GROUP_LIMIT: usize = 512;
-
-/// Pages in the write-ahead log after which the checkpoint thread copies them into the database file.
-const CHECKPOINT_PAGES: c_int = 1000;
-
-/// Pages in the log after which the database thread checkpoints by itself. While commits keep coming the
-/// checkpoint thread never reaches the end of the log, and the log is only reused from its start after a
-/// checkpoint that did; this one finishes what the checkpoint thread left and bounds the log's size.
-const INLINE_CHECKPOINT_PAGES: c_int = 8000;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS messages (
@@ -141,7 +131,7 @@ impl Db {
     /// its thread.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, DbError> {
         let path = path.as_ref().to_path_buf();
-        let mut conn = Connection::open(&path)?;
+        let conn = Connection::open(&path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
@@ -152,18 +142,6 @@ impl Db {
         conn.pragma_update(None, "temp_store", "MEMORY")?;
         conn.set_prepared_statement_cache_capacity(64);
         conn.execute_batch(SCHEMA)?;
-        let checkpoints = start_checkpoints(&path)?;
-        // Replaces SQLite's own automatic checkpoint, which would copy the log on the database thread.
-        conn.wal_hook(Some(move |wal: &mut rusqlite::hooks::Wal, pages: c_int| {
-            if pages >= INLINE_CHECKPOINT_PAGES {
-                // Busy only while the checkpoint thread is at it; the next commit tries again.
-                let _ = wal.checkpoint_v2(CheckpointMode::PASSIVE);
-            } else if pages >= CHECKPOINT_PAGES {
-                let _ = checkpoints.try_send(());
-            }
-            // An error here would fail a commit that has already happened.
-            Ok(())
-        }))?;
         let (jobs, queue) = mpsc::channel::<Box<dyn Pending>>();
         thread::Builder::new()
             .name("sqlite".into())
@@ -191,25 +169,6 @@ impl Db {
         self.jobs.send(Box::new(op)).map_err(|_| DbError::Closed)?;
         answer.await.map_err(|_| DbError::Closed)?
     }
-}
-
-/// Starts the thread that copies the write-ahead log back into the database file whenever it is sent a
-/// nudge, with its own connection, so that the database thread's commits do not wait for it. The thread
-/// ends when the sender is dropped (with the database thread's connection).
-fn start_checkpoints(path: &Path) -> Result<mpsc::SyncSender<()>, DbError> {
-    let conn = Connection::open(path)?;
-    conn.pragma_update(None, "synchronous", "FULL")?;
-    let (nudge, nudges) = mpsc::sync_channel::<()>(1);
-    thread::Builder::new()
-        .name("sqlite-checkpoint".into())
-        .spawn(move || {
-            while nudges.recv().is_ok() {
-                // PASSIVE never blocks the writer; what it cannot copy now, a later nudge copies.
-                let _ = conn.wal_checkpoint_v2(None::<&str>, CheckpointMode::PASSIVE);
-            }
-        })
-        .map_err(|e| DbError::Sqlite(format!("cannot start the checkpoint thread: {e}")))?;
-    Ok(nudge)
 }
 
 /// Runs one statement without parameters, prepared once per connection.
