@@ -109,7 +109,7 @@ fn storable_char(c: char) -> bool {
     matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..)
 }
 
-/// Whether every character of `text` is one SQS accepts ([`storable_char`]), checked on bytes: text is
+/// Whether every character of `text` is one SQS accepts (the rule above), checked on bytes: text is
 /// valid UTF-8, so it holds no surrogates, and the only refused characters are the C0 controls other than
 /// tab, LF and CR, and U+FFFE and U+FFFF.
 fn storable(text: &str) -> bool {
