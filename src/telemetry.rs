@@ -31,31 +31,15 @@ pub fn init_lambda() {
         .try_init();
 }
 
-/// Keeps the thread that writes log lines running. Dropping it writes out every line still buffered, so
-/// hold it until the program ends.
-#[must_use = "dropping the guard stops the log writer"]
-pub struct LogGuard {
-    _writer: tracing_appender::non_blocking::WorkerGuard,
-}
-
-/// For the command line and the local server. Lines are formatted where they happen and written to
-/// stdout by a writer thread, many per write when they come fast; none is dropped (a full buffer makes
-/// the logging thread wait). Lines still buffered when the process is killed with SIGKILL are lost.
-pub fn init_local(format: LogFormat) -> LogGuard {
-    let terminal = std::io::stdout().is_terminal();
+/// For the command line and the local server.
+pub fn init_local(format: LogFormat) {
     let json = match format {
         LogFormat::Json => true,
         LogFormat::Text => false,
-        LogFormat::Auto => !terminal,
+        LogFormat::Auto => !std::io::stdout().is_terminal(),
     };
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .thread_name("log-writer")
-        .finish(std::io::BufWriter::new(std::io::stdout()));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter())
-        .with_writer(writer)
-        .with_ansi(terminal)
         .with_target(false);
     let _ = if json {
         builder
@@ -67,5 +51,4 @@ pub fn init_local(format: LogFormat) -> LogGuard {
     } else {
         builder.try_init()
     };
-    LogGuard { _writer: guard }
 }

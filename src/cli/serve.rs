@@ -40,7 +40,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let env = Env::process();
     let secrets = env.client_secrets()?;
     let worker = WorkerConfig::from_env(&env)?;
-    let _logs = telemetry::init_local(args.log_format);
+    telemetry::init_local(args.log_format);
     let mut settings = worker.settings;
     settings.visibility_timeout = Duration::from_secs(args.visibility_timeout);
     let routes = default_router(worker.notify).context("invalid NOTIFY_TOPICS")?;
