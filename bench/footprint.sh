@@ -34,37 +34,13 @@ while [[ $# -gt 0 ]]; do
   esac
 done
 
-SUDO=""
-[[ "$(id -u)" -eq 0 ]] || SUDO=sudo
-APT_UPDATED=0
-apt_install() {
-  if [[ $APT_UPDATED -eq 0 ]]; then $SUDO apt-get update -qq; APT_UPDATED=1; fi
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "$@" >/dev/null
-}
-need() { # need COMMAND APT_PACKAGE
-  command -v "$1" >/dev/null 2>&1 || apt_install "$2"
-}
+source bench/lib.sh
 need wrk wrk
 need curl curl
 need python3 python3
 [[ -x /usr/bin/time ]] || apt_install time
 
-TMP=$(mktemp -d -t footprint-bench.XXXXXX)
-PIDS=()
-cleanup() {
-  for pid in ${PIDS[@]+"${PIDS[@]}"}; do kill -TERM "$pid" 2>/dev/null || true; done
-  for pid in ${PIDS[@]+"${PIDS[@]}"}; do
-    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$pid" 2>/dev/null || true
-  done
-  rm -rf "$TMP"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
+with_cleanup footprint-bench
 
 CARGO_LAMBDA=""
 if [[ -x .venv/bin/cargo-lambda ]]; then
@@ -81,8 +57,7 @@ fi
 
 echo "building the x86_64 release binaries..." >&2
 cargo build --release --quiet --bin receiver --bin worker --bin intercom-webhooks
-# A fresh build leaves hundreds of MB of dirty pages; their write-back makes every fsync slow for a while.
-sync
+settle_disk
 
 # --- sizes ---------------------------------------------------------------------------------------------
 arch_of() { # the ELF machine of a binary

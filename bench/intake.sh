@@ -43,14 +43,7 @@ done
 [[ -f "$FIXTURE" ]] || { echo "no such fixture: $FIXTURE" >&2; exit 2; }
 
 # --- tools ---------------------------------------------------------------------------------------------
-SUDO=""
-[[ "$(id -u)" -eq 0 ]] || SUDO=sudo
-APT_UPDATED=0
-need() { # need COMMAND APT_PACKAGE
-  command -v "$1" >/dev/null 2>&1 && return 0
-  if [[ $APT_UPDATED -eq 0 ]]; then $SUDO apt-get update -qq; APT_UPDATED=1; fi
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "$2" >/dev/null
-}
+source bench/lib.sh
 need wrk wrk
 need curl curl
 need python3 python3
@@ -64,8 +57,7 @@ if [[ -z "$BIN" ]]; then
   cargo build --release --quiet --bin intercom-webhooks
   BIN=$ROOT/target/release/intercom-webhooks
 fi
-# A fresh build leaves hundreds of MB of dirty pages; their write-back makes every fsync slow for a while.
-sync
+settle_disk
 
 if [[ $REFERENCE -eq 1 ]]; then
   echo "installing the reference receiver's dependencies (npm)..." >&2
@@ -77,36 +69,7 @@ if [[ $REFERENCE -eq 1 ]]; then
 fi
 
 # --- processes -----------------------------------------------------------------------------------------
-TMP=$(mktemp -d -t intake-bench.XXXXXX)
-PIDS=()
-cleanup() {
-  for pid in ${PIDS[@]+"${PIDS[@]}"}; do kill -TERM "$pid" 2>/dev/null || true; done
-  for pid in ${PIDS[@]+"${PIDS[@]}"}; do
-    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$pid" 2>/dev/null || true
-  done
-  rm -rf "$TMP"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-wait_http() { # wait_http URL PID
-  for _ in $(seq 1 200); do
-    curl -fsS --max-time 2 -o /dev/null "$1" 2>/dev/null && return 0
-    kill -0 "$2" 2>/dev/null || { echo "the server exited before answering $1" >&2; return 1; }
-    sleep 0.05
-  done
-  echo "timed out waiting for $1" >&2
-  return 1
-}
-stop() { # stop PID: SIGTERM, wait (at most 30 s), then SIGKILL
-  kill -TERM "$1" 2>/dev/null || true
-  for _ in $(seq 1 300); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.1; done
-  kill -KILL "$1" 2>/dev/null || true
-}
+with_cleanup intake-bench
 
 SECRET=bench-secret-$RANDOM$RANDOM
 SIGNATURE=$("$BIN" sign --secret "$SECRET" "$FIXTURE")

@@ -13,36 +13,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-SOAK_PID=""
-SCRATCH=$(mktemp -d -t soak.XXXXXX)
-cleanup() {
-  stop_driver
-  rm -rf "$SCRATCH"
-}
-stop_driver() {
-  [[ -n "$SOAK_PID" ]] || return 0
-  local children
-  children=$(ps -o pid= --ppid "$SOAK_PID" 2>/dev/null || true)
-  kill -TERM "$SOAK_PID" 2>/dev/null || true
-  for pid in $children; do kill -TERM "$pid" 2>/dev/null || true; done
-  wait "$SOAK_PID" 2>/dev/null || true
-  for pid in $children; do
-    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$pid" 2>/dev/null || true
-  done
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-echo "building the release binary and the soak driver..." >&2
-cargo build --release --quiet --bin intercom-webhooks
-cargo build --release --quiet --example soak
-# A fresh build leaves hundreds of MB of dirty pages; their write-back makes every fsync slow for a while.
-sync
-
-target/release/examples/soak --bin target/release/intercom-webhooks --dir "$SCRATCH" "$@" &
-SOAK_PID=$!
-status=0
-wait "$SOAK_PID" || status=$?
-SOAK_PID=""
-exit "$status"
+source bench/lib.sh
+run_driver soak "$@"

@@ -1,0 +1,93 @@
+# Shared by the bench scripts: `source bench/lib.sh` from the repository root, after `set -euo pipefail`.
+
+# A fresh build leaves hundreds of MB of dirty pages; their write-back makes every fsync slow for a while.
+settle_disk() {
+  sync
+}
+
+# --- tools ---------------------------------------------------------------------------------------------
+SUDO=""
+[[ "$(id -u)" -eq 0 ]] || SUDO=sudo
+APT_UPDATED=0
+apt_install() { # apt_install PACKAGE...
+  if [[ $APT_UPDATED -eq 0 ]]; then $SUDO apt-get update -qq; APT_UPDATED=1; fi
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "$@" >/dev/null
+}
+need() { # need COMMAND APT_PACKAGE
+  command -v "$1" >/dev/null 2>&1 || apt_install "$2"
+}
+
+# --- background processes ------------------------------------------------------------------------------
+# Every PID added to PIDS is stopped (SIGTERM, then SIGKILL after 5 s) and TMP is removed when the script
+# exits, however it exits.
+PIDS=()
+TMP=""
+cleanup_processes() {
+  for pid in ${PIDS[@]+"${PIDS[@]}"}; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in ${PIDS[@]+"${PIDS[@]}"}; do
+    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+  done
+  [[ -z "$TMP" ]] || rm -rf "$TMP"
+}
+with_cleanup() { # with_cleanup NAME: makes TMP (mktemp -d -t NAME.XXXXXX) and installs the traps
+  TMP=$(mktemp -d -t "$1.XXXXXX")
+  trap cleanup_processes EXIT
+  trap 'exit 130' INT TERM
+}
+
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+wait_http() { # wait_http URL PID
+  for _ in $(seq 1 200); do
+    curl -fsS --max-time 2 -o /dev/null "$1" 2>/dev/null && return 0
+    kill -0 "$2" 2>/dev/null || { echo "the server exited before answering $1" >&2; return 1; }
+    sleep 0.05
+  done
+  echo "timed out waiting for $1" >&2
+  return 1
+}
+stop() { # stop PID: SIGTERM, wait (at most 30 s), then SIGKILL
+  kill -TERM "$1" 2>/dev/null || true
+  for _ in $(seq 1 300); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.1; done
+  kill -KILL "$1" 2>/dev/null || true
+}
+
+# --- drivers -------------------------------------------------------------------------------------------
+# run_driver EXAMPLE ARGS...: builds the release `intercom-webhooks` and examples/EXAMPLE.rs, then runs the
+# example with `--bin target/release/intercom-webhooks --dir SCRATCH ARGS...` and returns its exit status.
+# The example starts `serve` itself and stops it when it ends; if this script is interrupted, the example
+# and its children are stopped.
+DRIVER_PID=""
+stop_driver() {
+  [[ -n "$DRIVER_PID" ]] || return 0
+  local children
+  children=$(ps -o pid= --ppid "$DRIVER_PID" 2>/dev/null || true)
+  kill -TERM "$DRIVER_PID" 2>/dev/null || true
+  for pid in $children; do kill -TERM "$pid" 2>/dev/null || true; done
+  wait "$DRIVER_PID" 2>/dev/null || true
+  for pid in $children; do
+    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+  done
+}
+run_driver() {
+  local example=$1
+  shift
+  local scratch
+  scratch=$(mktemp -d -t "$example.XXXXXX")
+  # shellcheck disable=SC2064 # expand now: the folder is this call's
+  trap "stop_driver; rm -rf '$scratch'" EXIT
+  trap 'exit 130' INT TERM
+  echo "building the release binary and examples/$example.rs..." >&2
+  cargo build --release --quiet --bin intercom-webhooks
+  cargo build --release --quiet --example "$example"
+  settle_disk
+  "target/release/examples/$example" --bin target/release/intercom-webhooks --dir "$scratch" "$@" &
+  DRIVER_PID=$!
+  local status=0
+  wait "$DRIVER_PID" || status=$?
+  DRIVER_PID=""
+  return "$status"
+}
