@@ -18,8 +18,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+#[path = "support/template.rs"]
+mod template;
+
 use clap::Parser;
-use intercom_webhooks::signature::ClientSecret;
+use template::Template;
 
 #[derive(Parser, Debug)]
 #[command(about = "End-to-end latency (POST to handler completion) and saturation of `serve`.")]
@@ -182,45 +185,6 @@ impl Drop for Server {
     }
 }
 
-/// The fixture with a placeholder for its id, signed per request.
-struct Template {
-    before: Vec<u8>,
-    after: Vec<u8>,
-    secret: ClientSecret,
-}
-
-impl Template {
-    fn load(path: &PathBuf) -> anyhow::Result<Template> {
-        let bytes = std::fs::read(path)?;
-        let json: serde_json::Value = serde_json::from_slice(&bytes)?;
-        let id = json["id"]
-            .as_str()
-            .ok_or_else(|| anyhow::anyhow!("{} has no string id", path.display()))?;
-        let needle = format!("\"{id}\"");
-        let at = bytes
-            .windows(needle.len())
-            .position(|w| w == needle.as_bytes())
-            .ok_or_else(|| anyhow::anyhow!("the id is not found verbatim in {}", path.display()))?;
-        Ok(Template {
-            before: bytes[..at].to_vec(),
-            after: bytes[at + needle.len()..].to_vec(),
-            secret: ClientSecret::new(SECRET)?,
-        })
-    }
-
-    /// The body for `id` and its X-Hub-Signature.
-    fn body(&self, id: &str) -> (Vec<u8>, String) {
-        let mut body = Vec::with_capacity(self.before.len() + self.after.len() + id.len() + 2);
-        body.extend_from_slice(&self.before);
-        body.push(b'"');
-        body.extend_from_slice(id.as_bytes());
-        body.push(b'"');
-        body.extend_from_slice(&self.after);
-        let signature = self.secret.sign(&body);
-        (body, signature)
-    }
-}
-
 /// What happened to each id sent in one run.
 #[derive(Default)]
 struct Sent {
@@ -373,7 +337,7 @@ fn per_second(sent: &Sent, seen: &HashMap<String, (String, i64)>) {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let template = Arc::new(Template::load(&args.fixture)?);
+    let template = Arc::new(Template::load(&args.fixture, SECRET)?);
     let server = Server::start(&args.bin, args.pollers, args.dir.as_ref())?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let client = reqwest::Client::builder()

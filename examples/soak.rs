@@ -15,8 +15,11 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+#[path = "support/template.rs"]
+mod template;
+
 use clap::Parser;
-use intercom_webhooks::signature::ClientSecret;
+use template::Template;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -148,46 +151,6 @@ fn sigterm_and_wait(child: &mut Child, within: Duration) -> Option<ExitStatus> {
     None
 }
 
-/// The fixture split around its id, signed per request.
-struct Template {
-    before: Vec<u8>,
-    after: Vec<u8>,
-    app_id: String,
-    secret: ClientSecret,
-}
-
-impl Template {
-    fn load(path: &Path) -> anyhow::Result<Template> {
-        let bytes = std::fs::read(path)?;
-        let json: serde_json::Value = serde_json::from_slice(&bytes)?;
-        let id = json["id"]
-            .as_str()
-            .ok_or_else(|| anyhow::anyhow!("{} has no string id", path.display()))?;
-        let needle = format!("\"{id}\"");
-        let at = bytes
-            .windows(needle.len())
-            .position(|w| w == needle.as_bytes())
-            .ok_or_else(|| anyhow::anyhow!("the id is not found verbatim in {}", path.display()))?;
-        Ok(Template {
-            before: bytes[..at].to_vec(),
-            after: bytes[at + needle.len()..].to_vec(),
-            app_id: json["app_id"].as_str().unwrap_or_default().to_owned(),
-            secret: ClientSecret::new(SECRET)?,
-        })
-    }
-
-    fn body(&self, id: &str) -> (Vec<u8>, String) {
-        let mut body = Vec::with_capacity(self.before.len() + self.after.len() + id.len() + 2);
-        body.extend_from_slice(&self.before);
-        body.push(b'"');
-        body.extend_from_slice(id.as_bytes());
-        body.push(b'"');
-        body.extend_from_slice(&self.after);
-        let signature = self.secret.sign(&body);
-        (body, signature)
-    }
-}
-
 /// What the sender saw.
 #[derive(Default)]
 struct Load {
@@ -280,7 +243,7 @@ async fn load(args: Arc<Args>, port: u16, template: Arc<Template>, state: Arc<Mu
 
 fn main() -> anyhow::Result<()> {
     let args = Arc::new(Args::parse());
-    let template = Arc::new(Template::load(&args.fixture)?);
+    let template = Arc::new(Template::load(&args.fixture, SECRET)?);
     let base = args.dir.clone().unwrap_or_else(std::env::temp_dir);
     let dir = base.join(format!("soak-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir)?;
