@@ -12,16 +12,18 @@
 //! Run it with `bench/latency.sh` (which builds the binary first); `--help` lists the options.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::{mpsc, Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
+#[path = "support/serve.rs"]
+mod serve;
 #[path = "support/template.rs"]
 mod template;
 
 use clap::Parser;
+use serve::{unix_us, OutcomeLine, ServeCommand};
 use template::Template;
 
 #[derive(Parser, Debug)]
@@ -78,15 +80,6 @@ struct Args {
 
 const SECRET: &str = "latency-probe-secret";
 
-fn unix_us(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
-}
-
-/// One `outcome` line: notification id, outcome, timestamp (Unix µs).
-type OutcomeLine = (String, String, i64);
-
 /// A running `serve` whose outcome lines arrive on a channel.
 struct Server {
     child: Child,
@@ -101,50 +94,17 @@ impl Server {
         let dir = base.join(format!("latency-probe-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&dir)?;
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let mut command = Command::new(bin);
-        command
-            .args([
-                "serve",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--log-format",
-                "json",
-                "--db",
-            ])
-            .arg(dir.join("serve.db"))
-            .env("INTERCOM_CLIENT_SECRET", SECRET)
-            .env_remove("NOTIFY_WEBHOOK_URL")
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(dir.join("serve.err"))?);
-        if let Some(p) = pollers {
-            command.args(["--pollers", &p.to_string()]);
-        }
-        let mut child = command
-            .spawn()
-            .map_err(|e| anyhow::anyhow!("cannot start {} (build it first): {e}", bin.display()))?;
-        let stdout = child.stdout.take().expect("stdout is piped");
         let (tx, outcomes) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if !line.contains("\"message\":\"outcome\"") {
-                    continue;
-                }
-                let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
-                    continue;
-                };
-                let at = v["timestamp"]
-                    .as_str()
-                    .and_then(|t| humantime::parse_rfc3339(t).ok())
-                    .map(unix_us)
-                    .unwrap_or(0);
-                let id = v["notification_id"].as_str().unwrap_or_default().to_owned();
-                let outcome = v["outcome"].as_str().unwrap_or_default().to_owned();
-                if tx.send((id, outcome, at)).is_err() {
-                    return;
-                }
-            }
-        });
+        let child = ServeCommand {
+            bin,
+            port,
+            db: &dir.join("serve.db"),
+            secret: SECRET,
+            pollers,
+            extra: Vec::new(),
+            stderr: std::fs::File::create(dir.join("serve.err"))?,
+        }
+        .spawn(move |line| tx.send(line).is_ok())?;
         let server = Server {
             child,
             port,

@@ -9,16 +9,18 @@
 //! options.
 
 use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+#[path = "support/serve.rs"]
+mod serve;
 #[path = "support/template.rs"]
 mod template;
 
 use clap::Parser;
+use serve::ServeCommand;
 use template::Template;
 
 #[derive(Parser, Debug)]
@@ -68,47 +70,20 @@ const SECRET: &str = "soak-secret";
 type Outcomes = Arc<Mutex<Vec<(String, String)>>>;
 
 fn start_server(args: &Args, db: &Path, port: u16, outcomes: &Outcomes, err: &Path) -> anyhow::Result<Child> {
-    let mut command = Command::new(&args.bin);
-    command
-        .args([
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--log-format",
-            "json",
-        ])
-        .args([
-            "--visibility-timeout",
-            &args.visibility_timeout.to_string(),
-            "--db",
-        ])
-        .arg(db)
-        .env("INTERCOM_CLIENT_SECRET", SECRET)
-        .env_remove("NOTIFY_WEBHOOK_URL")
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::piped())
-        .stderr(std::fs::OpenOptions::new().create(true).append(true).open(err)?);
-    if let Some(p) = args.pollers {
-        command.args(["--pollers", &p.to_string()]);
-    }
-    let mut child = command
-        .spawn()
-        .map_err(|e| anyhow::anyhow!("cannot start {} (build it first): {e}", args.bin.display()))?;
-    let stdout = child.stdout.take().expect("stdout is piped");
     let sink = outcomes.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if !line.contains("\"message\":\"outcome\"") {
-                continue;
-            }
-            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
-                let id = v["notification_id"].as_str().unwrap_or_default().to_owned();
-                let outcome = v["outcome"].as_str().unwrap_or_default().to_owned();
-                sink.lock().unwrap().push((id, outcome));
-            }
-        }
-    });
-    Ok(child)
+    ServeCommand {
+        bin: &args.bin,
+        port,
+        db,
+        secret: SECRET,
+        pollers: args.pollers,
+        extra: vec!["--visibility-timeout".into(), args.visibility_timeout.to_string()],
+        stderr: std::fs::OpenOptions::new().create(true).append(true).open(err)?,
+    }
+    .spawn(move |(id, outcome, _)| {
+        sink.lock().unwrap().push((id, outcome));
+        true
+    })
 }
 
 /// Waits until `/healthz` answers 200 (at most 30 s). Returns how long that took.
