@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use base64::Engine;
+use rusqlite::types::ValueRef;
 use rusqlite::{params, Connection};
 use serde::Serialize;
 
@@ -81,6 +83,84 @@ fn insert_dead_letter(
     Ok(())
 }
 
+/// A message ready to store: its body LZ4-compressed (a BLOB: notification JSON shrinks to a third or
+/// half, and with it the pages written per message) and its attributes encoded. Prepared by the caller,
+/// so that the database thread only writes.
+struct Storable {
+    body: Vec<u8>,
+    attributes: String,
+}
+
+impl Storable {
+    fn new(message: &Message) -> Self {
+        Self {
+            body: lz4_flex::compress_prepend_size(message.body.as_bytes()),
+            attributes: encode(&message.attributes),
+        }
+    }
+
+    fn insert(&self, conn: &Connection, now: i64) -> Result<(), DbError> {
+        conn.prepare_cached(
+            "INSERT INTO messages (message_id, body, attributes, enqueued_at, visible_at) VALUES (?1, ?2, ?3, ?4, ?4)",
+        )?
+        .execute(params![new_id(), self.body, self.attributes, now])?;
+        Ok(())
+    }
+}
+
+/// A message body as stored: LZ4 (a BLOB, written by [`Storable`]) or plain text (written before bodies
+/// were compressed; such files still open and drain).
+enum StoredBody {
+    Text(String),
+    Compressed(Vec<u8>),
+}
+
+impl StoredBody {
+    fn read(row: &rusqlite::Row<'_>, column: usize) -> rusqlite::Result<Self> {
+        Ok(match row.get_ref(column)? {
+            ValueRef::Blob(bytes) => StoredBody::Compressed(bytes.to_vec()),
+            _ => StoredBody::Text(row.get(column)?),
+        })
+    }
+
+    fn decode(&self) -> Result<String, String> {
+        match self {
+            StoredBody::Text(body) => Ok(body.clone()),
+            StoredBody::Compressed(bytes) => lz4_flex::decompress_size_prepended(bytes)
+                .map_err(|e| e.to_string())
+                .and_then(|raw| String::from_utf8(raw).map_err(|e| e.to_string())),
+        }
+    }
+
+    /// The message to dead-letter. Bytes that cannot be decompressed are kept as they were stored (in
+    /// base64, marked by the `stored_body` attribute): nothing stored is dropped.
+    fn into_message(self, mut attributes: BTreeMap<String, String>) -> Message {
+        let body = match (self.decode(), self) {
+            (Ok(body), _) => body,
+            (Err(_), StoredBody::Compressed(bytes)) => {
+                attributes.insert(STORED_BODY.into(), "lz4-base64".into());
+                base64::engine::general_purpose::STANDARD.encode(bytes)
+            }
+            (Err(_), StoredBody::Text(body)) => body,
+        };
+        Message { body, attributes }
+    }
+}
+
+/// The attribute that marks a dead letter whose body is the stored bytes, not the notification.
+const STORED_BODY: &str = "stored_body";
+
+/// A message received by [`SqliteQueue::receive`], before its body is decompressed.
+struct Leased {
+    seq: i64,
+    message_id: String,
+    body: StoredBody,
+    attributes: String,
+    receive_count: u32,
+    enqueued_at: i64,
+    receipt: String,
+}
+
 impl SqliteQueue {
     pub fn new(db: Db, max_receives: u32) -> Self {
         Self {
@@ -91,6 +171,35 @@ impl SqliteQueue {
 
     pub fn db(&self) -> &Db {
         &self.db
+    }
+
+    /// Moves a received message whose stored body cannot be decompressed to the dead-letter table, with
+    /// the bytes as stored. Only while its receipt still holds it.
+    async fn bury_unreadable(&self, lease: Leased, why: String) -> Result<(), QueueError> {
+        self.db
+            .call(move |c| {
+                let reason = format!("the stored body could not be decompressed: {why}");
+                let removed = c
+                    .prepare_cached("DELETE FROM messages WHERE seq = ?1 AND receipt = ?2")?
+                    .execute(params![lease.seq, lease.receipt])?;
+                if removed == 1 {
+                    let message = lease.body.into_message(decode(&lease.attributes));
+                    let count = lease.receive_count;
+                    let now = unix_ms_now();
+                    insert_dead_letter(
+                        c,
+                        &lease.message_id,
+                        &message,
+                        &reason,
+                        count,
+                        lease.enqueued_at,
+                        now,
+                    )?;
+                }
+                Ok(())
+            })
+            .await
+            .map_err(unavailable)
     }
 
     pub async fn stats(&self) -> Result<QueueStats, QueueError> {
@@ -143,16 +252,9 @@ impl SqliteQueue {
 #[async_trait]
 impl Queue for SqliteQueue {
     async fn send(&self, message: &Message) -> Result<(), QueueError> {
-        let message = message.clone();
+        let stored = Storable::new(message);
         self.db
-            .call(move |c| {
-                let now = unix_ms_now();
-                c.prepare_cached(
-                    "INSERT INTO messages (message_id, body, attributes, enqueued_at, visible_at) VALUES (?1, ?2, ?3, ?4, ?4)",
-                )?
-                .execute(params![new_id(), message.body, encode(&message.attributes), now])?;
-                Ok(())
-            })
+            .call(move |c| stored.insert(c, unix_ms_now()))
             .await
             .map_err(unavailable)
     }
@@ -182,7 +284,8 @@ impl QueueConsumer for SqliteQueue {
     async fn receive(&self, max: usize, visibility: Duration) -> Result<Vec<Delivery>, QueueError> {
         let max_receives = self.max_receives;
         let visibility_ms = visibility.as_millis() as i64;
-        self.db
+        let leased = self
+            .db
             .call(move |c| {
                 let now = unix_ms_now();
                 let mut out = Vec::new();
@@ -193,24 +296,21 @@ impl QueueConsumer for SqliteQueue {
                          FROM messages WHERE visible_at <= ?1 ORDER BY seq LIMIT ?2",
                     )?;
                     #[allow(clippy::type_complexity)]
-                    let rows: Vec<(i64, String, String, String, u32, Option<String>, i64)> = statement
+                    let rows: Vec<(i64, String, StoredBody, String, u32, Option<String>, i64)> = statement
                         .query_map(params![now, (max - out.len()) as i64], |r| {
-                            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?))
+                            Ok((r.get(0)?, r.get(1)?, StoredBody::read(r, 2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?))
                         })?
                         .collect::<Result<_, _>>()?;
                     if rows.is_empty() {
                         break;
                     }
                     for (seq, message_id, body, attributes, count, last_error, enqueued_at) in rows {
-                        let message = Message {
-                            body,
-                            attributes: decode(&attributes),
-                        };
                         if count >= max_receives {
                             let reason = format!(
                                 "max receives exceeded ({count}): {}",
                                 last_error.as_deref().unwrap_or("no error recorded")
                             );
+                            let message = body.into_message(decode(&attributes));
                             insert_dead_letter(c, &message_id, &message, &reason, count, enqueued_at, now)?;
                             c.prepare_cached("DELETE FROM messages WHERE seq = ?1")?.execute([seq])?;
                             continue;
@@ -220,12 +320,13 @@ impl QueueConsumer for SqliteQueue {
                             "UPDATE messages SET receive_count = receive_count + 1, visible_at = ?1, receipt = ?2 WHERE seq = ?3",
                         )?
                         .execute(params![now + visibility_ms, receipt, seq])?;
-                        out.push(Delivery {
-                            record: Record {
-                                message_id,
-                                message,
-                                receive_count: count + 1,
-                            },
+                        out.push(Leased {
+                            seq,
+                            message_id,
+                            body,
+                            attributes,
+                            receive_count: count + 1,
+                            enqueued_at,
                             receipt,
                         });
                     }
@@ -233,7 +334,26 @@ impl QueueConsumer for SqliteQueue {
                 Ok(out)
             })
             .await
-            .map_err(unavailable)
+            .map_err(unavailable)?;
+        // Bodies are decompressed here, off the database thread.
+        let mut deliveries = Vec::with_capacity(leased.len());
+        for lease in leased {
+            match lease.body.decode() {
+                Ok(body) => deliveries.push(Delivery {
+                    record: Record {
+                        message_id: lease.message_id,
+                        message: Message {
+                            body,
+                            attributes: decode(&lease.attributes),
+                        },
+                        receive_count: lease.receive_count,
+                    },
+                    receipt: lease.receipt,
+                }),
+                Err(why) => self.bury_unreadable(lease, why).await?,
+            }
+        }
+        Ok(deliveries)
     }
 
     async fn ack(&self, receipt: &str) -> Result<(), QueueError> {
@@ -322,12 +442,11 @@ impl DeadLetterStore for SqliteQueue {
                 let now = unix_ms_now();
                 let mut moved = 0;
                 for (seq, message) in chosen {
-                    let removed = c.prepare_cached("DELETE FROM dead_letters WHERE seq = ?1")?.execute([seq])?;
+                    let removed = c
+                        .prepare_cached("DELETE FROM dead_letters WHERE seq = ?1")?
+                        .execute([seq])?;
                     if removed == 1 {
-                        c.prepare_cached(
-                            "INSERT INTO messages (message_id, body, attributes, enqueued_at, visible_at) VALUES (?1, ?2, ?3, ?4, ?4)",
-                        )?
-                        .execute(params![new_id(), message.body, encode(&message.attributes), now])?;
+                        Storable::new(&message).insert(c, now)?;
                         moved += 1;
                     }
                 }
@@ -337,5 +456,120 @@ impl DeadLetterStore for SqliteQueue {
             .map_err(unavailable)?;
         report.moved = moved;
         Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const VISIBILITY: Duration = Duration::from_secs(30);
+
+    fn open() -> (tempfile::TempDir, SqliteQueue) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path().join("q.db")).unwrap();
+        (dir, SqliteQueue::new(db, 5))
+    }
+
+    /// Writes a row as given, bypassing `send`: what an older version or a damaged file holds.
+    async fn insert_raw(queue: &SqliteQueue, body: rusqlite::types::Value) {
+        queue
+            .db()
+            .call(move |c| {
+                c.execute(
+                    "INSERT INTO messages (message_id, body, attributes, enqueued_at, visible_at)
+                     VALUES ('m-raw', ?1, '{\"topic\":\"ping\"}', 0, 0)",
+                    [body],
+                )?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn bodies_are_stored_compressed_and_received_byte_for_byte() {
+        let (_dir, queue) = open();
+        let body = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/events/notifications/ticket_created.json"
+        ))
+        .unwrap();
+        let mut message = Message::from_bytes(body.as_bytes());
+        message.attributes.insert("topic".into(), "ticket.created".into());
+        queue.send(&message).await.unwrap();
+
+        let (kind, stored): (String, i64) = queue
+            .db()
+            .call(|c| {
+                Ok(
+                    c.query_row("SELECT typeof(body), length(body) FROM messages", [], |r| {
+                        Ok((r.get(0)?, r.get(1)?))
+                    })?,
+                )
+            })
+            .await
+            .unwrap();
+        assert_eq!(kind, "blob");
+        assert!(
+            (stored as usize) < body.len() / 2,
+            "{stored} stored bytes for a {}-byte body",
+            body.len()
+        );
+
+        let received = queue.receive(10, VISIBILITY).await.unwrap();
+        assert_eq!(received.len(), 1);
+        assert_eq!(received[0].record.message, message);
+        assert_eq!(received[0].record.message.raw_body(), body.as_bytes());
+    }
+
+    #[tokio::test]
+    async fn plain_text_bodies_written_by_earlier_versions_are_received() {
+        let (_dir, queue) = open();
+        insert_raw(
+            &queue,
+            rusqlite::types::Value::Text("{\"type\":\"notification_event\"}".into()),
+        )
+        .await;
+        let received = queue.receive(10, VISIBILITY).await.unwrap();
+        assert_eq!(received.len(), 1);
+        assert_eq!(
+            received[0].record.message.body,
+            "{\"type\":\"notification_event\"}"
+        );
+        assert_eq!(received[0].record.message.attribute("topic"), Some("ping"));
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_stored_body_is_dead_lettered_with_the_bytes_as_stored() {
+        let (_dir, queue) = open();
+        // A size prefix of 1000 bytes, then a match that refers to bytes before the start of the output.
+        let damaged = vec![0xe8, 0x03, 0x00, 0x00, 0x04, 0x05, 0x00];
+        insert_raw(&queue, rusqlite::types::Value::Blob(damaged.clone())).await;
+
+        assert!(queue.receive(10, VISIBILITY).await.unwrap().is_empty());
+        let stats = queue.stats().await.unwrap();
+        assert_eq!((stats.queued, stats.dead_letters), (0, 1));
+        let dead = queue.dead_letters().await.unwrap();
+        assert_eq!(dead[0].message_id, "m-raw");
+        assert!(
+            dead[0]
+                .reason
+                .starts_with("the stored body could not be decompressed"),
+            "{}",
+            dead[0].reason
+        );
+        assert_eq!(
+            dead[0].attributes.get(STORED_BODY).map(String::as_str),
+            Some("lz4-base64")
+        );
+        assert_eq!(dead[0].attributes.get("topic").map(String::as_str), Some("ping"));
+        assert_eq!(
+            base64::engine::general_purpose::STANDARD
+                .decode(&dead[0].body)
+                .unwrap(),
+            damaged
+        );
+        assert_eq!(dead[0].receive_count, 1);
     }
 }
