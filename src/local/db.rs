@@ -73,6 +73,8 @@ trait Pending: Send {
 
 struct Op<T, F> {
     f: Option<F>,
+    /// Whether the operation runs inside its own savepoint (see [`Db::call_single_write`]).
+    savepoint: bool,
     result: Option<Result<T, DbError>>,
     reply: Option<oneshot::Sender<Result<T, DbError>>>,
 }
@@ -84,6 +86,10 @@ where
 {
     fn run(&mut self, conn: &Connection) {
         let f = self.f.take().expect("an operation runs once");
+        if !self.savepoint {
+            self.result = Some(f(conn));
+            return;
+        }
         let result = match run_cached(conn, "SAVEPOINT op") {
             Err(e) => Err(e.into()),
             Ok(()) => {
@@ -154,8 +160,30 @@ impl Db {
         &self.path
     }
 
-    /// Runs `f` in the database thread, inside a transaction; resolves after the commit.
+    /// Runs `f` in the database thread, inside a transaction; resolves after the commit. `f` runs in its
+    /// own savepoint: when it fails, whatever it wrote is undone and the other operations of the group
+    /// are kept.
     pub async fn call<T, F>(&self, f: F) -> Result<T, DbError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, DbError> + Send + 'static,
+    {
+        self.submit(f, true).await
+    }
+
+    /// As [`Db::call`], without the savepoint, for an operation that writes with one statement at most
+    /// and fails only when that statement does (or before it runs): SQLite undoes a failed statement on
+    /// its own. A savepoint copies every page the operation touches, which for the queue's hot
+    /// operations (send, acknowledge, claim, complete) was a fifth of the database thread's time.
+    pub async fn call_single_write<T, F>(&self, f: F) -> Result<T, DbError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, DbError> + Send + 'static,
+    {
+        self.submit(f, false).await
+    }
+
+    async fn submit<T, F>(&self, f: F, savepoint: bool) -> Result<T, DbError>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, DbError> + Send + 'static,
@@ -163,6 +191,7 @@ impl Db {
         let (reply, answer) = oneshot::channel();
         let op = Op {
             f: Some(f),
+            savepoint,
             result: None,
             reply: Some(reply),
         };
@@ -248,5 +277,48 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(mode, "wal");
+    }
+
+    #[tokio::test]
+    async fn a_failed_single_write_leaves_nothing_and_the_group_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path().join("t.db")).unwrap();
+        db.call(|c| Ok(c.execute_batch("CREATE TABLE t (v INTEGER UNIQUE); INSERT INTO t VALUES (7)")?))
+            .await
+            .unwrap();
+        let writes = (0..20).map(|i| {
+            let db = db.clone();
+            async move {
+                db.call_single_write(move |c| {
+                    // 7 is taken: the one statement inserting it fails as a whole, 100 included.
+                    let sql = if i == 7 {
+                        "INSERT INTO t SELECT 100 UNION ALL SELECT ?1"
+                    } else {
+                        "INSERT INTO t VALUES (?1 + 1000)"
+                    };
+                    Ok(c.execute(sql, [i])?)
+                })
+                .await
+            }
+        });
+        let results = futures::future::join_all(writes).await;
+        for (i, result) in results.iter().enumerate() {
+            assert_eq!(result.is_ok(), i != 7, "write {i}: {result:?}");
+        }
+        let values: Vec<i64> = db
+            .call(|c| {
+                let mut statement = c.prepare("SELECT v FROM t ORDER BY v")?;
+                let values = statement.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+                Ok(values)
+            })
+            .await
+            .unwrap();
+        let expected: Vec<i64> = std::iter::once(7)
+            .chain((0..20).filter(|&i| i != 7).map(|i| i + 1000))
+            .collect();
+        assert_eq!(
+            values, expected,
+            "the failed statement's first row (100) was undone"
+        );
     }
 }

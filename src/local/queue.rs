@@ -254,7 +254,7 @@ impl Queue for SqliteQueue {
     async fn send(&self, message: &Message) -> Result<(), QueueError> {
         let stored = Storable::new(message);
         self.db
-            .call(move |c| stored.insert(c, unix_ms_now()))
+            .call_single_write(move |c| stored.insert(c, unix_ms_now()))
             .await
             .map_err(unavailable)
     }
@@ -359,7 +359,7 @@ impl QueueConsumer for SqliteQueue {
     async fn ack(&self, receipt: &str) -> Result<(), QueueError> {
         let receipt = receipt.to_owned();
         self.db
-            .call(move |c| {
+            .call_single_write(move |c| {
                 c.prepare_cached("DELETE FROM messages WHERE receipt = ?1")?
                     .execute([receipt])?;
                 Ok(())
@@ -372,7 +372,7 @@ impl QueueConsumer for SqliteQueue {
         let receipt = receipt.to_owned();
         let error = error.to_owned();
         self.db
-            .call(move |c| {
+            .call_single_write(move |c| {
                 let visible_at = unix_ms_now() + delay.as_millis() as i64;
                 c.prepare_cached("UPDATE messages SET visible_at = ?1, last_error = ?2 WHERE receipt = ?3")?
                     .execute(params![visible_at, error, receipt])?;
