@@ -263,17 +263,34 @@ fn sigkill_under_load_then_restart_processes_every_acknowledged_notification_exa
         acked.iter().all(|id| done.contains(&format!("{app}#{id}")))
     });
     server.wait_until("the queue is empty", || server.health()["queued"] == 0);
+    let after = server.outcomes();
     let mut all = before.clone();
-    all.extend(server.outcomes());
+    all.extend(after.iter().cloned());
     let count = processed(&all);
+    let duplicates_after: std::collections::HashSet<&String> = after
+        .iter()
+        .filter(|(_, outcome)| outcome == "duplicate")
+        .map(|(id, _)| id)
+        .collect();
+    let mut unlogged = 0;
     for id in &acked {
         let n = count.get(id).copied().unwrap_or(0);
         assert!(n <= 1, "{id} processed {n} times");
+        if n == 0 {
+            // Completed by the killed run, which died before writing the line: never acknowledged to the
+            // queue, so delivered again after the restart and recognised as a duplicate.
+            assert!(
+                duplicates_after.contains(id),
+                "{id} has no processed line and no duplicate line after the restart"
+            );
+            unlogged += 1;
+        }
     }
-    let logged = acked.iter().filter(|id| count.contains_key(*id)).count();
+    // Only records in flight at the kill can be between their commit and their line: at most the default
+    // 4 pollers × batches of 10.
     assert!(
-        logged + 8 >= acked.len(),
-        "only {logged} of {} have a processed line",
+        unlogged <= 40,
+        "{unlogged} of {} completed notifications have no processed line",
         acked.len()
     );
     assert_eq!(server.health()["dead_letters"], 0);
