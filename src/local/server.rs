@@ -103,6 +103,7 @@ pub async fn serve(
     info!(%address, db = %options.db.display(), "serving");
 
     let (stop, stopped) = watch::channel(false);
+    let background = background_runtime()?;
     let pollers: Vec<_> = (0..options.pollers.max(1))
         .map(|_| {
             let poller = Poller {
@@ -111,7 +112,7 @@ pub async fn serve(
                 wake: wake.clone(),
                 visibility: options.worker.visibility_timeout,
             };
-            tokio::spawn(poller.run(stopped.clone()))
+            background.spawn(poller.run(stopped.clone()))
         })
         .collect();
 
@@ -123,10 +124,45 @@ pub async fn serve(
     for poller in pollers {
         let _ = poller.await;
     }
+    // Every batch has finished; what is left (idle connections of handlers' HTTP clients) can go.
+    background.shutdown_background();
     served.map_err(|e| anyhow::anyhow!("the server failed: {e}"))?;
     info!("stopped");
     Ok(())
 }
+
+/// The runtime the pollers and handlers run on. On Linux its threads run at a lower CPU priority than the
+/// HTTP intake (nice +10), so that when the machine is saturated `serve` keeps acknowledging deliveries
+/// (each one stored) and works the backlog off as soon as there is CPU to spare. With CPU to spare, as
+/// at any ordinary rate, the priority changes nothing.
+fn background_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .thread_name("worker")
+        .on_thread_start(lower_priority)
+        .enable_all()
+        .build()
+        .map_err(|e| anyhow::anyhow!("cannot start the worker's threads: {e}"))
+}
+
+#[cfg(target_os = "linux")]
+fn lower_priority() {
+    /// How much lower than the intake's threads the worker's threads run.
+    const BACKGROUND_NICE: i32 = 10;
+    // On Linux the nice value belongs to the thread: this lowers the calling thread only. Raising a
+    // nice value needs no privilege; should it fail anyway, the thread keeps the ordinary priority.
+    // SAFETY: plain system calls on the calling thread, with no pointers involved.
+    let result =
+        unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, BACKGROUND_NICE) };
+    if result != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "could not lower the worker's priority");
+    }
+}
+
+/// Elsewhere the nice value is per process: the worker keeps the intake's priority.
+#[cfg(not(target_os = "linux"))]
+fn lower_priority() {}
 
 fn extra_routes(queue: SqliteQueue, metrics: Arc<Metrics>) -> Router<Arc<Intake>> {
     Router::new()
@@ -274,6 +310,26 @@ fn backoff(receive_count: u32, visibility: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn the_worker_runs_at_a_lower_priority_than_the_intake() {
+        fn nice() -> i32 {
+            // SAFETY: a plain system call on the calling thread.
+            unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t) }
+        }
+        let intake = nice();
+        let background = background_runtime().unwrap();
+        let worker = background.block_on(async { tokio::spawn(async { nice() }).await.unwrap() });
+        background.shutdown_background();
+        // Nice 10, or the caller's own if that is already lower (raising priority needs a privilege).
+        assert_eq!(
+            worker,
+            intake.max(10),
+            "the worker's nice value (the intake's is {intake})"
+        );
+        assert_eq!(nice(), intake, "the calling thread keeps its priority");
+    }
 
     #[test]
     fn backoff_doubles_up_to_the_visibility_timeout() {
