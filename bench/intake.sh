@@ -10,9 +10,10 @@
 #   bench/intake.sh --threads 1 --connections 32 --no-reference
 #   bench/intake.sh --bin /path/to/intercom-webhooks --drain-secs 60    # another build, a longer drain
 #
-# The worker of `serve` runs during the load (there is no intake-only mode): it competes with the intake
-# and with wrk for the same cores. Every POST carries the same notification id, so the worker stores and
-# processes the first and finds the rest duplicates. Figures depend on the machine; nothing here is a test.
+# The worker of `serve` runs during the load (there is no intake-only mode), at a lower CPU priority than
+# the intake, and shares the cores with it and with wrk. Every POST carries the same notification id, so the
+# worker processes the first and finds the rest duplicates. Figures depend on the machine; nothing here is
+# a test.
 #
 # Installs what it needs: wrk, curl, Node.js and npm (apt), express (npm, into bench/reference/node_modules).
 set -euo pipefail
@@ -36,7 +37,7 @@ while [[ $# -gt 0 ]]; do
     --no-reference) REFERENCE=0; shift ;;
     --drain-secs) DRAIN_SECS=$2; shift 2 ;;
     --bin) BIN=$2; shift 2 ;;
-    -h|--help) sed -n '2,17p' "$SELF"; exit 0 ;;
+    -h|--help) sed -n '2,18p' "$SELF"; exit 0 ;;
     *) echo "unknown option: $1 (see --help)" >&2; exit 2 ;;
   esac
 done
