@@ -350,7 +350,13 @@ impl QueueConsumer for SqliteQueue {
                     },
                     receipt: lease.receipt,
                 }),
-                Err(why) => self.bury_unreadable(lease, why).await?,
+                Err(why) => {
+                    let message_id = lease.message_id.clone();
+                    if let Err(error) = self.bury_unreadable(lease, why).await {
+                        // Still leased: handed out again after the visibility timeout, and buried then.
+                        tracing::warn!(%error, %message_id, "could not dead-letter an unreadable stored body");
+                    }
+                }
             }
         }
         Ok(deliveries)
