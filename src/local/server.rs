@@ -103,7 +103,7 @@ pub async fn serve(
     info!(%address, db = %options.db.display(), "serving");
 
     let (stop, stopped) = watch::channel(false);
-    let background = background_runtime()?;
+    let background = Background::start()?;
     let pollers: Vec<_> = (0..options.pollers.max(1))
         .map(|_| {
             let poller = Poller {
@@ -125,7 +125,7 @@ pub async fn serve(
         let _ = poller.await;
     }
     // Every batch has finished; what is left (idle connections of handlers' HTTP clients) can go.
-    background.shutdown_background();
+    drop(background);
     served.map_err(|e| anyhow::anyhow!("the server failed: {e}"))?;
     info!("stopped");
     Ok(())
@@ -134,16 +134,38 @@ pub async fn serve(
 /// The runtime the pollers and handlers run on. On Linux its threads run at a lower CPU priority than the
 /// HTTP intake (nice +10), so that when the machine is saturated `serve` keeps acknowledging deliveries
 /// (each one stored) and works the backlog off as soon as there is CPU to spare. With CPU to spare, as
-/// at any ordinary rate, the priority changes nothing.
-fn background_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads)
-        .thread_name("worker")
-        .on_thread_start(lower_priority)
-        .enable_all()
-        .build()
-        .map_err(|e| anyhow::anyhow!("cannot start the worker's threads: {e}"))
+/// at any ordinary rate, the priority changes nothing. Dropped from async code (also when the `serve`
+/// future is dropped), it shuts down without blocking.
+struct Background(Option<tokio::runtime::Runtime>);
+
+impl Background {
+    fn start() -> anyhow::Result<Self> {
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .thread_name("worker")
+            .on_thread_start(lower_priority)
+            .enable_all()
+            .build()
+            .map_err(|e| anyhow::anyhow!("cannot start the worker's threads: {e}"))?;
+        Ok(Self(Some(runtime)))
+    }
+
+    fn spawn<F>(&self, task: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.0.as_ref().expect("running until dropped").spawn(task)
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
 
 #[cfg(target_os = "linux")]
@@ -319,9 +341,10 @@ mod tests {
             unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t) }
         }
         let intake = nice();
-        let background = background_runtime().unwrap();
-        let worker = background.block_on(async { tokio::spawn(async { nice() }).await.unwrap() });
-        background.shutdown_background();
+        let background = Background::start().unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let worker = runtime.block_on(background.spawn(async { nice() })).unwrap();
+        drop(background);
         // Nice 10, or the caller's own if that is already lower (raising priority needs a privilege).
         assert_eq!(
             worker,
@@ -329,6 +352,28 @@ mod tests {
             "the worker's nice value (the intake's is {intake})"
         );
         assert_eq!(nice(), intake, "the calling thread keeps its priority");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn dropping_a_running_serve_future_shuts_the_worker_down_without_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = ServeOptions {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            db: dir.path().join("serve.db"),
+            secrets: ClientSecrets::parse("s3cret").unwrap(),
+            max_body_bytes: 1024,
+            max_receives: 5,
+            pollers: 2,
+            worker: WorkerSettings::default(),
+            routes: TopicRouter::new(),
+        };
+        let running = tokio::spawn(serve(options, std::future::pending()));
+        // Up and polling (the database file exists once it is open), then dropped mid-run.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(dir.path().join("serve.db").exists());
+        running.abort();
+        let ended = running.await.unwrap_err();
+        assert!(ended.is_cancelled(), "{ended}");
     }
 
     #[test]
