@@ -83,8 +83,8 @@ fn insert_dead_letter(
     Ok(())
 }
 
-/// A message ready to store: its body LZ4-compressed (a BLOB: notification JSON shrinks to a third or
-/// half, and with it the pages written per message) and its attributes encoded. Prepared by the caller,
+/// A message ready to store: its body LZ4-compressed (a BLOB: notification JSON shrinks to a quarter to
+/// a half, and with it the pages written per message) and its attributes encoded. Prepared by the caller,
 /// so that the database thread only writes.
 struct Storable {
     body: Vec<u8>,
@@ -123,39 +123,44 @@ impl StoredBody {
         })
     }
 
-    fn decode(&self) -> Result<String, String> {
-        match self {
-            StoredBody::Text(body) => Ok(body.clone()),
-            StoredBody::Compressed(bytes) => lz4_flex::decompress_size_prepended(bytes)
-                .map_err(|e| e.to_string())
-                .and_then(|raw| String::from_utf8(raw).map_err(|e| e.to_string())),
+    /// The message, or, when the stored bytes cannot be decompressed, what goes to the dead letters.
+    fn into_message(self, mut attributes: BTreeMap<String, String>) -> Result<Message, Unreadable> {
+        let bytes = match self {
+            StoredBody::Text(body) => return Ok(Message { body, attributes }),
+            StoredBody::Compressed(bytes) => bytes,
+        };
+        let text = lz4_flex::decompress_size_prepended(&bytes)
+            .map_err(|e| e.to_string())
+            .and_then(|raw| String::from_utf8(raw).map_err(|e| e.to_string()));
+        match text {
+            Ok(body) => Ok(Message { body, attributes }),
+            Err(why) => {
+                attributes.insert(STORED_BODY.into(), "lz4-base64".into());
+                let body = base64::engine::general_purpose::STANDARD.encode(bytes);
+                Err(Unreadable {
+                    message: Message { body, attributes },
+                    reason: format!("the stored body could not be decompressed: {why}"),
+                })
+            }
         }
     }
+}
 
-    /// The message to dead-letter. Bytes that cannot be decompressed are kept as they were stored (in
-    /// base64, marked by the `stored_body` attribute): nothing stored is dropped.
-    fn into_message(self, mut attributes: BTreeMap<String, String>) -> Message {
-        let body = match (self.decode(), self) {
-            (Ok(body), _) => body,
-            (Err(_), StoredBody::Compressed(bytes)) => {
-                attributes.insert(STORED_BODY.into(), "lz4-base64".into());
-                base64::engine::general_purpose::STANDARD.encode(bytes)
-            }
-            (Err(_), StoredBody::Text(body)) => body,
-        };
-        Message { body, attributes }
-    }
+/// A stored body that cannot be decompressed, kept as it was stored (in base64, marked by the
+/// `stored_body` attribute) for the dead-letter table: nothing stored is dropped.
+struct Unreadable {
+    message: Message,
+    reason: String,
 }
 
 /// The attribute that marks a dead letter whose body is the stored bytes, not the notification.
 const STORED_BODY: &str = "stored_body";
 
-/// A message received by [`SqliteQueue::receive`], before its body is decompressed.
+/// A message leased by [`SqliteQueue::receive`]; its body and attributes are decoded after the
+/// transaction, off the database thread.
 struct Leased {
     seq: i64,
     message_id: String,
-    body: StoredBody,
-    attributes: String,
     receive_count: u32,
     enqueued_at: i64,
     receipt: String,
@@ -175,25 +180,21 @@ impl SqliteQueue {
 
     /// Moves a received message whose stored body cannot be decompressed to the dead-letter table, with
     /// the bytes as stored. Only while its receipt still holds it.
-    async fn bury_unreadable(&self, lease: Leased, why: String) -> Result<(), QueueError> {
+    async fn bury_unreadable(&self, lease: Leased, unreadable: Unreadable) -> Result<(), QueueError> {
         self.db
             .call(move |c| {
-                let reason = format!("the stored body could not be decompressed: {why}");
                 let removed = c
                     .prepare_cached("DELETE FROM messages WHERE seq = ?1 AND receipt = ?2")?
                     .execute(params![lease.seq, lease.receipt])?;
                 if removed == 1 {
-                    let message = lease.body.into_message(decode(&lease.attributes));
-                    let count = lease.receive_count;
-                    let now = unix_ms_now();
                     insert_dead_letter(
                         c,
                         &lease.message_id,
-                        &message,
-                        &reason,
-                        count,
+                        &unreadable.message,
+                        &unreadable.reason,
+                        lease.receive_count,
                         lease.enqueued_at,
-                        now,
+                        unix_ms_now(),
                     )?;
                 }
                 Ok(())
@@ -266,7 +267,7 @@ impl DeadLetterQueue for SqliteQueue {
         let message = message.clone();
         let reason = reason.to_owned();
         self.db
-            .call(move |c| {
+            .call_single_write(move |c| {
                 let now = unix_ms_now();
                 let receive_count = message
                     .attribute("receive_count")
@@ -310,7 +311,9 @@ impl QueueConsumer for SqliteQueue {
                                 "max receives exceeded ({count}): {}",
                                 last_error.as_deref().unwrap_or("no error recorded")
                             );
-                            let message = body.into_message(decode(&attributes));
+                            let message = body
+                                .into_message(decode(&attributes))
+                                .unwrap_or_else(|unreadable| unreadable.message);
                             insert_dead_letter(c, &message_id, &message, &reason, count, enqueued_at, now)?;
                             c.prepare_cached("DELETE FROM messages WHERE seq = ?1")?.execute([seq])?;
                             continue;
@@ -320,15 +323,14 @@ impl QueueConsumer for SqliteQueue {
                             "UPDATE messages SET receive_count = receive_count + 1, visible_at = ?1, receipt = ?2 WHERE seq = ?3",
                         )?
                         .execute(params![now + visibility_ms, receipt, seq])?;
-                        out.push(Leased {
+                        let lease = Leased {
                             seq,
                             message_id,
-                            body,
-                            attributes,
                             receive_count: count + 1,
                             enqueued_at,
                             receipt,
-                        });
+                        };
+                        out.push((lease, body, attributes));
                     }
                 }
                 Ok(out)
@@ -337,22 +339,19 @@ impl QueueConsumer for SqliteQueue {
             .map_err(unavailable)?;
         // Bodies are decompressed here, off the database thread.
         let mut deliveries = Vec::with_capacity(leased.len());
-        for lease in leased {
-            match lease.body.decode() {
-                Ok(body) => deliveries.push(Delivery {
+        for (lease, body, attributes) in leased {
+            match body.into_message(decode(&attributes)) {
+                Ok(message) => deliveries.push(Delivery {
                     record: Record {
                         message_id: lease.message_id,
-                        message: Message {
-                            body,
-                            attributes: decode(&lease.attributes),
-                        },
+                        message,
                         receive_count: lease.receive_count,
                     },
                     receipt: lease.receipt,
                 }),
-                Err(why) => {
+                Err(unreadable) => {
                     let message_id = lease.message_id.clone();
-                    if let Err(error) = self.bury_unreadable(lease, why).await {
+                    if let Err(error) = self.bury_unreadable(lease, unreadable).await {
                         // Still leased: handed out again after the visibility timeout, and buried then.
                         tracing::warn!(%error, %message_id, "could not dead-letter an unreadable stored body");
                     }
