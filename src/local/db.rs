@@ -243,13 +243,17 @@ fn serve(conn: Connection, queue: mpsc::Receiver<Box<dyn Pending>>) {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn operations_commit_and_failures_roll_back_alone() {
+    /// A database in a temporary folder, set up by `sql`.
+    async fn open_with(sql: &'static str) -> (tempfile::TempDir, Db) {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(dir.path().join("t.db")).unwrap();
-        db.call(|c| Ok(c.execute_batch("CREATE TABLE t (v INTEGER UNIQUE)")?))
-            .await
-            .unwrap();
+        db.call(move |c| Ok(c.execute_batch(sql)?)).await.unwrap();
+        (dir, db)
+    }
+
+    #[tokio::test]
+    async fn operations_commit_and_failures_roll_back_alone() {
+        let (_dir, db) = open_with("CREATE TABLE t (v INTEGER UNIQUE)").await;
         let ok = (0..50).map(|i| {
             let db = db.clone();
             async move {
@@ -281,11 +285,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_failed_single_write_leaves_nothing_and_the_group_commits() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Db::open(dir.path().join("t.db")).unwrap();
-        db.call(|c| Ok(c.execute_batch("CREATE TABLE t (v INTEGER UNIQUE); INSERT INTO t VALUES (7)")?))
-            .await
-            .unwrap();
+        let (_dir, db) = open_with("CREATE TABLE t (v INTEGER UNIQUE); INSERT INTO t VALUES (7)").await;
         let writes = (0..20).map(|i| {
             let db = db.clone();
             async move {
