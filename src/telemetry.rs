@@ -20,8 +20,7 @@ fn filter() -> EnvFilter {
 /// For the Lambda binaries: JSON lines with the current span's fields, no ANSI colours, no timestamps
 /// (CloudWatch adds its own).
 pub fn init_lambda() {
-    let _ = tracing_subscriber::fmt()
-        .json()
+    let _ = json_subscriber::fmt()
         .with_env_filter(filter())
         .with_current_span(true)
         .with_span_list(false)
@@ -38,17 +37,18 @@ pub fn init_local(format: LogFormat) {
         LogFormat::Text => false,
         LogFormat::Auto => !std::io::stdout().is_terminal(),
     };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter())
-        .with_target(false);
     let _ = if json {
-        builder
-            .json()
+        json_subscriber::fmt()
+            .with_env_filter(filter())
+            .with_target(false)
             .with_current_span(true)
             .with_span_list(false)
             .flatten_event(true)
             .try_init()
     } else {
-        builder.try_init()
+        tracing_subscriber::fmt()
+            .with_env_filter(filter())
+            .with_target(false)
+            .try_init()
     };
 }
