@@ -138,7 +138,7 @@ OUTCOME_LINES=$(grep -c '"message":"outcome"' "$TMP/serve.log" || true)
 # `in_flight` and `retry` outcomes put the message back on the queue; every other outcome settles it.
 SETTLED=$(grep '"message":"outcome"' "$TMP/serve.log" | grep -cv '"outcome":"in_flight"\|"outcome":"retry"' || true)
 # What is left in the file: every stored message is either still there or was processed (and deleted).
-LEFT=$(python3 -c 'import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute("SELECT count(*) FROM messages").fetchone()[0])' "$TMP/intake.db")
+LEFT=$(python3 -c 'import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute("SELECT count(*) FROM queue").fetchone()[0])' "$TMP/intake.db")
 DEAD=$(python3 -c 'import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute("SELECT count(*) FROM dead_letters").fetchone()[0])' "$TMP/intake.db")
 
 # --- reference -----------------------------------------------------------------------------------------

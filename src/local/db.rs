@@ -13,20 +13,27 @@ use tokio::sync::oneshot;
 /// Operations committed together at most.
 const GROUP_LIMIT: usize = 512;
 
+/// The queue is two tables. `payloads` holds what was received, written once and never updated; `queue`
+/// holds one small row per message still to be settled, which receives, retries and acknowledgements
+/// rewrite. A receive therefore rewrites a few bytes per message instead of the page that holds its body,
+/// and payloads are deleted in ranges once no queue row precedes them (see `SqliteQueue`), which frees
+/// whole pages instead of rewriting them. No index besides the rowids: receives scan `queue` in `seq`
+/// order, and a receipt names its row's `seq`.
 const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS messages (
-    seq            INTEGER PRIMARY KEY AUTOINCREMENT,
-    message_id     TEXT    NOT NULL UNIQUE,
-    body           TEXT    NOT NULL,
-    attributes     TEXT    NOT NULL,
-    enqueued_at    INTEGER NOT NULL,
-    visible_at     INTEGER NOT NULL,
-    receive_count  INTEGER NOT NULL DEFAULT 0,
-    receipt        TEXT,
-    last_error     TEXT
+CREATE TABLE IF NOT EXISTS payloads (
+    seq         INTEGER PRIMARY KEY,
+    message_id  TEXT    NOT NULL,
+    body        BLOB    NOT NULL,
+    attributes  TEXT    NOT NULL,
+    enqueued_at INTEGER NOT NULL
 );
-CREATE INDEX IF NOT EXISTS messages_by_visibility ON messages (visible_at, seq);
-CREATE INDEX IF NOT EXISTS messages_by_receipt ON messages (receipt);
+CREATE TABLE IF NOT EXISTS queue (
+    seq           INTEGER PRIMARY KEY,
+    visible_at    INTEGER NOT NULL,
+    receive_count INTEGER NOT NULL DEFAULT 0,
+    receipt       TEXT,
+    last_error    TEXT
+);
 CREATE TABLE IF NOT EXISTS dead_letters (
     seq              INTEGER PRIMARY KEY AUTOINCREMENT,
     message_id       TEXT    NOT NULL,
@@ -137,7 +144,7 @@ impl Db {
     /// its thread.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, DbError> {
         let path = path.as_ref().to_path_buf();
-        let conn = Connection::open(&path)?;
+        let mut conn = Connection::open(&path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
@@ -147,7 +154,11 @@ impl Db {
         conn.pragma_update(None, "cache_size", -16_384)?;
         conn.pragma_update(None, "temp_store", "MEMORY")?;
         conn.set_prepared_statement_cache_capacity(64);
+        // Plans that do not depend on bound values: otherwise a range on a bound parameter (the receive's
+        // `seq > ?`) makes SQLite prepare the statement again for every new value.
+        conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
         conn.execute_batch(SCHEMA)?;
+        migrate_single_table_queue(&mut conn)?;
         let (jobs, queue) = mpsc::channel::<Box<dyn Pending>>();
         thread::Builder::new()
             .name("sqlite".into())
@@ -173,7 +184,9 @@ impl Db {
 
     /// As [`Db::call`], without the savepoint, for an operation that writes with one statement at most
     /// and fails only when that statement does (or before it runs): SQLite undoes a failed statement on
-    /// its own. A savepoint copies every page the operation touches, which for the queue's hot
+    /// its own. Also for one whose earlier statements leave nothing harmful behind when a later one
+    /// fails (`send`: a payload without its queue row is deleted with the next range of settled
+    /// payloads). A savepoint copies every page the operation touches, which for the queue's hot
     /// operations (send, acknowledge, claim, complete) was a fifth of the database thread's time.
     pub async fn call_single_write<T, F>(&self, f: F) -> Result<T, DbError>
     where
@@ -198,6 +211,40 @@ impl Db {
         self.jobs.send(Box::new(op)).map_err(|_| DbError::Closed)?;
         answer.await.map_err(|_| DbError::Closed)?
     }
+}
+
+/// Files written by earlier versions keep the queue in one table, `messages`, with the payload and the
+/// delivery state in each row. Its rows move to `payloads` and `queue` (same `seq`, state kept: a message
+/// received before the upgrade stays hidden until its visibility timeout) in one transaction.
+fn migrate_single_table_queue(conn: &mut Connection) -> Result<(), DbError> {
+    let failed = |e: rusqlite::Error| {
+        DbError::Sqlite(format!(
+            "cannot move the queue of an earlier version to the current tables: {e}"
+        ))
+    };
+    // Checked inside the write transaction: another process opening the file at the same time waits,
+    // then finds the move done.
+    let tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(failed)?;
+    let exists: bool = tx
+        .query_row(
+            "SELECT count(*) > 0 FROM sqlite_schema WHERE type = 'table' AND name = 'messages'",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(failed)?;
+    if exists {
+        tx.execute_batch(
+            "INSERT INTO payloads (seq, message_id, body, attributes, enqueued_at)
+                 SELECT seq, message_id, body, attributes, enqueued_at FROM messages;
+             INSERT INTO queue (seq, visible_at, receive_count, receipt, last_error)
+                 SELECT seq, visible_at, receive_count, receipt, last_error FROM messages;
+             DROP TABLE messages;",
+        )
+        .map_err(failed)?;
+    }
+    tx.commit().map_err(failed)
 }
 
 /// Runs one statement without parameters, prepared once per connection.

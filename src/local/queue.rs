@@ -1,5 +1,6 @@
 //! The SQLite adapter of the queue ports: messages, receives with a visibility timeout and receive
-//! counts, and a dead-letter table. A message received more than `max_receives` times is moved to the
+//! counts, and a dead-letter table. A message is a row in `payloads` (written once) and one in `queue`
+//! (its delivery state); see the schema in `db.rs`. A message received more than `max_receives` times is moved to the
 //! dead-letter table with its last error when it would next be handed out (as SQS's redrive does).
 
 use std::collections::BTreeMap;
@@ -99,11 +100,15 @@ impl Storable {
         }
     }
 
+    /// The payload, then its queue row, visible at once. Should the second insert fail, the payload
+    /// is left without a queue row: invisible, and deleted with the next range of settled payloads.
     fn insert(&self, conn: &Connection, now: i64) -> Result<(), DbError> {
         conn.prepare_cached(
-            "INSERT INTO messages (message_id, body, attributes, enqueued_at, visible_at) VALUES (?1, ?2, ?3, ?4, ?4)",
+            "INSERT INTO payloads (message_id, body, attributes, enqueued_at) VALUES (?1, ?2, ?3, ?4)",
         )?
         .execute(params![new_id(), self.body, self.attributes, now])?;
+        conn.prepare_cached("INSERT INTO queue (seq, visible_at) VALUES (?1, ?2)")?
+            .execute(params![conn.last_insert_rowid(), now])?;
         Ok(())
     }
 }
@@ -166,6 +171,28 @@ struct Leased {
     receipt: String,
 }
 
+/// A receipt names the queue row it leases, so that settling it needs no index: `<seq>.<token>`, with a
+/// new token at every receive.
+fn new_receipt(seq: i64) -> String {
+    format!("{seq}.{}", new_id())
+}
+
+/// The row a receipt names; `None` for a receipt this queue did not hand out (it then settles nothing).
+fn receipt_seq(receipt: &str) -> Option<i64> {
+    receipt.split_once('.')?.0.parse().ok()
+}
+
+/// Deletes the payloads that no queue row precedes: every message before the oldest one still queued
+/// has been settled (acknowledged, or moved to the dead letters). They go as a range, from the front of
+/// the table, so whole pages are freed rather than rewritten.
+fn delete_settled_payloads(conn: &Connection) -> Result<(), DbError> {
+    conn.prepare_cached(
+        "DELETE FROM payloads WHERE seq < coalesce((SELECT min(seq) FROM queue), (SELECT max(seq) + 1 FROM payloads))",
+    )?
+    .execute([])?;
+    Ok(())
+}
+
 impl SqliteQueue {
     pub fn new(db: Db, max_receives: u32) -> Self {
         Self {
@@ -184,7 +211,7 @@ impl SqliteQueue {
         self.db
             .call(move |c| {
                 let removed = c
-                    .prepare_cached("DELETE FROM messages WHERE seq = ?1 AND receipt = ?2")?
+                    .prepare_cached("DELETE FROM queue WHERE seq = ?1 AND receipt = ?2")?
                     .execute(params![lease.seq, lease.receipt])?;
                 if removed == 1 {
                     insert_dead_letter(
@@ -208,7 +235,7 @@ impl SqliteQueue {
             .call(|c| {
                 let now = unix_ms_now();
                 let (queued, in_flight): (i64, i64) = c.query_row(
-                    "SELECT count(*), coalesce(sum(visible_at > ?1 AND receive_count > 0), 0) FROM messages",
+                    "SELECT count(*), coalesce(sum(visible_at > ?1 AND receive_count > 0), 0) FROM queue",
                     [now],
                     |r| Ok((r.get(0)?, r.get(1)?)),
                 )?;
@@ -289,16 +316,20 @@ impl QueueConsumer for SqliteQueue {
             .db
             .call(move |c| {
                 let now = unix_ms_now();
+                delete_settled_payloads(c)?;
                 let mut out = Vec::new();
-                // Messages past their receive limit are moved aside; keep looking until `max` are found.
+                // Messages past their receive limit are moved aside; keep looking until `max` are found,
+                // each row once (a zero visibility timeout leaves a leased row visible).
+                let mut after = i64::MIN;
                 while out.len() < max {
                     let mut statement = c.prepare_cached(
-                        "SELECT seq, message_id, body, attributes, receive_count, last_error, enqueued_at
-                         FROM messages WHERE visible_at <= ?1 ORDER BY seq LIMIT ?2",
+                        "SELECT q.seq, p.message_id, p.body, p.attributes, q.receive_count, q.last_error, p.enqueued_at
+                         FROM queue q JOIN payloads p ON p.seq = q.seq
+                         WHERE q.visible_at <= ?1 AND q.seq > ?3 ORDER BY q.seq LIMIT ?2",
                     )?;
                     #[allow(clippy::type_complexity)]
                     let rows: Vec<(i64, String, StoredBody, String, u32, Option<String>, i64)> = statement
-                        .query_map(params![now, (max - out.len()) as i64], |r| {
+                        .query_map(params![now, (max - out.len()) as i64, after], |r| {
                             Ok((r.get(0)?, r.get(1)?, StoredBody::read(r, 2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?))
                         })?
                         .collect::<Result<_, _>>()?;
@@ -306,6 +337,7 @@ impl QueueConsumer for SqliteQueue {
                         break;
                     }
                     for (seq, message_id, body, attributes, count, last_error, enqueued_at) in rows {
+                        after = seq;
                         if count >= max_receives {
                             let reason = format!(
                                 "max receives exceeded ({count}): {}",
@@ -315,12 +347,12 @@ impl QueueConsumer for SqliteQueue {
                                 .into_message(decode(&attributes))
                                 .unwrap_or_else(|unreadable| unreadable.message);
                             insert_dead_letter(c, &message_id, &message, &reason, count, enqueued_at, now)?;
-                            c.prepare_cached("DELETE FROM messages WHERE seq = ?1")?.execute([seq])?;
+                            c.prepare_cached("DELETE FROM queue WHERE seq = ?1")?.execute([seq])?;
                             continue;
                         }
-                        let receipt = new_id();
+                        let receipt = new_receipt(seq);
                         c.prepare_cached(
-                            "UPDATE messages SET receive_count = receive_count + 1, visible_at = ?1, receipt = ?2 WHERE seq = ?3",
+                            "UPDATE queue SET receive_count = receive_count + 1, visible_at = ?1, receipt = ?2 WHERE seq = ?3",
                         )?
                         .execute(params![now + visibility_ms, receipt, seq])?;
                         let lease = Leased {
@@ -365,8 +397,8 @@ impl QueueConsumer for SqliteQueue {
         let receipt = receipt.to_owned();
         self.db
             .call_single_write(move |c| {
-                c.prepare_cached("DELETE FROM messages WHERE receipt = ?1")?
-                    .execute([receipt])?;
+                c.prepare_cached("DELETE FROM queue WHERE seq = ?1 AND receipt = ?2")?
+                    .execute(params![receipt_seq(&receipt), receipt])?;
                 Ok(())
             })
             .await
@@ -379,8 +411,10 @@ impl QueueConsumer for SqliteQueue {
         self.db
             .call_single_write(move |c| {
                 let visible_at = unix_ms_now() + delay.as_millis() as i64;
-                c.prepare_cached("UPDATE messages SET visible_at = ?1, last_error = ?2 WHERE receipt = ?3")?
-                    .execute(params![visible_at, error, receipt])?;
+                c.prepare_cached(
+                    "UPDATE queue SET visible_at = ?1, last_error = ?2 WHERE seq = ?3 AND receipt = ?4",
+                )?
+                .execute(params![visible_at, error, receipt_seq(&receipt), receipt])?;
                 Ok(())
             })
             .await
@@ -482,9 +516,13 @@ mod tests {
             .db()
             .call(move |c| {
                 c.execute(
-                    "INSERT INTO messages (message_id, body, attributes, enqueued_at, visible_at)
-                     VALUES ('m-raw', ?1, '{\"topic\":\"ping\"}', 0, 0)",
+                    "INSERT INTO payloads (message_id, body, attributes, enqueued_at)
+                     VALUES ('m-raw', ?1, '{\"topic\":\"ping\"}', 0)",
                     [body],
+                )?;
+                c.execute(
+                    "INSERT INTO queue (seq, visible_at) VALUES (?1, 0)",
+                    [c.last_insert_rowid()],
                 )?;
                 Ok(())
             })
@@ -508,7 +546,7 @@ mod tests {
             .db()
             .call(|c| {
                 Ok(
-                    c.query_row("SELECT typeof(body), length(body) FROM messages", [], |r| {
+                    c.query_row("SELECT typeof(body), length(body) FROM payloads", [], |r| {
                         Ok((r.get(0)?, r.get(1)?))
                     })?,
                 )
@@ -526,6 +564,171 @@ mod tests {
         assert_eq!(received.len(), 1);
         assert_eq!(received[0].record.message, message);
         assert_eq!(received[0].record.message.raw_body(), body.as_bytes());
+    }
+
+    async fn count(queue: &SqliteQueue, table: &'static str) -> i64 {
+        queue
+            .db()
+            .call(move |c| Ok(c.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))?))
+            .await
+            .unwrap()
+    }
+
+    fn message(n: usize) -> Message {
+        Message::from_bytes(format!("{{\"type\":\"notification_event\",\"id\":\"notif_{n}\"}}").as_bytes())
+    }
+
+    #[tokio::test]
+    async fn settled_payloads_are_deleted_once_no_unsettled_message_precedes_them() {
+        let (_dir, queue) = open();
+        for n in 0..6 {
+            queue.send(&message(n)).await.unwrap();
+        }
+        let first = queue.receive(2, VISIBILITY).await.unwrap();
+        let rest = queue.receive(10, VISIBILITY).await.unwrap();
+        assert_eq!((first.len(), rest.len()), (2, 4));
+        for delivery in &rest {
+            queue.ack(&delivery.receipt).await.unwrap();
+        }
+        // Messages 2..5 are settled, but message 0 precedes them and is still leased: all payloads stay.
+        assert!(queue.receive(10, VISIBILITY).await.unwrap().is_empty());
+        assert_eq!(
+            (count(&queue, "queue").await, count(&queue, "payloads").await),
+            (2, 6)
+        );
+
+        queue.ack(&first[0].receipt).await.unwrap();
+        queue.receive(10, VISIBILITY).await.unwrap();
+        assert_eq!(
+            (count(&queue, "queue").await, count(&queue, "payloads").await),
+            (1, 5)
+        );
+        queue.ack(&first[1].receipt).await.unwrap();
+        queue.receive(10, VISIBILITY).await.unwrap();
+        assert_eq!(
+            (count(&queue, "queue").await, count(&queue, "payloads").await),
+            (0, 0)
+        );
+
+        // A later message still gets a payload of its own and is received whole.
+        queue.send(&message(7)).await.unwrap();
+        let again = queue.receive(10, VISIBILITY).await.unwrap();
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].record.message, message(7));
+    }
+
+    #[tokio::test]
+    async fn only_the_current_receipt_settles_a_message() {
+        let (_dir, queue) = open();
+        queue.send(&message(1)).await.unwrap();
+        let first = queue.receive(10, Duration::ZERO).await.unwrap();
+        let second = queue.receive(10, VISIBILITY).await.unwrap();
+        assert_eq!((first.len(), second.len()), (1, 1));
+        assert_ne!(first[0].receipt, second[0].receipt);
+
+        // The expired lease's receipt, and receipts this queue never handed out, settle nothing.
+        for stale in [first[0].receipt.as_str(), "not-a-receipt", "1.", ""] {
+            queue.ack(stale).await.unwrap();
+            queue.retry(stale, "late", Duration::ZERO).await.unwrap();
+        }
+        let stats = queue.stats().await.unwrap();
+        assert_eq!((stats.queued, stats.in_flight), (1, 1));
+
+        queue.ack(&second[0].receipt).await.unwrap();
+        assert_eq!(queue.stats().await.unwrap().queued, 0);
+    }
+
+    #[tokio::test]
+    async fn a_single_table_queue_of_an_earlier_version_is_moved_over_with_its_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        let future = unix_ms_now() + 60_000;
+        let compressed = lz4_flex::compress_prepend_size(b"{\"id\":\"notif_c\"}");
+        {
+            let old = Connection::open(&path).unwrap();
+            old.execute_batch(
+                "CREATE TABLE messages (
+                     seq INTEGER PRIMARY KEY AUTOINCREMENT, message_id TEXT NOT NULL UNIQUE, body TEXT NOT NULL,
+                     attributes TEXT NOT NULL, enqueued_at INTEGER NOT NULL, visible_at INTEGER NOT NULL,
+                     receive_count INTEGER NOT NULL DEFAULT 0, receipt TEXT, last_error TEXT);
+                 CREATE INDEX messages_by_visibility ON messages (visible_at, seq);
+                 CREATE INDEX messages_by_receipt ON messages (receipt);
+                 CREATE TABLE dead_letters (
+                     seq INTEGER PRIMARY KEY AUTOINCREMENT, message_id TEXT NOT NULL, body TEXT NOT NULL,
+                     attributes TEXT NOT NULL, reason TEXT NOT NULL, receive_count INTEGER NOT NULL,
+                     enqueued_at INTEGER NOT NULL, dead_lettered_at INTEGER NOT NULL);
+                 INSERT INTO dead_letters VALUES (1, 'm-dead', '{}', '{}', 'handler failed', 5, 1, 2);",
+            )
+            .unwrap();
+            let mut insert = old
+                .prepare(
+                    "INSERT INTO messages (seq, message_id, body, attributes, enqueued_at, visible_at, receive_count, receipt, last_error)
+                     VALUES (?1, ?2, ?3, '{\"topic\":\"t\"}', 5, ?4, ?5, ?6, ?7)",
+                )
+                .unwrap();
+            let text = rusqlite::types::Value::Text("{\"id\":\"notif_a\"}".into());
+            let blob = rusqlite::types::Value::Blob(compressed);
+            insert
+                .execute(params![3, "m-a", text, 0, 0, None::<String>, None::<String>])
+                .unwrap();
+            insert
+                .execute(params![8, "m-leased", text, future, 1, "r-old", None::<String>])
+                .unwrap();
+            insert
+                .execute(params![9, "m-c", blob, 0, 2, None::<String>, "timeout"])
+                .unwrap();
+        }
+
+        let queue = SqliteQueue::new(Db::open(&path).unwrap(), 5);
+        let tables: Vec<String> = queue
+            .db()
+            .call(|c| {
+                let mut statement =
+                    c.prepare("SELECT name FROM sqlite_schema WHERE type = 'table' ORDER BY name")?;
+                let names = statement.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+                Ok(names)
+            })
+            .await
+            .unwrap();
+        assert!(!tables.contains(&"messages".to_owned()), "{tables:?}");
+        let stats = queue.stats().await.unwrap();
+        assert_eq!((stats.queued, stats.in_flight, stats.dead_letters), (3, 1, 1));
+
+        // The visible ones come in their old order with their receive counts; the leased one stays hidden.
+        let received = queue.receive(10, VISIBILITY).await.unwrap();
+        let got: Vec<(&str, &str, u32)> = received
+            .iter()
+            .map(|d| {
+                (
+                    d.record.message_id.as_str(),
+                    d.record.message.body.as_str(),
+                    d.record.receive_count,
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("m-a", "{\"id\":\"notif_a\"}", 1),
+                ("m-c", "{\"id\":\"notif_c\"}", 3)
+            ]
+        );
+        assert_eq!(received[0].record.message.attribute("topic"), Some("t"));
+
+        // New messages are numbered after the old ones, and reopening migrates nothing twice.
+        queue.send(&message(1)).await.unwrap();
+        drop(queue);
+        let queue = SqliteQueue::new(Db::open(&path).unwrap(), 5);
+        let seqs: Vec<i64> = queue
+            .db()
+            .call(|c| {
+                let mut statement = c.prepare("SELECT seq FROM queue ORDER BY seq")?;
+                let seqs = statement.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+                Ok(seqs)
+            })
+            .await
+            .unwrap();
+        assert_eq!(seqs, [3, 8, 9, 10]);
     }
 
     #[tokio::test]
