@@ -213,6 +213,23 @@ impl Db {
     }
 }
 
+#[cfg(test)]
+impl Db {
+    /// The first column of every row `sql` returns.
+    pub(crate) async fn column<T>(&self, sql: &'static str) -> Vec<T>
+    where
+        T: rusqlite::types::FromSql + Send + 'static,
+    {
+        self.call(move |c| {
+            let mut statement = c.prepare(sql)?;
+            let values = statement.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+            Ok(values)
+        })
+        .await
+        .expect("a test query")
+    }
+}
+
 /// Files written by earlier versions keep the queue in one table, `messages`, with the payload and the
 /// delivery state in each row. Its rows move to `payloads` and `queue` (same `seq`, state kept: a message
 /// received before the upgrade stays hidden until its visibility timeout) in one transaction.
@@ -352,14 +369,7 @@ mod tests {
         for (i, result) in results.iter().enumerate() {
             assert_eq!(result.is_ok(), i != 7, "write {i}: {result:?}");
         }
-        let values: Vec<i64> = db
-            .call(|c| {
-                let mut statement = c.prepare("SELECT v FROM t ORDER BY v")?;
-                let values = statement.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
-                Ok(values)
-            })
-            .await
-            .unwrap();
+        let values: Vec<i64> = db.column("SELECT v FROM t ORDER BY v").await;
         let expected: Vec<i64> = std::iter::once(7)
             .chain((0..20).filter(|&i| i != 7).map(|i| i + 1000))
             .collect();

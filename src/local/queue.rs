@@ -682,14 +682,8 @@ mod tests {
         let queue = SqliteQueue::new(Db::open(&path).unwrap(), 5);
         let tables: Vec<String> = queue
             .db()
-            .call(|c| {
-                let mut statement =
-                    c.prepare("SELECT name FROM sqlite_schema WHERE type = 'table' ORDER BY name")?;
-                let names = statement.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
-                Ok(names)
-            })
-            .await
-            .unwrap();
+            .column("SELECT name FROM sqlite_schema WHERE type = 'table' ORDER BY name")
+            .await;
         assert!(!tables.contains(&"messages".to_owned()), "{tables:?}");
         let stats = queue.stats().await.unwrap();
         assert_eq!((stats.queued, stats.in_flight, stats.dead_letters), (3, 1, 1));
@@ -719,15 +713,7 @@ mod tests {
         queue.send(&message(1)).await.unwrap();
         drop(queue);
         let queue = SqliteQueue::new(Db::open(&path).unwrap(), 5);
-        let seqs: Vec<i64> = queue
-            .db()
-            .call(|c| {
-                let mut statement = c.prepare("SELECT seq FROM queue ORDER BY seq")?;
-                let seqs = statement.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
-                Ok(seqs)
-            })
-            .await
-            .unwrap();
+        let seqs: Vec<i64> = queue.db().column("SELECT seq FROM queue ORDER BY seq").await;
         assert_eq!(seqs, [3, 8, 9, 10]);
     }
 
