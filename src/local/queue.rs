@@ -1,7 +1,8 @@
 //! The SQLite adapter of the queue ports: messages, receives with a visibility timeout and receive
 //! counts, and a dead-letter table. A message is a row in `payloads` (written once) and one in `queue`
-//! (its delivery state); see the schema in `db.rs`. A message received more than `max_receives` times is moved to the
-//! dead-letter table with its last error when it would next be handed out (as SQS's redrive does).
+//! (its delivery state); see the schema in `db.rs`. A message received more than `max_receives` times
+//! is moved to the dead-letter table with its last error when it would next be handed out (as SQS's
+//! redrive does).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
