@@ -1,7 +1,8 @@
 //! One SQLite file for the local queue and idempotency store. A single thread owns the connection; async
 //! callers send it operations and await the result. Operations that arrive together are committed in one
-//! transaction (each inside its own savepoint, so one failing does not undo the others), and no caller
-//! hears back before the commit: that is what makes a 200 from the local server durable.
+//! transaction, and one failing does not undo the others: each runs inside its own savepoint, or, when it
+//! writes with a single statement, relies on SQLite undoing that statement ([`Db::call_single_write`]).
+//! No caller hears back before the commit: that is what makes a 200 from the local server durable.
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
