@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{on, MethodFilter};
 use axum::{Json, Router};
 use serde_json::json;
-use tracing::{field, info, warn, Instrument};
+use tracing::{debug, field, info, warn, Instrument};
 
 use crate::metrics::Metrics;
 use crate::notification::Envelope;
@@ -143,7 +143,9 @@ impl Intake {
         let id = envelope.id.map(|id| id.to_string()).unwrap_or_default();
         match self.queue.send(&message).await {
             Ok(()) => {
-                info!(secret_index = verified.secret_index, "queued");
+                // The worker's `outcome` line is the one INFO line per notification; rejections and
+                // failures to store are warnings.
+                debug!(secret_index = verified.secret_index, "queued");
                 Outcome::Queued { notification_id: id }
             }
             Err(QueueError::Rejected(why)) => {
