@@ -113,10 +113,22 @@ fn storable_char(c: char) -> bool {
 /// valid UTF-8, so it holds no surrogates, and the only refused characters are the C0 controls other than
 /// tab, LF and CR, and U+FFFE and U+FFFF.
 fn storable(text: &str) -> bool {
-    text.bytes()
-        .all(|b| b >= 0x20 || matches!(b, b'\t' | b'\n' | b'\r'))
-        && !text.contains('\u{FFFE}')
-        && !text.contains('\u{FFFF}')
+    // Chunk by chunk without an early exit inside a chunk, so that the compiler checks many bytes at
+    // once. U+FFFE and U+FFFF are EF BF BE and EF BF BF in UTF-8: they are looked for only in text that
+    // holds an 0xEF byte.
+    let mut lead_ef = false;
+    for chunk in text.as_bytes().chunks(64) {
+        let (mut control, mut ef) = (false, false);
+        for &b in chunk {
+            control |= b < 0x20 && !matches!(b, b'\t' | b'\n' | b'\r');
+            ef |= b == 0xEF;
+        }
+        if control {
+            return false;
+        }
+        lead_ef |= ef;
+    }
+    !lead_ef || !(text.contains('\u{FFFE}') || text.contains('\u{FFFF}'))
 }
 
 /// Where messages that can never be processed are kept for an operator. Returns once durably stored.
@@ -190,7 +202,15 @@ mod tests {
             0xE000, 0xFFFC, 0xFFFD, 0xFFFE, 0xFFFF, 0x10000, 0x1F600, 0x10FFFF,
         ];
         for c in edges.iter().filter_map(|&n| char::from_u32(n)) {
-            for text in [c.to_string(), format!("ab{c}cd"), format!("é{c}")] {
+            // Also past and across the 64-byte chunks the check works in.
+            let (long, across) = ("x".repeat(130), "x".repeat(63));
+            for text in [
+                c.to_string(),
+                format!("ab{c}cd"),
+                format!("é{c}"),
+                format!("{long}{c}"),
+                format!("{across}{c}y"),
+            ] {
                 assert_eq!(storable(&text), text.chars().all(storable_char), "{:?}", text);
             }
         }
