@@ -11,7 +11,9 @@ const MAX_OBSERVATIONS: usize = 100;
 
 #[derive(Debug, Default)]
 pub struct Metrics {
-    counters: Mutex<BTreeMap<(String, Labels), u64>>,
+    /// By name, each label set with its value. A name has a few label sets, so an update finds its
+    /// counter by comparing strings and allocates only for a label set it has not seen before.
+    counters: Mutex<BTreeMap<String, Vec<(Labels, u64)>>>,
     observations: Mutex<BTreeMap<String, Vec<f64>>>,
 }
 
@@ -33,13 +35,15 @@ impl Metrics {
     }
 
     pub fn add(&self, name: &str, labels: &[(&str, &str)], value: u64) {
-        let key = (name.to_owned(), owned(labels));
-        *self
-            .counters
-            .lock()
-            .expect("metrics lock")
-            .entry(key)
-            .or_default() += value;
+        let mut counters = self.counters.lock().expect("metrics lock");
+        let series = match counters.get_mut(name) {
+            Some(series) => series,
+            None => counters.entry(name.to_owned()).or_default(),
+        };
+        match series.iter_mut().find(|(owned, _)| same_labels(owned, labels)) {
+            Some((_, counter)) => *counter += value,
+            None => series.push((owned(labels), value)),
+        }
     }
 
     /// Records one timing in milliseconds: counters `<name>_sum` (rounded) and `<name>_count`, and the
@@ -59,20 +63,19 @@ impl Metrics {
         let counters = std::mem::take(&mut *self.counters.lock().expect("metrics lock"));
         let observations = std::mem::take(&mut *self.observations.lock().expect("metrics lock"));
         Drained {
-            counters: counters.into_iter().collect(),
+            counters: flatten(counters.iter()),
             observations: observations.into_iter().collect(),
         }
     }
 
     /// The value of one counter with exactly these labels.
     pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
-        let key = (name.to_owned(), owned(labels));
         self.counters
             .lock()
             .expect("metrics lock")
-            .get(&key)
-            .copied()
-            .unwrap_or(0)
+            .get(name)
+            .and_then(|series| series.iter().find(|(owned, _)| same_labels(owned, labels)))
+            .map_or(0, |(_, value)| *value)
     }
 
     /// The sum of a counter over all its labels.
@@ -80,20 +83,13 @@ impl Metrics {
         self.counters
             .lock()
             .expect("metrics lock")
-            .iter()
-            .filter(|((n, _), _)| n == name)
-            .map(|(_, v)| v)
-            .sum()
+            .get(name)
+            .map_or(0, |series| series.iter().map(|(_, value)| value).sum())
     }
 
     /// Every counter: ((name, labels), value).
     pub fn snapshot(&self) -> Vec<((String, Labels), u64)> {
-        self.counters
-            .lock()
-            .expect("metrics lock")
-            .iter()
-            .map(|(k, v)| (k.clone(), *v))
-            .collect()
+        flatten(self.counters.lock().expect("metrics lock").iter())
     }
 }
 
@@ -133,6 +129,31 @@ impl Metrics {
     }
 }
 
+/// Every counter as ((name, labels), value), ordered by name, then labels.
+fn flatten<'a>(
+    counters: impl Iterator<Item = (&'a String, &'a Vec<(Labels, u64)>)>,
+) -> Vec<((String, Labels), u64)> {
+    let mut flat = Vec::new();
+    for (name, series) in counters {
+        let mut series = series.clone();
+        series.sort();
+        flat.extend(
+            series
+                .into_iter()
+                .map(|(labels, value)| ((name.clone(), labels), value)),
+        );
+    }
+    flat
+}
+
+/// Whether `labels`, in any order, are the label set `owned`.
+fn same_labels(owned: &Labels, labels: &[(&str, &str)]) -> bool {
+    owned.len() == labels.len()
+        && labels
+            .iter()
+            .all(|(k, v)| owned.iter().any(|(ok, ov)| ok == k && ov == v))
+}
+
 fn owned(labels: &[(&str, &str)]) -> Labels {
     let mut labels: Labels = labels
         .iter()
@@ -155,6 +176,31 @@ mod tests {
         assert_eq!(m.get("processed", &[("topic", "a"), ("outcome", "processed")]), 2);
         assert_eq!(m.total("processed"), 3);
         assert_eq!(m.get("missing", &[]), 0);
+        assert_eq!(
+            m.get("processed", &[("topic", "a")]),
+            0,
+            "a subset of the labels is another counter"
+        );
+
+        // Ordered by name, then labels, whatever the order they were first counted in.
+        m.incr("enqueued", &[]);
+        let keys: Vec<(String, Vec<String>)> = m
+            .snapshot()
+            .into_iter()
+            .map(|((name, labels), _)| (name, labels.into_iter().map(|(_, v)| v).collect()))
+            .collect();
+        let expected = [
+            ("enqueued", vec![]),
+            ("processed", vec!["processed", "a"]),
+            ("processed", vec!["retry", "b"]),
+        ];
+        let expected: Vec<(String, Vec<String>)> = expected
+            .into_iter()
+            .map(|(n, v)| (n.to_owned(), v.into_iter().map(String::from).collect()))
+            .collect();
+        assert_eq!(keys, expected);
+        assert_eq!(m.drain().counters.len(), 3);
+        assert_eq!(m.total("processed"), 0, "drained");
     }
 
     #[test]
