@@ -70,17 +70,16 @@ pub fn init_local(format: LogFormat) {
     }
 }
 
+/// Runs `f` with JSON lines, filtered by `directives` (`RUST_LOG` syntax), going to a buffer, and returns
+/// the lines written on this thread.
 #[cfg(test)]
-mod tests {
-    use std::io::Write;
+pub(crate) fn captured_json_lines(directives: &str, f: impl FnOnce()) -> Vec<serde_json::Value> {
     use std::sync::{Arc, Mutex};
-
-    use super::*;
 
     #[derive(Clone, Default)]
     struct Lines(Arc<Mutex<Vec<u8>>>);
 
-    impl Write for Lines {
+    impl std::io::Write for Lines {
         fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
             self.0.lock().unwrap().extend_from_slice(bytes);
             Ok(bytes.len())
@@ -90,27 +89,37 @@ mod tests {
         }
     }
 
+    let lines = Lines::default();
+    let writer = lines.clone();
+    let subscriber = tracing_subscriber::registry()
+        .with(EnvFilter::new(directives))
+        .with(json_lines(move || writer.clone()));
+    tracing::subscriber::with_default(subscriber, f);
+    let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+    text.lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
     #[test]
     fn a_json_line_has_the_event_fields_on_top_and_the_span_fields_under_span_and_no_empty_keys() {
-        let lines = Lines::default();
-        let writer = lines.clone();
-        let subscriber = tracing_subscriber::registry().with(json_lines(move || writer.clone()));
-        tracing::subscriber::with_default(subscriber, || {
+        let lines = captured_json_lines("info", || {
             let span = tracing::info_span!("notification", topic = tracing::field::Empty);
             span.record("topic", "ping");
             span.in_scope(|| tracing::warn!(secret_index = 1, "queued"));
         });
-        let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
-        let line: serde_json::Value = serde_json::from_str(text.trim_end()).unwrap();
         assert_eq!(
-            line,
-            serde_json::json!({
+            lines,
+            [serde_json::json!({
                 "level": "WARN",
                 "message": "queued",
                 "secret_index": 1,
                 "span": {"name": "notification", "topic": "ping"},
-            }),
-            "{text}"
+            })]
         );
     }
 }
