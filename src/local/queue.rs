@@ -118,9 +118,9 @@ impl Storable {
 /// larger ones, rare, allocate their own, so that a thread keeps no more than this much.
 const REUSED_COMPRESSION_BYTES: usize = 64 * 1024;
 
-/// `body` in LZ4 with its length prepended, as `lz4_flex::compress_prepend_size` writes it. LZ4 clears a
-/// 4,096-entry hash table for every body; reusing the thread's table and output buffer saves allocating,
-/// zeroing and shrinking them for each message.
+/// `body` in LZ4 with its length prepended, as `lz4_flex::compress_prepend_size` writes it. LZ4 needs a
+/// cleared 4,096-entry hash table for every body; reusing the thread's table and output buffer saves
+/// allocating both for each message, and shrinking the result.
 fn compress(body: &[u8]) -> Vec<u8> {
     use lz4_flex::block::{compress_into_with_table, get_maximum_output_size, CompressTable};
     use std::cell::RefCell;
