@@ -55,7 +55,52 @@ CREATE TABLE IF NOT EXISTS idempotency (
     claimed_at             INTEGER,
     completed_at           INTEGER
 );
+CREATE INDEX IF NOT EXISTS idempotency_by_expiration ON idempotency (expiration);
+CREATE INDEX IF NOT EXISTS dead_letters_by_time ON dead_letters (dead_lettered_at);
 ";
+
+/// `PRAGMA auto_vacuum` for INCREMENTAL: pages freed by purges are given back to the file system by
+/// `PRAGMA incremental_vacuum` instead of staying in the file.
+const INCREMENTAL_VACUUM: i64 = 2;
+
+/// Bytes the WAL file is truncated to after a checkpoint.
+const WAL_SIZE_LIMIT: i64 = 32 * 1024 * 1024;
+
+/// Creates the database file readable and writable by its owner only (it holds customers' messages).
+/// SQLite gives the `-wal` and `-shm` files it creates the database file's permissions. An existing
+/// file keeps its permissions; one that others can read is reported.
+fn create_private(path: &Path) -> Result<(), DbError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+        {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                if let Ok(meta) = std::fs::metadata(path) {
+                    let mode = meta.permissions().mode() & 0o777;
+                    if mode & 0o077 != 0 {
+                        tracing::warn!(
+                            path = %path.display(),
+                            mode = format!("{mode:o}"),
+                            "the database file can be read by other users; it holds customers' messages (chmod 600 it)"
+                        );
+                    }
+                }
+            }
+            Err(e) => {
+                return Err(DbError::Sqlite(format!("cannot create {}: {e}", path.display())));
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
+}
 
 /// Why a database operation failed. Only a closed database is not worth retrying.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -145,8 +190,21 @@ impl Db {
     /// its thread.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, DbError> {
         let path = path.as_ref().to_path_buf();
+        create_private(&path)?;
         let mut conn = Connection::open(&path)?;
+        // Set before the first table is created; a file made by an earlier version is converted once.
+        let tables: i64 = conn.query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get(0))?;
+        let auto_vacuum: i64 = conn.query_row("PRAGMA auto_vacuum", [], |r| r.get(0))?;
+        if auto_vacuum != INCREMENTAL_VACUUM {
+            conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
+            if tables > 0 {
+                tracing::info!(path = %path.display(), "converting the database to incremental vacuum (once; it rewrites the file)");
+                conn.execute_batch("VACUUM")?;
+            }
+        }
         conn.pragma_update(None, "journal_mode", "WAL")?;
+        // The WAL is truncated to this size after a checkpoint, so that a burst does not leave it large.
+        conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
@@ -346,6 +404,39 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(mode, "wal");
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn the_database_and_its_wal_and_shm_files_are_private_to_the_owner() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("private.db");
+        let db = Db::open(&path).unwrap();
+        db.call(|c| Ok(c.execute_batch("CREATE TABLE t (v); INSERT INTO t VALUES (1)")?))
+            .await
+            .unwrap();
+        for suffix in ["", "-wal", "-shm"] {
+            let file = format!("{}{suffix}", path.display());
+            let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{file} has mode {mode:o}");
+        }
+        let vacuum: Vec<i64> = db.column("PRAGMA auto_vacuum").await;
+        assert_eq!(vacuum, [INCREMENTAL_VACUUM]);
+    }
+
+    #[tokio::test]
+    async fn a_file_of_an_earlier_version_is_converted_to_incremental_vacuum_with_its_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        {
+            let old = Connection::open(&path).unwrap();
+            old.execute_batch("CREATE TABLE kept (v); INSERT INTO kept VALUES (42)")
+                .unwrap();
+        }
+        let db = Db::open(&path).unwrap();
+        assert_eq!(db.column::<i64>("PRAGMA auto_vacuum").await, [INCREMENTAL_VACUUM]);
+        assert_eq!(db.column::<i64>("SELECT v FROM kept").await, [42]);
     }
 
     #[tokio::test]
