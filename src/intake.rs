@@ -1,7 +1,10 @@
 //! The HTTP application that receives Intercom deliveries. The receiver Lambda and the local server serve
 //! this same router, so verification and enqueueing have one code path.
 
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
@@ -24,12 +27,26 @@ pub const WEBHOOK_PATHS: [&str; 2] = ["/", "/webhooks/intercom"];
 /// body fits in one SQS message (SQS's limit, 1 MiB, counts the attributes too).
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024 - 8 * 1024;
 
+/// The longest the intake waits for the queue to store a delivery before answering 503: well inside the
+/// 5 s Intercom waits, so that Intercom hears an answer and retries rather than timing out.
+pub const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_secs(4);
+
+/// The longest a client may take to send a request's body.
+pub const DEFAULT_BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Rejection lines written per second at most (per process); the rest are counted and the next line
+/// written says how many were left out. The metrics still count every rejection.
+pub const REJECTION_LINES_PER_SECOND: u32 = 5;
+
 /// What the intake needs: the secrets to verify with, the queue to store into, and the body limit.
 pub struct Intake {
     secrets: ClientSecrets,
     queue: Arc<dyn Queue>,
     max_body_bytes: usize,
+    store_timeout: Duration,
+    body_read_timeout: Duration,
     metrics: Arc<Metrics>,
+    rejection_lines: LineBudget,
 }
 
 impl Intake {
@@ -38,13 +55,28 @@ impl Intake {
             secrets,
             queue,
             max_body_bytes,
+            store_timeout: DEFAULT_STORE_TIMEOUT,
+            body_read_timeout: DEFAULT_BODY_READ_TIMEOUT,
             metrics: Arc::new(Metrics::new()),
+            rejection_lines: LineBudget::per_second(REJECTION_LINES_PER_SECOND),
         }
     }
 
     /// Counts into `metrics` (shared with the worker and the metrics endpoints).
     pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
         self.metrics = metrics;
+        self
+    }
+
+    /// Answers 503 when storing a delivery takes longer than `timeout`.
+    pub fn with_store_timeout(mut self, timeout: Duration) -> Self {
+        self.store_timeout = timeout;
+        self
+    }
+
+    /// Answers 408 when a client takes longer than `timeout` to send a body.
+    pub fn with_body_read_timeout(mut self, timeout: Duration) -> Self {
+        self.body_read_timeout = timeout;
         self
     }
 
@@ -96,9 +128,12 @@ impl Intake {
                 v
             }
             Err(error) => {
-                delivery_span(None).in_scope(
-                    || warn!(reason = error.code(), %error, bytes = body.len(), "rejected delivery"),
-                );
+                self.reject_line(|suppressed| {
+                    delivery_span(None).in_scope(|| match suppressed {
+                        0 => warn!(reason = error.code(), %error, bytes = body.len(), "rejected delivery"),
+                        n => warn!(reason = error.code(), %error, bytes = body.len(), suppressed = n, "rejected delivery"),
+                    })
+                });
                 return Outcome::Rejected(error);
             }
         };
@@ -112,7 +147,7 @@ impl Intake {
                     warn!(secret_index = verified.secret_index, %reason, "authentic body is not a notification")
                 });
                 let message = Message::from_bytes(body);
-                return match self.queue.dead_letter(&message, &reason).await {
+                return match self.store(self.queue.dead_letter(&message, &reason)).await {
                     Ok(()) => Outcome::DeadLettered { reason },
                     Err(error) => queue_failed(&span, error),
                 };
@@ -126,7 +161,7 @@ impl Intake {
         }
 
         let message = Message::for_notification(body, &envelope);
-        match self.queue.send(&message).await {
+        match self.store(self.queue.send(&message)).await {
             Ok(()) => {
                 // The worker's `outcome` line is the one INFO line per notification; rejections and
                 // failures to store are warnings.
@@ -141,12 +176,60 @@ impl Intake {
                 let reason = format!("queue_rejected: {why}");
                 let span = span();
                 span.in_scope(|| warn!(%reason, "main queue refused the notification"));
-                match self.queue.dead_letter(&message, &reason).await {
+                match self.store(self.queue.dead_letter(&message, &reason)).await {
                     Ok(()) => Outcome::DeadLettered { reason },
                     Err(error) => queue_failed(&span, error),
                 }
             }
             Err(error) => queue_failed(&span(), error),
+        }
+    }
+}
+
+impl Intake {
+    /// A queue write bounded by the store timeout. A write that times out may still complete later; the
+    /// 503 makes Intercom deliver again and the worker deduplicates, so nothing is lost or done twice.
+    async fn store(
+        &self,
+        write: impl std::future::Future<Output = Result<(), QueueError>>,
+    ) -> Result<(), QueueError> {
+        match tokio::time::timeout(self.store_timeout, write).await {
+            Ok(result) => result,
+            Err(_) => Err(QueueError::Unavailable(format!(
+                "the queue did not store the delivery within {} ms",
+                self.store_timeout.as_millis()
+            ))),
+        }
+    }
+
+    /// A rejection's line, unless the budget for this second is spent.
+    fn reject_line(&self, write: impl FnOnce(u64)) {
+        self.rejection_lines.write(write);
+    }
+}
+
+/// A rate limit on log lines: a flood of rejected requests must not become a flood of lines (and a log
+/// bill). A line written after some were left out says how many.
+struct LineBudget {
+    limiter: governor::DefaultDirectRateLimiter,
+    suppressed: AtomicU64,
+}
+
+impl LineBudget {
+    fn per_second(lines: u32) -> Self {
+        let lines = NonZeroU32::new(lines).unwrap_or(NonZeroU32::MIN);
+        Self {
+            limiter: governor::RateLimiter::direct(governor::Quota::per_second(lines)),
+            suppressed: AtomicU64::new(0),
+        }
+    }
+
+    /// Calls `write` with the number of lines left out since the last one, if a line may be written now.
+    fn write(&self, write: impl FnOnce(u64)) {
+        if self.limiter.check().is_ok() {
+            write(self.suppressed.swap(0, Ordering::Relaxed));
+        } else {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
@@ -232,15 +315,24 @@ async fn receive(State(intake): State<Arc<Intake>>, request: Request) -> Respons
     if declared.is_some_and(|n| n > limit as u64) {
         return too_large(&intake, limit);
     }
-    let body: Bytes = match axum::body::to_bytes(Body::new(body), limit).await {
-        Ok(bytes) => bytes,
-        Err(error) => {
+    let read = tokio::time::timeout(
+        intake.body_read_timeout,
+        axum::body::to_bytes(Body::new(body), limit),
+    );
+    let body: Bytes = match read.await {
+        Ok(Ok(bytes)) => bytes,
+        Err(_) => return body_too_slow(&intake),
+        Ok(Err(error)) => {
             let too_long =
                 std::error::Error::source(&error).is_some_and(|e| e.is::<http_body_util::LengthLimitError>());
             if too_long {
                 return too_large(&intake, limit);
             }
-            warn!(%error, "could not read the request body");
+            intake.metrics.incr("received", &[]);
+            intake.metrics.incr("rejected", &[("reason", "body_unreadable")]);
+            intake.reject_line(|suppressed| {
+                warn!(%error, reason = "body_unreadable", suppressed, "could not read the request body")
+            });
             return error_response(
                 StatusCode::BAD_REQUEST,
                 "body_unreadable",
@@ -251,10 +343,29 @@ async fn receive(State(intake): State<Arc<Intake>>, request: Request) -> Respons
     intake.handle(&parts.headers, &body).await.into_response()
 }
 
+fn body_too_slow(intake: &Intake) -> Response {
+    intake.metrics.incr("received", &[]);
+    intake.metrics.incr("rejected", &[("reason", "body_timeout")]);
+    let timeout_ms = intake.body_read_timeout.as_millis() as u64;
+    intake.reject_line(|suppressed| {
+        warn!(
+            timeout_ms,
+            reason = "body_timeout",
+            suppressed,
+            "rejected delivery"
+        )
+    });
+    error_response(
+        StatusCode::REQUEST_TIMEOUT,
+        "body_timeout",
+        &format!("the body did not arrive within {timeout_ms} ms"),
+    )
+}
+
 fn too_large(intake: &Intake, limit: usize) -> Response {
     intake.metrics.incr("received", &[]);
     intake.metrics.incr("rejected", &[("reason", "body_too_large")]);
-    warn!(limit, reason = "body_too_large", "rejected delivery");
+    intake.reject_line(|suppressed| warn!(limit, reason = "body_too_large", suppressed, "rejected delivery"));
     error_response(
         StatusCode::PAYLOAD_TOO_LARGE,
         "body_too_large",
@@ -307,7 +418,10 @@ mod tests {
             (signed(notification), notification),
         ];
         let intake = Intake::new(secrets.clone(), Arc::new(queue), 1 << 20);
-        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
         captured_json_lines(directives, || {
             let outcomes: Vec<Outcome> = requests
                 .iter()
@@ -332,6 +446,72 @@ mod tests {
                        "span": {"name": "notification", "topic": "ping", "app_id": "abc"}}),
             ]
         );
+    }
+
+    #[test]
+    fn a_flood_of_rejections_writes_a_few_lines_a_second_and_counts_every_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = SqliteQueue::new(Db::open(dir.path().join("q.db")).unwrap(), 5);
+        let intake = Intake::new(ClientSecrets::parse("s3cret").unwrap(), Arc::new(queue), 1 << 20);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let forged = HeaderMap::from_iter([(
+            axum::http::HeaderName::from_static(SIGNATURE_HEADER),
+            "sha1=0000000000000000000000000000000000000000".parse().unwrap(),
+        )]);
+        let lines = captured_json_lines("info", || {
+            for _ in 0..200 {
+                runtime.block_on(intake.handle(&forged, NOTIFICATION.as_bytes()));
+            }
+            // A line's worth of budget comes back every 1/REJECTION_LINES_PER_SECOND seconds.
+            std::thread::sleep(Duration::from_millis(1_100 / REJECTION_LINES_PER_SECOND as u64));
+            runtime.block_on(intake.handle(&forged, NOTIFICATION.as_bytes()));
+        });
+        let burst = REJECTION_LINES_PER_SECOND as usize;
+        assert_eq!(lines.len(), burst + 1, "{lines:?}");
+        assert!(lines.iter().all(|l| l["reason"] == "signature_mismatch"));
+        assert!(lines[..burst].iter().all(|l| l.get("suppressed").is_none()));
+        assert_eq!(lines[burst]["suppressed"], json!(200 - burst));
+        assert_eq!(
+            intake
+                .metrics
+                .get("rejected", &[("reason", "signature_mismatch")]),
+            201,
+            "the metric counts every rejection"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_store_that_stalls_is_answered_503_within_the_store_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q.db");
+        let queue = SqliteQueue::new(Db::open(&path).unwrap(), 5);
+        let secrets = ClientSecrets::parse("s3cret").unwrap();
+        let intake = Intake::new(secrets.clone(), Arc::new(queue.clone()), 1 << 20)
+            .with_store_timeout(Duration::from_millis(300));
+        let mut headers = HeaderMap::new();
+        let body = NOTIFICATION.as_bytes();
+        headers.insert(SIGNATURE_HEADER, secrets.primary().sign(body).parse().unwrap());
+
+        // Another connection holds the write lock: the database thread waits for it.
+        let blocker = rusqlite::Connection::open(&path).unwrap();
+        blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let started = std::time::Instant::now();
+        let outcome = intake.handle(&headers, body).await;
+        assert!(matches!(outcome, Outcome::Unavailable(_)), "{outcome:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+        blocker.execute_batch("ROLLBACK").unwrap();
+
+        // Once the lock is gone, the redelivery is stored.
+        let outcome = intake.handle(&headers, body).await;
+        assert!(matches!(outcome, Outcome::Queued { .. }), "{outcome:?}");
+        assert!(queue.stats().await.unwrap().queued >= 1);
     }
 
     #[test]

@@ -70,6 +70,13 @@ fn cases() -> Vec<Case> {
     let mut one_more = good.clone();
     one_more.push(b' ');
     let one_less = good[..good.len() - 1].to_vec();
+    // Stored as received: escaping is the job of each sink (chat, logs, pages), never of the intake.
+    let mut markup: serde_json::Value = serde_json::from_slice(&good).unwrap();
+    markup["id"] = "notif_markup".into();
+    markup["data"]["item"]["source"]["body"] =
+        "<p><!channel> <https://evil.example|Reset password> \u{1b}[31mred</p>".into();
+    markup["data"]["item"]["source"]["author"]["name"] = "<!everyone> <script>alert(1)</script>".into();
+    let markup = serde_json::to_vec_pretty(&markup).unwrap();
     let with = |name, request, status, stored| Case {
         name,
         request,
@@ -326,7 +333,37 @@ fn cases() -> Vec<Case> {
             StatusCode::OK,
             Stored::Nothing,
         ),
+        with(
+            "signed body that stops half way",
+            stalled_body(&good, good.len() / 2),
+            StatusCode::REQUEST_TIMEOUT,
+            Stored::Nothing,
+        ),
+        with(
+            "signed body that never starts",
+            stalled_body(&good, 0),
+            StatusCode::REQUEST_TIMEOUT,
+            Stored::Nothing,
+        ),
+        with(
+            "authentic notification full of chat markup and terminal escapes",
+            signed(markup.clone()),
+            StatusCode::OK,
+            Stored::Queued,
+        ),
     ]
+}
+
+/// A signed request whose body sends its first `sent` bytes and then nothing, never ending.
+fn stalled_body(body: &[u8], sent: usize) -> Request<Body> {
+    use futures::StreamExt;
+    let first = bytes::Bytes::copy_from_slice(&body[..sent]);
+    let stream = futures::stream::iter([Ok::<_, std::io::Error>(first)]).chain(futures::stream::pending());
+    Request::post("/webhooks/intercom")
+        .header("x-hub-signature", sign(body))
+        .header("content-length", body.len().to_string())
+        .body(Body::from_stream(stream))
+        .unwrap()
 }
 
 async fn stats(queue: &SqliteQueue) -> QueueStats {
@@ -342,6 +379,7 @@ async fn the_bad_input_battery() {
         Arc::new(queue.clone()),
         DEFAULT_MAX_BODY_BYTES,
     )
+    .with_body_read_timeout(std::time::Duration::from_millis(300))
     .router();
     let cases = cases();
     assert!(cases.len() >= 30, "{} cases", cases.len());

@@ -32,12 +32,18 @@ struct Server {
 
 impl Server {
     fn start(db: &Path, env: &[(&str, &str)]) -> Server {
+        Self::start_with(db, env, &[])
+    }
+
+    /// With extra `serve` options.
+    fn start_with(db: &Path, env: &[(&str, &str)], options: &[&str]) -> Server {
         let port = free_port();
         let mut command = Command::new(BIN);
         command
             .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--db"])
             .arg(db)
             .args(["--log-format", "json", "--visibility-timeout", "5"])
+            .args(options)
             .env("INTERCOM_CLIENT_SECRET", TEST_SECRET)
             .env_remove("NOTIFY_WEBHOOK_URL")
             .stdout(Stdio::piped())
@@ -388,5 +394,233 @@ fn send_and_sign_report_clear_errors() {
     assert_eq!(
         String::from_utf8(out.stdout).unwrap().trim(),
         sign(&fixture("ping.json"))
+    );
+}
+
+/// A signed POST of `body` on a raw connection (no client library in between), and the status line.
+fn raw_post(port: u16, body: &[u8]) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let head = format!(
+        "POST /webhooks/intercom HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n\
+         x-hub-signature: {}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        sign(body),
+        body.len()
+    );
+    stream.write_all(head.as_bytes())?;
+    stream.write_all(body)?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer)?;
+    Ok(answer.lines().next().unwrap_or_default().to_owned())
+}
+
+/// A real notification with a new id.
+fn unique_notification(n: usize) -> Vec<u8> {
+    let mut value: Value = serde_json::from_slice(&fixture("conversation_user_created.json")).unwrap();
+    value["id"] = format!("notif_unique_{n}_{}", std::process::id()).into();
+    serde_json::to_vec_pretty(&value).unwrap()
+}
+
+/// Reads from `stream` until the peer closes it (`Ok(bytes read)`) or `limit` passes (`Err`).
+fn closed_within(stream: &mut std::net::TcpStream, limit: Duration) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    stream.set_read_timeout(Some(limit)).unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return Ok(seen),
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Ok(seen),
+            Err(e) => return Err(format!("still open after {limit:?} ({e}); read {seen:?}")),
+        }
+    }
+}
+
+#[test]
+fn a_client_that_stalls_in_its_headers_or_its_body_is_cut_off_and_the_server_keeps_answering() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_with(
+        &dir.path().join("db.sqlite"),
+        &[],
+        &["--header-read-timeout", "1s", "--body-read-timeout", "1s"],
+    );
+
+    // Half a request head, then nothing: closed without an answer.
+    let mut headers = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    headers
+        .write_all(b"POST /webhooks/intercom HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-")
+        .unwrap();
+    let started = Instant::now();
+    let seen = closed_within(&mut headers, Duration::from_secs(5)).unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        !String::from_utf8_lossy(&seen).contains(" 200 "),
+        "{}",
+        String::from_utf8_lossy(&seen)
+    );
+
+    // A whole head and part of the body: 408, then closed.
+    let body = fixture("conversation_user_created.json");
+    let mut partial = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    let head = format!(
+        "POST /webhooks/intercom HTTP/1.1\r\nhost: 127.0.0.1\r\nx-hub-signature: {}\r\ncontent-length: {}\r\n\r\n",
+        sign(&body),
+        body.len()
+    );
+    partial.write_all(head.as_bytes()).unwrap();
+    partial.write_all(&body[..body.len() / 2]).unwrap();
+    let seen = String::from_utf8(closed_within(&mut partial, Duration::from_secs(5)).unwrap()).unwrap();
+    assert!(seen.starts_with("HTTP/1.1 408"), "{seen}");
+    assert!(seen.contains("body_timeout"), "{seen}");
+
+    // Nothing of either was stored, and a whole delivery is still answered.
+    assert_eq!(raw_post(server.port, &body).unwrap(), "HTTP/1.1 200 OK");
+    server.wait_until("one outcome", || server.outcomes().len() == 1);
+    let metrics = reqwest::blocking::get(server.url("/metrics"))
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(
+        metrics.contains("intercom_webhooks_rejected_total{reason=\"body_timeout\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn connections_past_the_limit_wait_for_a_free_slot() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_with(
+        &dir.path().join("db.sqlite"),
+        &[],
+        &["--max-connections", "2", "--header-read-timeout", "30s"],
+    );
+    // Give the health check's keep-alive connection time to be closed by its client.
+    std::thread::sleep(Duration::from_millis(200));
+    let mut idle: Vec<std::net::TcpStream> = (0..2)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+            s.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n").unwrap();
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+
+    // Both slots are held by clients that have not finished their heads: the next one is not served.
+    let waiting = std::thread::spawn({
+        let port = server.port;
+        move || {
+            let started = Instant::now();
+            let status = raw_post(port, &fixture("ping.json"));
+            (status, started.elapsed())
+        }
+    });
+    std::thread::sleep(Duration::from_millis(800));
+    assert!(!waiting.is_finished(), "served although every slot was taken");
+    drop(idle.pop());
+    let (status, waited) = waiting.join().unwrap();
+    assert_eq!(status.unwrap(), "HTTP/1.1 200 OK");
+    assert!(waited >= Duration::from_millis(800), "{waited:?}");
+}
+
+#[test]
+fn a_stalled_database_answers_503_within_the_store_timeout_and_loses_nothing_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db.sqlite");
+    let server = Server::start_with(&db, &[], &["--store-timeout", "1s"]);
+    let before = unique_notification(0);
+    assert_eq!(raw_post(server.port, &before).unwrap(), "HTTP/1.1 200 OK");
+    server.wait_until("the first outcome", || server.outcomes().len() == 1);
+
+    // Another process holds the database's write lock: deliveries cannot be stored.
+    let blocker = rusqlite::Connection::open(&db).unwrap();
+    blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let started = Instant::now();
+    let stalled = raw_post(server.port, &unique_notification(1)).unwrap();
+    let waited = started.elapsed();
+    assert_eq!(stalled, "HTTP/1.1 503 Service Unavailable");
+    assert!(waited < Duration::from_secs(5), "answered after {waited:?}");
+    blocker.execute_batch("ROLLBACK").unwrap();
+    drop(blocker);
+
+    // Intercom's retry of the refused one, and a new one, are stored; every acknowledged id is processed.
+    for n in [1, 2] {
+        assert_eq!(
+            raw_post(server.port, &unique_notification(n)).unwrap(),
+            "HTTP/1.1 200 OK"
+        );
+    }
+    let acknowledged: Vec<String> = [0, 1, 2]
+        .iter()
+        .map(|n| format!("notif_unique_{n}_{}", std::process::id()))
+        .collect();
+    server.wait_until("every acknowledged notification is processed", || {
+        let outcomes = server.outcomes();
+        acknowledged
+            .iter()
+            .all(|id| outcomes.iter().any(|(n, o)| n == id && o == "processed"))
+    });
+}
+
+#[test]
+fn with_a_short_retention_a_steady_stream_of_unique_notifications_keeps_the_file_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db.sqlite");
+    let server = Server::start_with(
+        &db,
+        &[],
+        &["--idempotency-retention", "1s", "--purge-interval", "300ms"],
+    );
+    // The database's size as a reader sees it (its pages, committed WAL frames included), and the
+    // files on disk.
+    let size = || -> i64 {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.query_row(
+            "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    let on_disk = || -> u64 {
+        ["", "-wal", "-shm"]
+            .iter()
+            .map(|suffix| std::fs::metadata(format!("{}{suffix}", db.display())).map_or(0, |m| m.len()))
+            .sum::<u64>()
+    };
+    let records = || -> i64 {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.query_row("SELECT count(*) FROM idempotency", [], |r| r.get(0))
+            .unwrap()
+    };
+    let mut sizes = Vec::new();
+    let mut sent = 0;
+    for _wave in 0..8 {
+        for _ in 0..300 {
+            assert_eq!(
+                raw_post(server.port, &unique_notification(sent)).unwrap(),
+                "HTTP/1.1 200 OK"
+            );
+            sent += 1;
+        }
+        server.wait_until("the wave is processed", || server.outcomes().len() == sent);
+        // Past the retention and at least one purge.
+        std::thread::sleep(Duration::from_millis(1_500));
+        sizes.push(size());
+    }
+    assert!(records() < 600, "{} idempotency records kept", records());
+    assert!(on_disk() < 40 << 20, "{} bytes on disk", on_disk());
+    let settled = sizes[2];
+    let last = *sizes.last().unwrap();
+    assert!(
+        last <= settled + settled / 4,
+        "the file grew from {settled} to {last} bytes over five more waves: {sizes:?}"
     );
 }

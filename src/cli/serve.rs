@@ -8,7 +8,8 @@ use anyhow::Context;
 use crate::config::{Env, WorkerConfig};
 use crate::handlers::default_router;
 use crate::intake::DEFAULT_MAX_BODY_BYTES;
-use crate::local::server::{serve, ServeOptions};
+use crate::local::server::{serve, ConnectionLimits, ServeOptions};
+use crate::local::Retention;
 use crate::telemetry::{self, LogFormat};
 
 #[derive(clap::Args, Debug)]
@@ -34,6 +35,36 @@ pub struct ServeArgs {
     /// Log format: JSON lines when stdout is not a terminal (auto), or always json / text.
     #[arg(long, value_enum, default_value_t = LogFormat::Auto)]
     log_format: LogFormat,
+    /// Close a connection that has not sent a whole request head within this (e.g. 10s, 500ms).
+    #[arg(long, default_value = "10s", value_parser = duration)]
+    header_read_timeout: Duration,
+    /// Answer 408 to a request whose body has not arrived within this.
+    #[arg(long, default_value = "10s", value_parser = duration)]
+    body_read_timeout: Duration,
+    /// Answer 503 (Intercom retries) when the database has not stored a delivery within this.
+    #[arg(long, default_value = "4s", value_parser = duration)]
+    store_timeout: Duration,
+    /// Connections open at once; more wait until one closes.
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u64).range(1..=65_536))]
+    max_connections: u64,
+    /// How long a processed notification id is remembered (default: IDEMPOTENCY_RETENTION_DAYS, 7 days).
+    #[arg(long, value_parser = duration)]
+    idempotency_retention: Option<Duration>,
+    /// Dead letters older than this are deleted.
+    #[arg(long, default_value = "14days", value_parser = duration)]
+    dead_letter_retention: Duration,
+    /// How often expired idempotency records and old dead letters are purged.
+    #[arg(long, default_value = "60s", value_parser = duration)]
+    purge_interval: Duration,
+}
+
+/// A positive duration: `10s`, `500ms`, `14days`.
+fn duration(text: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(text.trim()) {
+        Ok(d) if !d.is_zero() => Ok(d),
+        Ok(_) => Err("must be longer than zero".into()),
+        Err(e) => Err(format!("{e} (write e.g. 10s, 500ms, 14days)")),
+    }
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
@@ -43,6 +74,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     telemetry::init_local(args.log_format);
     let mut settings = worker.settings;
     settings.visibility_timeout = Duration::from_secs(args.visibility_timeout);
+    if let Some(retention) = args.idempotency_retention {
+        settings.retention = retention;
+    }
     let routes = default_router(worker.notify).context("invalid NOTIFY_TOPICS")?;
     let options = ServeOptions {
         listen: args.listen,
@@ -53,6 +87,16 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         pollers: args.pollers as usize,
         worker: settings,
         routes,
+        limits: ConnectionLimits {
+            header_read_timeout: args.header_read_timeout,
+            body_read_timeout: args.body_read_timeout,
+            store_timeout: args.store_timeout,
+            max_connections: args.max_connections as usize,
+        },
+        retention: Retention {
+            dead_letters: args.dead_letter_retention,
+            interval: args.purge_interval,
+        },
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(serve(options, shutdown_signal()))?;

@@ -47,21 +47,25 @@ pub struct Purged {
 pub async fn purge(db: &Db, now_ms: i64, dead_letter_retention: Duration) -> Result<Purged, DbError> {
     let now_secs = now_ms.div_euclid(1000);
     let oldest_dead_letter = now_ms - dead_letter_retention.as_millis() as i64;
-    let mut purged = Purged::default();
-    purged.idempotency_records = delete_in_chunks(
+    let idempotency_records = delete_in_chunks(
         db,
         "DELETE FROM idempotency WHERE rowid IN
              (SELECT rowid FROM idempotency WHERE expiration < ?1 LIMIT ?2)",
         now_secs,
     )
     .await?;
-    purged.dead_letters = delete_in_chunks(
+    let dead_letters = delete_in_chunks(
         db,
         "DELETE FROM dead_letters WHERE seq IN
              (SELECT seq FROM dead_letters WHERE dead_lettered_at < ?1 LIMIT ?2)",
         oldest_dead_letter,
     )
     .await?;
+    let mut purged = Purged {
+        idempotency_records,
+        dead_letters,
+        pages: 0,
+    };
     loop {
         let freed = db
             .call(|c| {

@@ -14,7 +14,7 @@ use axum::{Json, Router};
 use tokio::sync::{watch, Notify};
 use tracing::{info, warn};
 
-use super::{Db, SqliteQueue, SqliteStore};
+use super::{Db, Retention, SqliteQueue, SqliteStore};
 use crate::clock::{unix_ms_now, SystemClock};
 use crate::intake::Intake;
 use crate::metrics::Metrics;
@@ -36,6 +36,33 @@ pub struct ServeOptions {
     pub pollers: usize,
     pub worker: WorkerSettings,
     pub routes: TopicRouter,
+    pub limits: ConnectionLimits,
+    pub retention: Retention,
+}
+
+/// What a slow, stalled or greedy client may cost `serve`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// A connection that has not sent a whole request head within this is closed (also an idle
+    /// keep-alive connection waiting for its next request).
+    pub header_read_timeout: Duration,
+    /// A request whose body has not arrived within this is answered 408.
+    pub body_read_timeout: Duration,
+    /// A delivery not stored within this is answered 503 (Intercom retries).
+    pub store_timeout: Duration,
+    /// Connections open at once; further ones wait in the listen backlog until one closes.
+    pub max_connections: usize,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: crate::intake::DEFAULT_BODY_READ_TIMEOUT,
+            store_timeout: crate::intake::DEFAULT_STORE_TIMEOUT,
+            max_connections: 512,
+        }
+    }
 }
 
 /// The local queue, with a wake-up for idle pollers whenever a message is stored.
@@ -96,7 +123,9 @@ pub async fn serve(
         }),
         options.max_body_bytes,
     )
-    .with_metrics(metrics.clone());
+    .with_metrics(metrics.clone())
+    .with_store_timeout(options.limits.store_timeout)
+    .with_body_read_timeout(options.limits.body_read_timeout);
     let app = intake.router_with(extra_routes(queue.clone(), metrics.clone()));
 
     print_banner(address, &options.db, &worker);
@@ -116,19 +145,91 @@ pub async fn serve(
         })
         .collect();
 
-    let server = axum::serve(listener, app).with_graceful_shutdown(shutdown);
-    let served = server.await;
+    let purger = background.spawn(purge_periodically(db.clone(), options.retention, stopped.clone()));
+
+    let served = serve_http(listener, app, options.limits, shutdown).await;
     info!("no longer accepting deliveries; finishing in-flight batches");
     let _ = stop.send(true);
     wake.notify_waiters();
     for poller in pollers {
         let _ = poller.await;
     }
+    let _ = purger.await;
     // Every batch has finished; what is left (idle connections of handlers' HTTP clients) can go.
     drop(background);
     served.map_err(|e| anyhow::anyhow!("the server failed: {e}"))?;
     info!("stopped");
     Ok(())
+}
+
+/// Accepts connections until `shutdown`, at most `limits.max_connections` at once, each served as HTTP/1.1
+/// with a header read timeout; then waits for the requests in flight to be answered.
+async fn serve_http(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    limits: ConnectionLimits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::service::TowerToHyperService;
+
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
+    tokio::pin!(shutdown);
+    loop {
+        // A slot first: when every slot is taken, new connections wait in the kernel's backlog.
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+            () = &mut shutdown => break,
+        };
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    // Out of file descriptors, or a connection reset before it was accepted: wait a
+                    // moment rather than spin.
+                    warn!(%error, "could not accept a connection");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let connection = http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            // A client that goes away or times out ends only its own connection.
+            let _ = connection.await;
+            drop(slot);
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
+}
+
+/// Purges the file every `retention.interval` until `stop`.
+async fn purge_periodically(db: Db, retention: Retention, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(retention.interval) => {}
+            _ = stop.changed() => return,
+        }
+        match super::purge(&db, unix_ms_now(), retention.dead_letters).await {
+            Ok(purged) if purged != Default::default() => info!(
+                idempotency_records = purged.idempotency_records,
+                dead_letters = purged.dead_letters,
+                pages = purged.pages,
+                "purged the database"
+            ),
+            Ok(_) => {}
+            Err(error) => warn!(%error, "could not purge the database"),
+        }
+    }
 }
 
 /// The runtime the pollers and handlers run on. On Linux its threads run at a lower CPU priority than the
@@ -366,6 +467,8 @@ mod tests {
             pollers: 2,
             worker: WorkerSettings::default(),
             routes: TopicRouter::new(),
+            limits: ConnectionLimits::default(),
+            retention: Retention::default(),
         };
         let running = tokio::spawn(serve(options, std::future::pending()));
         // Up and polling (the database file exists once it is open), then dropped mid-run.
