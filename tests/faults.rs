@@ -206,3 +206,54 @@ async fn an_idempotency_store_outage_retries_records_and_loses_none() {
     assert_eq!(counts.len(), 20, "none lost");
     assert!(counts.values().all(|&c| c == 1), "none twice: {counts:?}");
 }
+
+#[tokio::test]
+async fn a_stalled_database_is_503_within_the_store_timeout_and_what_was_acknowledged_is_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("q.db");
+    let queue = SqliteQueue::new(Db::open(&path).unwrap(), 5);
+    let app = Intake::new(
+        ClientSecrets::parse(TEST_SECRET).unwrap(),
+        Arc::new(queue.clone()),
+        DEFAULT_MAX_BODY_BYTES,
+    )
+    .with_store_timeout(Duration::from_millis(500))
+    .router();
+    let post = |id: &str| {
+        let body = notification_body(id, "contact.created", json!({"type": "contact"}));
+        Request::post("/")
+            .header("x-hub-signature", sign(&body))
+            .body(Body::from(body))
+            .unwrap()
+    };
+    assert_eq!(
+        app.clone().oneshot(post("notif_before")).await.unwrap().status(),
+        StatusCode::OK
+    );
+
+    // Another process takes the write lock and holds it: the disk "hangs".
+    let blocker = rusqlite::Connection::open(&path).unwrap();
+    blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let started = std::time::Instant::now();
+    let stalled = app.clone().oneshot(post("notif_during")).await.unwrap();
+    assert_eq!(stalled.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    blocker.execute_batch("ROLLBACK").unwrap();
+
+    // Intercom's retry is stored; what was acknowledged before the stall is still there.
+    assert_eq!(
+        app.clone().oneshot(post("notif_during")).await.unwrap().status(),
+        StatusCode::OK
+    );
+    let received = queue.receive(10, Duration::from_secs(30)).await.unwrap();
+    let ids: Vec<String> = received
+        .iter()
+        .filter_map(|d| d.record.message.attribute("notification_id").map(str::to_owned))
+        .collect();
+    assert!(ids.contains(&"notif_before".to_owned()), "{ids:?}");
+    assert!(ids.contains(&"notif_during".to_owned()), "{ids:?}");
+}
