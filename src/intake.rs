@@ -146,7 +146,11 @@ impl Intake {
                 span.in_scope(|| {
                     warn!(secret_index = verified.secret_index, %reason, "authentic body is not a notification")
                 });
-                let message = Message::from_bytes(body);
+                let mut message = Message::from_bytes(body);
+                // Keep what can be read of it, so that `dlq list --topic` finds it.
+                for (name, value) in crate::notification::salvage(body) {
+                    message.attributes.insert(name.to_owned(), value);
+                }
                 return match self.store(self.queue.dead_letter(&message, &reason)).await {
                     Ok(()) => Outcome::DeadLettered { reason },
                     Err(error) => queue_failed(&span, error),
@@ -512,6 +516,39 @@ mod tests {
         let outcome = intake.handle(&headers, body).await;
         assert!(matches!(outcome, Outcome::Queued { .. }), "{outcome:?}");
         assert!(queue.stats().await.unwrap().queued >= 1);
+    }
+
+    #[tokio::test]
+    async fn an_authentic_body_without_an_id_is_dead_lettered_under_its_topic_and_bad_json_as_bad_json() {
+        use crate::dlq::{DeadLetterStore, Filter};
+        use crate::router::TopicPattern;
+        let dir = tempfile::tempdir().unwrap();
+        let queue = SqliteQueue::new(Db::open(dir.path().join("q.db")).unwrap(), 5);
+        let secrets = ClientSecrets::parse("s3cret").unwrap();
+        let intake = Intake::new(secrets.clone(), Arc::new(queue.clone()), 1 << 20);
+        for body in [&br#"{"topic": "contact.created", "app_id": "abc"}"#[..], b"[1,2"] {
+            let mut headers = HeaderMap::new();
+            headers.insert(SIGNATURE_HEADER, secrets.primary().sign(body).parse().unwrap());
+            assert!(matches!(
+                intake.handle(&headers, body).await,
+                Outcome::DeadLettered { .. }
+            ));
+        }
+        let filter = Filter {
+            topic: Some(TopicPattern::parse("contact.*").unwrap()),
+            ..Filter::default()
+        };
+        let found = queue.list(&filter, 10).await.unwrap();
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].topic.as_deref(), Some("contact.created"));
+        assert_eq!(found[0].attributes.get("app_id").map(String::as_str), Some("abc"));
+        assert!(
+            found[0].reason.starts_with("missing_field: "),
+            "{}",
+            found[0].reason
+        );
+        let all = queue.list(&Filter::default(), 10).await.unwrap();
+        assert!(all[1].reason.starts_with("invalid_json: "), "{}", all[1].reason);
     }
 
     #[test]

@@ -105,10 +105,14 @@ impl Envelope {
     /// missing `id` on any topic but `ping`.
     pub fn parse(body: &[u8]) -> Result<Self, EnvelopeError> {
         let wire: Wire = serde_json::from_slice(body).map_err(|e| {
-            if e.is_data() {
-                EnvelopeError::NotAnObject(e.to_string())
-            } else {
-                EnvelopeError::InvalidJson(e.to_string())
+            if !e.is_data() {
+                return EnvelopeError::InvalidJson(e.to_string());
+            }
+            // A type error can hide a syntax error further on (`[1,2` fails at its first element,
+            // before the missing bracket): report invalid JSON as such. Only on this error path.
+            match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
+                Err(syntax) if !syntax.is_data() => EnvelopeError::InvalidJson(syntax.to_string()),
+                _ => EnvelopeError::NotAnObject(e.to_string()),
             }
         })?;
         let topic = Topic::parse(wire.topic.ok_or(EnvelopeError::Missing("topic"))?)?;
@@ -190,6 +194,26 @@ impl Notification {
     pub fn typed_item(&self) -> crate::models::Item {
         crate::models::Item::parse(self.item())
     }
+}
+
+/// What can be read of a body that is not a notification (no id, a topic of the wrong type, …): its
+/// `topic`, `id` and `app_id` where they are non-empty strings, so that its dead letter can still be found
+/// by topic. Empty when the body is not a JSON object.
+pub fn salvage(body: &[u8]) -> Vec<(&'static str, String)> {
+    let Ok(serde_json::Value::Object(object)) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return Vec::new();
+    };
+    [
+        ("topic", crate::queue::attr::TOPIC),
+        ("id", crate::queue::attr::NOTIFICATION_ID),
+        ("app_id", crate::queue::attr::APP_ID),
+    ]
+    .into_iter()
+    .filter_map(|(field, attribute)| {
+        let value = object.get(field)?.as_str()?.trim();
+        (!value.is_empty()).then(|| (attribute, value.to_owned()))
+    })
+    .collect()
 }
 
 /// Timestamps and counters arrive as numbers; tolerate strings and nulls rather than refuse a delivery.
@@ -302,6 +326,14 @@ mod tests {
         assert!(matches!(err(b"{not json"), EnvelopeError::InvalidJson(_)));
         assert!(matches!(err(b""), EnvelopeError::InvalidJson(_)));
         assert!(matches!(err(b"[1,2]"), EnvelopeError::NotAnObject(_)));
+        for truncated in [&b"[1,2"[..], b"{\"topic\": 5, \"id\"", b"[\"a\", {"] {
+            assert!(
+                matches!(err(truncated), EnvelopeError::InvalidJson(_)),
+                "{:?}: {:?}",
+                String::from_utf8_lossy(truncated),
+                err(truncated)
+            );
+        }
         assert!(matches!(
             err(br#"{"topic":5,"id":"a"}"#),
             EnvelopeError::NotAnObject(_)
@@ -323,6 +355,23 @@ mod tests {
         assert!(Envelope::parse(br#"{"topic":"ping","id":"notif_9"}"#)
             .unwrap()
             .is_ping());
+    }
+
+    #[test]
+    fn a_body_that_is_not_a_notification_keeps_what_can_be_read_of_it() {
+        assert_eq!(
+            salvage(br#"{"topic": "contact.created", "app_id": "abc", "id": null}"#),
+            [
+                ("topic", "contact.created".to_owned()),
+                ("app_id", "abc".to_owned())
+            ]
+        );
+        assert_eq!(
+            salvage(br#"{"topic": " ", "id": "notif_1"}"#),
+            [("notification_id", "notif_1".to_owned())]
+        );
+        assert!(salvage(b"[1,2").is_empty());
+        assert!(salvage(b"[1,2]").is_empty());
     }
 
     #[test]
