@@ -624,3 +624,53 @@ fn with_a_short_retention_a_steady_stream_of_unique_notifications_keeps_the_file
         "the file grew from {settled} to {last} bytes over five more waves: {sizes:?}"
     );
 }
+
+#[test]
+fn a_port_in_use_leaves_no_database_and_a_second_server_on_one_file_is_refused_with_the_holders_pid() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let unused = dir.path().join("never.db");
+    let out = Command::new(BIN)
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--db"])
+        .arg(&unused)
+        .env("INTERCOM_CLIENT_SECRET", TEST_SECRET)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("cannot listen on 127.0.0.1:{port}")),
+        "{stderr}"
+    );
+    assert!(
+        !unused.exists(),
+        "the database was created although serve could not listen"
+    );
+
+    let db = dir.path().join("shared.db");
+    let first = Server::start(&db, &[]);
+    let out = Command::new(BIN)
+        .args(["serve", "--listen", &format!("127.0.0.1:{}", free_port()), "--db"])
+        .arg(&db)
+        .env("INTERCOM_CLIENT_SECRET", TEST_SECRET)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("another serve (PID {}) is using", first.child.id())),
+        "{stderr}"
+    );
+    // Commands that work beside a server still do.
+    let out = Command::new(BIN)
+        .args(["dlq", "list", "--db"])
+        .arg(&db)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // And once the first server is gone, the file can be served again.
+    drop(first);
+    let again = Server::start(&db, &[]);
+    assert_eq!(again.health()["status"], "ok");
+}

@@ -97,6 +97,12 @@ pub async fn serve(
     options: ServeOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    // The port first, then the file: a server that cannot listen leaves no database behind, and a
+    // second server on the same file (two pollers on one queue) is refused.
+    let listener = tokio::net::TcpListener::bind(options.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", options.listen))?;
+    let _lock = ServerLock::take(&options.db)?;
     let db = Db::open(&options.db)
         .map_err(|e| anyhow::anyhow!("cannot open the database {}: {e}", options.db.display()))?;
     let queue = SqliteQueue::new(db.clone(), options.max_receives);
@@ -111,9 +117,6 @@ pub async fn serve(
         options.worker,
     ));
 
-    let listener = tokio::net::TcpListener::bind(options.listen)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", options.listen))?;
     let address = listener.local_addr()?;
     let intake = Intake::new(
         options.secrets,
@@ -160,6 +163,50 @@ pub async fn serve(
     served.map_err(|e| anyhow::anyhow!("the server failed: {e}"))?;
     info!("stopped");
     Ok(())
+}
+
+/// An exclusive lock on `<database>.lock`, which holds the PID of the `serve` that holds it, for as long as
+/// that server runs. Commands that write to the file beside a server (`dlq redrive --db`) take no lock.
+struct ServerLock {
+    _file: std::fs::File,
+}
+
+impl ServerLock {
+    fn take(db: &std::path::Path) -> anyhow::Result<Self> {
+        use std::io::{Read, Seek, Write};
+        let path = PathBuf::from(format!("{}.lock", db.display()));
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| anyhow::anyhow!("cannot open the lock file {}: {e}", path.display()))?;
+        if let Err(error) = file.try_lock() {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            let holder = holder.trim();
+            return Err(match error {
+                std::fs::TryLockError::WouldBlock => anyhow::anyhow!(
+                    "another serve{} is using {}: stop it first, or give this one another --db",
+                    if holder.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (PID {holder})")
+                    },
+                    db.display()
+                ),
+                std::fs::TryLockError::Error(e) => {
+                    anyhow::anyhow!("cannot lock {}: {e}", path.display())
+                }
+            });
+        }
+        file.set_len(0)?;
+        file.rewind()?;
+        writeln!(file, "{}", std::process::id())?;
+        file.flush()?;
+        Ok(Self { _file: file })
+    }
 }
 
 /// Accepts connections until `shutdown`, at most `limits.max_connections` at once, each served as HTTP/1.1
