@@ -63,11 +63,251 @@ pub fn init_local(format: LogFormat) {
             .with(layer)
             .try_init();
     } else {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(filter())
-            .with_target(false)
+        let colour = colour_wanted(std::io::stdout().is_terminal(), std::env::var_os("NO_COLOR"));
+        let _ = tracing_subscriber::registry()
+            .with(filter())
+            .with(DeliveryFieldsLayer)
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .event_format(ShortLines { colour })
+                    .with_writer(std::io::stdout),
+            )
             .try_init();
     }
+}
+
+/// Colour only on a terminal, and not when `NO_COLOR` is set to anything (https://no-color.org).
+fn colour_wanted(terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
+    terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
+/// The fields of a delivery's span that a short text line shows: kept in the span's extensions when the
+/// span is made or recorded, so that each line reads them without parsing formatted text.
+#[derive(Clone, Debug, Default)]
+struct DeliveryFields {
+    topic: Option<String>,
+    notification_id: Option<String>,
+}
+
+impl tracing::field::Visit for DeliveryFields {
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        match field.name() {
+            "topic" => self.topic = Some(value.to_owned()),
+            "notification_id" => self.notification_id = Some(value.to_owned()),
+            _ => {}
+        }
+    }
+
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        if matches!(field.name(), "topic" | "notification_id") {
+            self.record_str(field, format!("{value:?}").trim_matches('"'));
+        }
+    }
+}
+
+struct DeliveryFieldsLayer;
+
+impl<S> tracing_subscriber::Layer<S> for DeliveryFieldsLayer
+where
+    S: Subscriber + for<'lookup> LookupSpan<'lookup>,
+{
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        id: &tracing::span::Id,
+        ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        let mut fields = DeliveryFields::default();
+        attrs.record(&mut fields);
+        if let Some(span) = ctx.span(id) {
+            span.extensions_mut().insert(fields);
+        }
+    }
+
+    fn on_record(
+        &self,
+        id: &tracing::span::Id,
+        values: &tracing::span::Record<'_>,
+        ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        if let Some(span) = ctx.span(id) {
+            let mut extensions = span.extensions_mut();
+            if let Some(fields) = extensions.get_mut::<DeliveryFields>() {
+                values.record(fields);
+            }
+        }
+    }
+}
+
+/// The event's fields as text, in order, and the parts a short line puts first.
+#[derive(Default)]
+struct EventFields {
+    message: String,
+    topic: Option<String>,
+    notification_id: Option<String>,
+    outcome: Option<String>,
+    summary: Option<String>,
+    duration_ms: Option<f64>,
+    rest: Vec<(&'static str, String)>,
+}
+
+impl tracing::field::Visit for EventFields {
+    fn record_f64(&mut self, field: &tracing::field::Field, value: f64) {
+        if field.name() == "duration_ms" {
+            self.duration_ms = Some(value);
+        } else {
+            self.rest.push((field.name(), value.to_string()));
+        }
+    }
+
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        let value = value.to_owned();
+        match field.name() {
+            "message" => self.message = value,
+            "topic" => self.topic = Some(value),
+            "notification_id" => self.notification_id = Some(value),
+            "outcome" => self.outcome = Some(value),
+            "summary" => self.summary = Some(value),
+            name => self.rest.push((name, value)),
+        }
+    }
+
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        match field.name() {
+            "message" => self.message = format!("{value:?}"),
+            "summary" => self.summary = Some(format!("{value:?}")),
+            name => self.rest.push((name, format!("{value:?}"))),
+        }
+    }
+}
+
+/// Text lines a person scans: time (UTC), level, topic, a short notification id, then the outcome and
+/// duration, the summary, or the message and its other fields. The full fields are in the JSON format.
+/// Everything is written with control characters escaped: payload text must not drive the terminal.
+struct ShortLines {
+    colour: bool,
+}
+
+impl<S, N> tracing_subscriber::fmt::FormatEvent<S, N> for ShortLines
+where
+    S: Subscriber + for<'lookup> LookupSpan<'lookup>,
+    N: for<'writer> tracing_subscriber::fmt::FormatFields<'writer> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let mut fields = EventFields::default();
+        event.record(&mut fields);
+        let span = ctx
+            .event_scope()
+            .into_iter()
+            .flat_map(|scope| scope.from_root())
+            .filter_map(|span| span.extensions().get::<DeliveryFields>().cloned())
+            .fold(DeliveryFields::default(), |mut all, inner| {
+                all.topic = inner.topic.or(all.topic);
+                all.notification_id = inner.notification_id.or(all.notification_id);
+                all
+            });
+        let line = short_line(
+            *event.metadata().level(),
+            std::time::SystemTime::now(),
+            fields,
+            span,
+            self.colour,
+        );
+        writeln!(writer, "{line}")
+    }
+}
+
+fn short_line(
+    level: tracing::Level,
+    at: std::time::SystemTime,
+    fields: EventFields,
+    span: DeliveryFields,
+    colour: bool,
+) -> String {
+    let since_midnight = at
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis()
+        % 86_400_000;
+    let (h, m, sec, ms) = (
+        since_midnight / 3_600_000,
+        since_midnight / 60_000 % 60,
+        since_midnight / 1000 % 60,
+        since_midnight % 1000,
+    );
+    let level_text = format!("{level:<5}");
+    let level_text = match (colour, level) {
+        (false, _) => level_text,
+        (true, tracing::Level::ERROR) => format!("\x1b[31m{level_text}\x1b[0m"),
+        (true, tracing::Level::WARN) => format!("\x1b[33m{level_text}\x1b[0m"),
+        (true, tracing::Level::INFO) => format!("\x1b[32m{level_text}\x1b[0m"),
+        (true, _) => format!("\x1b[2m{level_text}\x1b[0m"),
+    };
+    let mut line = format!("{h:02}:{m:02}:{sec:02}.{ms:03} {level_text}");
+    let topic = fields.topic.or(span.topic);
+    if let Some(topic) = &topic {
+        line.push(' ');
+        line.push_str(&printable(topic));
+    }
+    if let Some(id) = fields.notification_id.or(span.notification_id) {
+        line.push(' ');
+        line.push_str(&printable(short_id(&id)));
+    }
+    line.push(' ');
+    match (fields.outcome, fields.summary) {
+        (Some(outcome), _) => line.push_str(&printable(&outcome)),
+        (None, Some(summary)) => {
+            // The summary starts with the topic, already on the line.
+            let text = topic
+                .as_deref()
+                .and_then(|t| summary.strip_prefix(t))
+                .and_then(|rest| rest.strip_prefix(": "))
+                .unwrap_or(&summary);
+            line.push_str(&printable(text));
+        }
+        (None, None) => {
+            line.push_str(&printable(&fields.message));
+            for (name, value) in &fields.rest {
+                line.push_str(&format!(" {name}={}", printable(value)));
+            }
+        }
+    }
+    if let Some(ms) = fields.duration_ms {
+        line.push_str(&format!(" {ms:.1} ms"));
+    }
+    line
+}
+
+/// `notif_3ac27816-d27c-…` → `3ac27816`: enough to tell deliveries apart on a screen.
+fn short_id(id: &str) -> &str {
+    let bare = id.strip_prefix("notif_").unwrap_or(id);
+    match bare.char_indices().nth(8) {
+        Some((end, _)) => &bare[..end],
+        None => bare,
+    }
+}
+
+/// Text with control characters (escape sequences, new lines) written as escapes.
+fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    std::borrow::Cow::Owned(
+        text.chars()
+            .map(|c| {
+                if c.is_control() {
+                    c.escape_default().to_string()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect(),
+    )
 }
 
 /// Runs `f` with JSON lines, filtered by `directives` (`RUST_LOG` syntax), going to a buffer, and returns
@@ -104,6 +344,90 @@ pub(crate) fn captured_json_lines(directives: &str, f: impl FnOnce()) -> Vec<ser
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The short text lines written while `f` runs, without their time stamps.
+    fn captured_text_lines(colour: bool, f: impl FnOnce()) -> Vec<String> {
+        use std::sync::{Arc, Mutex};
+        #[derive(Clone, Default)]
+        struct Lines(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Lines {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let lines = Lines::default();
+        let writer = lines.clone();
+        let subscriber = tracing_subscriber::registry()
+            .with(EnvFilter::new("info"))
+            .with(DeliveryFieldsLayer)
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .event_format(ShortLines { colour })
+                    .with_writer(move || writer.clone()),
+            );
+        tracing::subscriber::with_default(subscriber, f);
+        let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+        text.lines().map(|l| l[13..].to_owned()).collect()
+    }
+
+    #[test]
+    fn text_lines_are_short_and_escape_what_a_payload_could_put_in_them() {
+        let lines = captured_text_lines(false, || {
+            let span = tracing::info_span!(
+                "notification",
+                notification_id = "notif_3ac27816-d27c-45fd-a65a-bbaf021cf780",
+                topic = tracing::field::Empty,
+                app_id = "i6wc9ipe",
+                delivery_attempts = 1,
+            );
+            span.record("topic", "conversation.user.created");
+            span.in_scope(|| {
+                tracing::info!(
+                    summary = "conversation.user.created: Rose \x1b[31mPoodle, conversation 1: \"Hi\"",
+                    "summary"
+                );
+                tracing::info!(
+                    notification_id = "notif_3ac27816-d27c-45fd-a65a-bbaf021cf780",
+                    topic = "conversation.user.created",
+                    outcome = "processed",
+                    duration_ms = 1.25,
+                    "outcome"
+                );
+                tracing::warn!(handler = "notify", error = "answered 500", "handler failed");
+            });
+            tracing::info!(address = "127.0.0.1:8080", "serving");
+        });
+        assert_eq!(
+            lines,
+            [
+                "INFO  conversation.user.created 3ac27816 Rose \\u{1b}[31mPoodle, conversation 1: \"Hi\"",
+                "INFO  conversation.user.created 3ac27816 processed 1.2 ms",
+                "WARN  conversation.user.created 3ac27816 handler failed handler=notify error=answered 500",
+                "INFO  serving address=127.0.0.1:8080",
+            ]
+        );
+        assert!(lines.iter().all(|l| l.len() < 120), "{lines:?}");
+    }
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        assert!(colour_wanted(true, None));
+        assert!(colour_wanted(true, Some("".into())));
+        assert!(!colour_wanted(true, Some("1".into())));
+        assert!(!colour_wanted(false, None));
+    }
+
+    #[test]
+    fn colour_only_when_asked() {
+        let plain = captured_text_lines(false, || tracing::warn!("x"));
+        assert!(!plain[0].contains('\x1b'), "{plain:?}");
+        let coloured = captured_text_lines(true, || tracing::warn!("x"));
+        assert!(coloured[0].contains("\x1b[33mWARN"), "{coloured:?}");
+    }
 
     #[test]
     fn a_json_line_has_the_event_fields_on_top_and_the_span_fields_under_span_and_no_empty_keys() {

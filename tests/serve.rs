@@ -674,3 +674,55 @@ fn a_port_in_use_leaves_no_database_and_a_second_server_on_one_file_is_refused_w
     let again = Server::start(&db, &[]);
     assert_eq!(again.health()["status"], "ok");
 }
+
+#[test]
+fn text_logs_redirected_to_a_file_are_short_lines_without_colour() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--db"])
+        .arg(dir.path().join("db.sqlite"))
+        .args(["--log-format", "text"])
+        .env("INTERCOM_CLIENT_SECRET", TEST_SECRET)
+        .env_remove("NO_COLOR")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let lines = Arc::new(Mutex::new(Vec::<String>::new()));
+    let sink = lines.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            sink.lock().unwrap().push(line);
+        }
+    });
+    let started = Instant::now();
+    while raw_post(port, &fixture("conversation_user_created.json")).is_err() {
+        assert!(started.elapsed() < Duration::from_secs(30), "serve did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    while !lines.lock().unwrap().iter().any(|l| l.contains(" processed ")) {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{:?}",
+            lines.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let lines = lines.lock().unwrap().clone();
+    assert!(lines.iter().all(|l| !l.contains('\u{1b}')), "{lines:?}");
+    let outcome = lines.iter().find(|l| l.contains(" processed ")).unwrap();
+    assert!(
+        outcome.contains("INFO  conversation.user.created 3ac27816 processed "),
+        "{outcome}"
+    );
+    assert!(outcome.len() < 80, "{outcome}");
+    let summary = lines.iter().find(|l| l.contains("Rose Poodle")).unwrap();
+    assert!(
+        summary.ends_with("INFO  conversation.user.created 3ac27816 Rose Poodle from St. John's, conversation 21321941764: \"Hello everyone!\""),
+        "{summary}"
+    );
+}
