@@ -161,7 +161,7 @@ async fn load(args: Arc<Args>, port: u16, template: Arc<Template>, state: Arc<Mu
         let due = ((start.elapsed().as_secs_f64() * args.rate as f64) as u64 + 1).min(total);
         while issued < due {
             issued += 1;
-            let redelivery = if issued % every == 0 {
+            let redelivery = if issued.is_multiple_of(every) {
                 let s = state.lock().unwrap();
                 (!s.acked.is_empty()).then(|| s.acked[(issued as usize * 7919) % s.acked.len()].clone())
             } else {

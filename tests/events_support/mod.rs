@@ -102,7 +102,7 @@ impl WindowLimiter {
     /// `window` must be a whole number of seconds so that the reset time is exact.
     pub fn new(window: Duration, limit: u32, latency: Duration) -> Self {
         assert!(
-            window.as_millis() % 1000 == 0 && !window.is_zero(),
+            window.as_millis().is_multiple_of(1000) && !window.is_zero(),
             "whole seconds"
         );
         Self {
