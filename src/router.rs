@@ -115,6 +115,19 @@ impl Router {
     pub fn is_empty(&self) -> bool {
         self.routes.is_empty()
     }
+
+    /// Each handler's name with its patterns, in registration order: for the start-up banner and the
+    /// README's list of built-in handlers.
+    pub fn by_handler(&self) -> Vec<(String, Vec<String>)> {
+        let mut grouped: Vec<(String, Vec<String>)> = Vec::new();
+        for (pattern, handler) in &self.routes {
+            match grouped.iter_mut().find(|(name, _)| name == handler.name()) {
+                Some((_, patterns)) => patterns.push(pattern.to_string()),
+                None => grouped.push((handler.name().to_owned(), vec![pattern.to_string()])),
+            }
+        }
+        grouped
+    }
 }
 
 #[cfg(test)]
@@ -188,5 +201,18 @@ mod tests {
         assert_eq!(names("conversation.user.created"), ["b", "a"]);
         assert_eq!(names("contact.created"), ["a"]);
         assert_eq!(router.describe().len(), 4);
+        assert_eq!(
+            router.by_handler(),
+            [
+                (
+                    "b".to_owned(),
+                    vec!["conversation.*".to_owned(), "conversation.user.*".to_owned()]
+                ),
+                (
+                    "a".to_owned(),
+                    vec!["conversation.user.created".to_owned(), "*".to_owned()]
+                ),
+            ]
+        );
     }
 }

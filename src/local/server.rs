@@ -376,15 +376,12 @@ fn extra_routes(queue: SqliteQueue, metrics: Arc<Metrics>) -> Router<Arc<Intake>
 }
 
 fn print_banner(address: SocketAddr, db: &std::path::Path, worker: &Worker) {
-    let mut routes = worker.router().describe();
-    routes.sort_by(|a, b| a.1.cmp(&b.1).then(a.0.cmp(&b.0)));
-    let mut handlers: Vec<String> = Vec::new();
-    for (pattern, name) in routes {
-        match handlers.iter_mut().find(|h| h.starts_with(&format!("{name}:"))) {
-            Some(line) => line.push_str(&format!(", {pattern}")),
-            None => handlers.push(format!("{name}: {pattern}")),
-        }
-    }
+    let handlers: Vec<String> = worker
+        .router()
+        .by_handler()
+        .into_iter()
+        .map(|(name, patterns)| format!("{name}: {}", patterns.join(", ")))
+        .collect();
     eprintln!("intercom-webhooks is receiving deliveries");
     eprintln!("  webhook URL:  http://{address}/webhooks/intercom");
     eprintln!("                (give Intercom an HTTPS URL that forwards here, e.g. through a tunnel or a reverse proxy)");
