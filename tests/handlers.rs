@@ -1,5 +1,5 @@
-//! Built-in handlers: routing of every real fixture, the notify handler against a mock chat webhook, and
-//! the Lambda SQS event translation.
+//! Built-in handlers: routing of every real fixture, the notify handler against a mock chat webhook
+//! (answers, escaping), and the Lambda SQS event translation.
 
 mod common;
 
@@ -16,8 +16,9 @@ use intercom_webhooks::handlers::{default_router, NotifyHandler, NotifySettings,
 use intercom_webhooks::metrics::Metrics;
 use intercom_webhooks::notification::Notification;
 use intercom_webhooks::worker::{Outcome, Worker, WorkerSettings};
+use serde_json::Value;
 use wiremock::matchers::{method, path};
-use wiremock::{Mock, MockServer, ResponseTemplate};
+use wiremock::{Mock, MockServer, Request, ResponseTemplate};
 
 fn settings(url: String) -> NotifySettings {
     NotifySettings {
@@ -222,4 +223,102 @@ fn lambda_sqs_events_become_records_and_failures_become_a_partial_batch_response
         response,
         serde_json::json!({"batchItemFailures": [{"itemIdentifier": "b"}, {"itemIdentifier": "c"}]})
     );
+}
+
+/// What a visitor can type to make Slack ping a channel or show a disguised link.
+const HOSTILE: &str = "<!channel> <!here> <!everyone> <@U123> <https://x|y> &amp;";
+/// The same, as Intercom stores it in an HTML message body (plus one raw tag, which is markup).
+const HOSTILE_HTML: &str =
+    "<p>&lt;!channel&gt; &lt;!here&gt; &lt;!everyone&gt; &lt;@U123&gt; &lt;https://x|y&gt; &amp;amp; <!channel></p>";
+/// How Slack must receive them to show them as typed.
+const SHOWN: &[&str] = &[
+    "&lt;!channel&gt;",
+    "&lt;!here&gt;",
+    "&lt;!everyone&gt;",
+    "&lt;@U123&gt;",
+    "&lt;https://x|y&gt;",
+    "&amp;amp;",
+];
+
+/// A real fixture with every message body replaced by [`HOSTILE_HTML`] and every name (`by_name`) or, with
+/// the names removed, every e-mail address (`!by_name`) replaced by [`HOSTILE`].
+fn hostile(name: &str, by_name: bool) -> Notification {
+    fn walk(value: &mut Value, by_name: bool) {
+        match value {
+            Value::Object(map) => {
+                if map.contains_key("body") {
+                    map.insert("body".into(), HOSTILE_HTML.into());
+                }
+                if map.contains_key("name") {
+                    if by_name {
+                        map.insert("name".into(), HOSTILE.into());
+                    } else {
+                        map.insert("name".into(), Value::Null);
+                        map.insert("email".into(), HOSTILE.into());
+                    }
+                }
+                map.values_mut().for_each(|v| walk(v, by_name));
+            }
+            Value::Array(items) => items.iter_mut().for_each(|v| walk(v, by_name)),
+            _ => {}
+        }
+    }
+    let mut json: Value = serde_json::from_slice(&fixture(name)).unwrap();
+    walk(&mut json["data"]["item"], by_name);
+    Notification::parse(&serde_json::to_vec_pretty(&json).unwrap()).unwrap()
+}
+
+fn posted_texts(requests: &[Request]) -> Vec<String> {
+    requests
+        .iter()
+        .map(|r| {
+            serde_json::from_slice::<Value>(&r.body).unwrap()["text"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn customer_text_reaches_slack_escaped_never_as_a_mention_or_a_link() {
+    let chat = MockServer::start().await;
+    let handler = NotifyHandler::new(settings(format!("{}/hook", chat.uri())));
+    let cases = [
+        ("conversation_user_created.json", true),
+        ("conversation_user_created.json", false),
+        ("conversation_admin_replied.json", true),
+        ("conversation_admin_replied.json", false),
+        ("contact_user_created.json", true),
+        ("contact_user_created.json", false),
+        ("contact_user_tag_created.json", true),
+        ("contact_user_tag_created.json", false),
+    ];
+    for (name, by_name) in cases {
+        chat.reset().await;
+        Mock::given(method("POST"))
+            .respond_with(ResponseTemplate::new(200).set_body_string("ok"))
+            .mount(&chat)
+            .await;
+        handler.handle(&hostile(name, by_name), &context()).await.unwrap();
+        let texts = posted_texts(&chat.received_requests().await.unwrap());
+        assert_eq!(texts.len(), 1, "{name}");
+        let text = &texts[0];
+        let case = format!(
+            "{name} (hostile {}): {text}",
+            if by_name { "name" } else { "e-mail" }
+        );
+        assert!(!text.contains(['<', '>']), "{case}");
+        // Every `&` starts one of Slack's three escapes: nothing the customer wrote is read as markup.
+        for (at, _) in text.match_indices('&') {
+            let rest = &text[at..];
+            assert!(
+                ["&amp;", "&lt;", "&gt;"].iter().any(|e| rest.starts_with(e)),
+                "{case}"
+            );
+        }
+        for shown in SHOWN {
+            assert!(text.contains(shown), "{shown} missing in {case}");
+        }
+    }
 }

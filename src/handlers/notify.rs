@@ -54,7 +54,7 @@ impl Handler for NotifyHandler {
     }
 
     async fn handle(&self, notification: &Notification, _: &HandlerContext) -> Result<(), HandlerError> {
-        let text = summarize(notification);
+        let text = escape_for_slack(&summarize(notification));
         let response = self
             .client
             .post(&self.settings.url)
@@ -79,6 +79,14 @@ impl Handler for NotifyHandler {
     }
 }
 
+/// Slack's escaping for message text: with `&`, `<` and `>` escaped, customer text cannot mention
+/// (`<!channel>`, `<@U…>`) or disguise a link (`<https://…|label>`); it shows as typed.
+pub fn escape_for_slack(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
 /// reqwest errors name the URL, which for incoming webhooks is a secret.
 fn without_url(error: reqwest::Error) -> String {
     let kind = if error.is_timeout() {
@@ -92,4 +100,18 @@ fn without_url(error: reqwest::Error) -> String {
         .without_url()
         .to_string()
         .replace("error sending request", kind)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slack_escaping_turns_mentions_and_links_into_literal_text() {
+        assert_eq!(
+            escape_for_slack("<!channel> <@U123> <https://evil.example|Reset password> a & b &amp; \"q\" 'x'"),
+            "&lt;!channel&gt; &lt;@U123&gt; &lt;https://evil.example|Reset password&gt; a &amp; b &amp;amp; \"q\" 'x'"
+        );
+        assert_eq!(escape_for_slack("plain"), "plain");
+    }
 }
