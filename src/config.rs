@@ -112,6 +112,16 @@ impl WorkerConfig {
             defaults.visibility_timeout.as_secs(),
         )?;
         let concurrency: usize = env.parsed("WORKER_CONCURRENCY", defaults.concurrency)?;
+        let margin_ms: u64 = env.parsed(
+            "WORKER_DEADLINE_MARGIN_MS",
+            defaults.deadline_margin.as_millis() as u64,
+        )?;
+        if margin_ms >= visibility.saturating_mul(1000) {
+            return Err(ConfigError::Invalid {
+                name: "WORKER_DEADLINE_MARGIN_MS",
+                reason: "must be shorter than the visibility timeout".into(),
+            });
+        }
         for (name, value) in [
             ("IDEMPOTENCY_RETENTION_DAYS", days as usize),
             ("VISIBILITY_TIMEOUT_SECONDS", visibility as usize),
@@ -163,6 +173,7 @@ impl WorkerConfig {
                 retention: Duration::from_secs(days * 86_400),
                 visibility_timeout: Duration::from_secs(visibility),
                 concurrency,
+                deadline_margin: Duration::from_millis(margin_ms),
             },
             notify,
         })
@@ -267,6 +278,19 @@ mod tests {
         assert_eq!(notify.topics, DEFAULT_NOTIFY_TOPICS);
         assert!(!format!("{notify:?}").contains("secret"));
         assert_eq!(config.settings.retention.as_secs(), 3 * 86_400);
+        assert_eq!(config.settings.deadline_margin, Duration::from_secs(2));
+        let config = WorkerConfig::from_env(&env(&[("WORKER_DEADLINE_MARGIN_MS", "750")])).unwrap();
+        assert_eq!(config.settings.deadline_margin, Duration::from_millis(750));
+        let err = WorkerConfig::from_env(&env(&[
+            ("VISIBILITY_TIMEOUT_SECONDS", "30"),
+            ("WORKER_DEADLINE_MARGIN_MS", "30000"),
+        ]))
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("WORKER_DEADLINE_MARGIN_MS is invalid"),
+            "{err}"
+        );
         let err = WorkerConfig::from_env(&env(&[
             ("NOTIFY_WEBHOOK_URL", "https://x"),
             ("NOTIFY_TOPICS", "a..b"),

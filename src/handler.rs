@@ -9,7 +9,8 @@ use crate::notification::Notification;
 pub struct HandlerContext {
     /// How many times the queue has handed out this message (1 on the first try).
     pub receive_count: u32,
-    /// When the invocation must end (Unix ms); the claim is held until then at most.
+    /// When the worker stops waiting for the handlers (Unix ms): the invocation's deadline less the
+    /// worker's safety margin. A handler still running then is cut off and the notification retried.
     pub deadline_ms: i64,
 }
 
