@@ -76,6 +76,9 @@ pub struct BatchResult {
     pub outcomes: Vec<(String, Outcome)>,
     /// The failure behind each `retry` / `dead_lettered` outcome, by message id.
     pub errors: std::collections::BTreeMap<String, String>,
+    /// For `retry` outcomes whose failure said so (e.g. a 429's `Retry-After`): the earliest a new try can
+    /// help, by message id.
+    pub retry_delays: std::collections::BTreeMap<String, Duration>,
 }
 
 impl BatchResult {
@@ -122,6 +125,7 @@ struct RecordEnd {
     outcome: Outcome,
     topic: String,
     error: Option<String>,
+    retry_delay: Option<Duration>,
 }
 
 impl RecordEnd {
@@ -130,6 +134,7 @@ impl RecordEnd {
             outcome,
             topic,
             error: None,
+            retry_delay: None,
         }
     }
 
@@ -218,6 +223,9 @@ impl Worker {
         for (id, end) in results {
             if let Some(error) = end.error {
                 result.errors.insert(id.clone(), error);
+            }
+            if let Some(delay) = end.retry_delay {
+                result.retry_delays.insert(id.clone(), delay);
             }
             result.outcomes.push((id, end.outcome));
         }
@@ -404,9 +412,12 @@ impl Worker {
                 }
                 RecordEnd::new(Outcome::Processed, topic)
             }
-            Some((handler, HandlerError::Retryable(why))) => {
+            Some((handler, HandlerError::Retryable { reason, retry_after })) => {
                 self.release_by(&lease, cutoff.lease_end).await;
-                RecordEnd::new(Outcome::Retry, topic).because(format!("handler {handler}: {why}"))
+                let mut end =
+                    RecordEnd::new(Outcome::Retry, topic).because(format!("handler {handler}: {reason}"));
+                end.retry_delay = retry_after;
+                end
             }
             Some((handler, HandlerError::Permanent(why))) => {
                 // Not cut off once started: a record that began dead-lettering finishes, so it is never
