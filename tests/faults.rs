@@ -255,7 +255,7 @@ async fn a_notify_webhook_down_then_rate_limited_then_up_posts_each_notification
     let notify = Arc::new(NotifyHandler::new(NotifySettings {
         url: format!("{}/hook", chat.uri()),
         topics: vec!["conversation.user.created".into()],
-        timeout: Duration::from_secs(1),
+        timeout: Duration::from_millis(500),
         rate_per_second: 10.0,
     }));
     let worker = Worker::new(
@@ -283,8 +283,9 @@ async fn a_notify_webhook_down_then_rate_limited_then_up_posts_each_notification
             .await
             .unwrap();
     }
-    // Drive the worker like the local server does: each batch gets 2 s (too short to wait out the
-    // Retry-After), and a retry waits for the delay the handler asked for.
+    // Drive the worker like the local server does: each batch gets 2.5 s, too short to wait out the
+    // Retry-After (with the 500 ms margin and the post's 500 ms, a wait must end within 1.5 s), and a
+    // retry waits for the delay the handler asked for.
     let mut receives: HashMap<String, u32> = HashMap::new();
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(20) {
@@ -302,7 +303,7 @@ async fn a_notify_webhook_down_then_rate_limited_then_up_posts_each_notification
         let result = worker
             .process_batch(
                 deliveries.iter().map(|d| d.record.clone()).collect(),
-                unix_ms_now() + 2_000,
+                unix_ms_now() + 2_500,
             )
             .await;
         let failures = result.failures();
