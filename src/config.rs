@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::handlers::{NotifySettings, DEFAULT_NOTIFY_TOPICS};
+use crate::handlers::{NotifySettings, DEFAULT_NOTIFY_RATE_PER_SECOND, DEFAULT_NOTIFY_TOPICS};
 use crate::intake::DEFAULT_MAX_BODY_BYTES;
 use crate::router::TopicPattern;
 use crate::signature::ClientSecrets;
@@ -112,6 +112,16 @@ impl WorkerConfig {
             defaults.visibility_timeout.as_secs(),
         )?;
         let concurrency: usize = env.parsed("WORKER_CONCURRENCY", defaults.concurrency)?;
+        let margin_ms: u64 = env.parsed(
+            "WORKER_DEADLINE_MARGIN_MS",
+            defaults.deadline_margin.as_millis() as u64,
+        )?;
+        if margin_ms >= visibility.saturating_mul(1000) {
+            return Err(ConfigError::Invalid {
+                name: "WORKER_DEADLINE_MARGIN_MS",
+                reason: "must be shorter than the visibility timeout".into(),
+            });
+        }
         for (name, value) in [
             ("IDEMPOTENCY_RETENTION_DAYS", days as usize),
             ("VISIBILITY_TIMEOUT_SECONDS", visibility as usize),
@@ -151,10 +161,19 @@ impl WorkerConfig {
                         reason: e.to_string(),
                     })?;
                 }
+                let rate_per_second: f64 =
+                    env.parsed("NOTIFY_RATE_PER_SECOND", DEFAULT_NOTIFY_RATE_PER_SECOND)?;
+                if !(rate_per_second.is_finite() && rate_per_second > 0.0 && rate_per_second <= 1000.0) {
+                    return Err(ConfigError::Invalid {
+                        name: "NOTIFY_RATE_PER_SECOND",
+                        reason: format!("{rate_per_second}: must be greater than 0 and at most 1000"),
+                    });
+                }
                 Some(NotifySettings {
                     url: url.trim().to_owned(),
                     topics,
                     timeout: Duration::from_secs(5),
+                    rate_per_second,
                 })
             }
         };
@@ -163,6 +182,7 @@ impl WorkerConfig {
                 retention: Duration::from_secs(days * 86_400),
                 visibility_timeout: Duration::from_secs(visibility),
                 concurrency,
+                deadline_margin: Duration::from_millis(margin_ms),
             },
             notify,
         })
@@ -267,6 +287,37 @@ mod tests {
         assert_eq!(notify.topics, DEFAULT_NOTIFY_TOPICS);
         assert!(!format!("{notify:?}").contains("secret"));
         assert_eq!(config.settings.retention.as_secs(), 3 * 86_400);
+        assert_eq!(notify.rate_per_second, 1.0);
+        assert_eq!(config.settings.deadline_margin, Duration::from_secs(2));
+        let config = WorkerConfig::from_env(&env(&[
+            ("NOTIFY_WEBHOOK_URL", "https://x"),
+            ("NOTIFY_RATE_PER_SECOND", "0.5"),
+            ("WORKER_DEADLINE_MARGIN_MS", "750"),
+        ]))
+        .unwrap();
+        assert_eq!(config.notify.unwrap().rate_per_second, 0.5);
+        assert_eq!(config.settings.deadline_margin, Duration::from_millis(750));
+        for rate in ["0", "-1", "NaN", "inf", "fast"] {
+            let err = WorkerConfig::from_env(&env(&[
+                ("NOTIFY_WEBHOOK_URL", "https://x"),
+                ("NOTIFY_RATE_PER_SECOND", rate),
+            ]))
+            .unwrap_err();
+            assert!(
+                err.to_string().starts_with("NOTIFY_RATE_PER_SECOND is invalid"),
+                "{rate}: {err}"
+            );
+        }
+        let err = WorkerConfig::from_env(&env(&[
+            ("VISIBILITY_TIMEOUT_SECONDS", "30"),
+            ("WORKER_DEADLINE_MARGIN_MS", "30000"),
+        ]))
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("WORKER_DEADLINE_MARGIN_MS is invalid"),
+            "{err}"
+        );
         let err = WorkerConfig::from_env(&env(&[
             ("NOTIFY_WEBHOOK_URL", "https://x"),
             ("NOTIFY_TOPICS", "a..b"),

@@ -1,5 +1,7 @@
 //! The `Handler` port: what the worker runs for each notification, chosen by topic.
 
+use std::time::Duration;
+
 use async_trait::async_trait;
 
 use crate::notification::Notification;
@@ -9,16 +11,21 @@ use crate::notification::Notification;
 pub struct HandlerContext {
     /// How many times the queue has handed out this message (1 on the first try).
     pub receive_count: u32,
-    /// When the invocation must end (Unix ms); the claim is held until then at most.
+    /// When the worker stops waiting for the handlers (Unix ms): the invocation's deadline less the
+    /// worker's safety margin. A handler still running then is cut off and the notification retried.
     pub deadline_ms: i64,
 }
 
 /// A handler's failure, classed by whether another try can succeed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HandlerError {
-    /// Try again later (a dependency is down, a rate limit, a timeout).
-    #[error("retryable: {0}")]
-    Retryable(String),
+    /// Try again later (a dependency is down, a rate limit, a timeout); `retry_after` is the earliest a
+    /// new try can help, when the dependency said so.
+    #[error("retryable: {reason}{}", after(retry_after))]
+    Retryable {
+        reason: String,
+        retry_after: Option<Duration>,
+    },
     /// This notification can never be handled; it goes to the dead-letter queue.
     #[error("permanent: {0}")]
     Permanent(String),
@@ -26,7 +33,18 @@ pub enum HandlerError {
 
 impl HandlerError {
     pub fn retryable(reason: impl Into<String>) -> Self {
-        HandlerError::Retryable(reason.into())
+        HandlerError::Retryable {
+            reason: reason.into(),
+            retry_after: None,
+        }
+    }
+
+    /// Retryable, but not before `delay` (e.g. a 429's `Retry-After`).
+    pub fn retry_after(reason: impl Into<String>, delay: Duration) -> Self {
+        HandlerError::Retryable {
+            reason: reason.into(),
+            retry_after: Some(delay),
+        }
     }
 
     pub fn permanent(reason: impl Into<String>) -> Self {
@@ -34,7 +52,22 @@ impl HandlerError {
     }
 
     pub fn is_retryable(&self) -> bool {
-        matches!(self, HandlerError::Retryable(_))
+        matches!(self, HandlerError::Retryable { .. })
+    }
+
+    /// How long a retry should wait at least, if the failure said.
+    pub fn delay(&self) -> Option<Duration> {
+        match self {
+            HandlerError::Retryable { retry_after, .. } => *retry_after,
+            HandlerError::Permanent(_) => None,
+        }
+    }
+}
+
+fn after(delay: &Option<Duration>) -> String {
+    match delay {
+        Some(delay) => format!(" (retry after {} ms)", delay.as_millis()),
+        None => String::new(),
     }
 }
 

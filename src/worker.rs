@@ -4,9 +4,10 @@
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
+use tokio::time::Instant;
 use tracing::{field, info, warn, Instrument};
 
 use crate::clock::Clock;
@@ -34,6 +35,9 @@ pub enum Outcome {
     /// No handler matches the topic: acknowledged and counted.
     Ignored,
 }
+
+/// The error of a record cut off at the deadline; it is retried.
+pub const PAST_DEADLINE: &str = "the invocation's deadline came before the record finished";
 
 /// The claim's lease ends at the invocation's deadline, never later than the visibility timeout (after
 /// which the queue hands the message to someone else). A deadline already past (a clock skew, an emulator
@@ -72,6 +76,9 @@ pub struct BatchResult {
     pub outcomes: Vec<(String, Outcome)>,
     /// The failure behind each `retry` / `dead_lettered` outcome, by message id.
     pub errors: std::collections::BTreeMap<String, String>,
+    /// For `retry` outcomes whose failure said so (e.g. a 429's `Retry-After`): the earliest a new try can
+    /// help, by message id.
+    pub retry_delays: std::collections::BTreeMap<String, Duration>,
 }
 
 impl BatchResult {
@@ -97,6 +104,9 @@ pub struct WorkerSettings {
     pub visibility_timeout: Duration,
     /// Records of one batch processed at the same time.
     pub concurrency: usize,
+    /// Kept back from the invocation's deadline: a record still being claimed or handled then is cut off
+    /// and retried, and this is the time left for what must finish (completion writes, dead-letter sends).
+    pub deadline_margin: Duration,
 }
 
 impl Default for WorkerSettings {
@@ -105,7 +115,55 @@ impl Default for WorkerSettings {
             retention: Duration::from_secs(7 * 24 * 3600),
             visibility_timeout: Duration::from_secs(180),
             concurrency: 10,
+            deadline_margin: Duration::from_secs(2),
         }
+    }
+}
+
+/// How one record ended, and why.
+struct RecordEnd {
+    outcome: Outcome,
+    topic: String,
+    error: Option<String>,
+    retry_delay: Option<Duration>,
+}
+
+impl RecordEnd {
+    fn new(outcome: Outcome, topic: String) -> Self {
+        Self {
+            outcome,
+            topic,
+            error: None,
+            retry_delay: None,
+        }
+    }
+
+    fn because(mut self, error: impl Into<String>) -> Self {
+        self.error = Some(error.into());
+        self
+    }
+
+    fn past_deadline(topic: String) -> Self {
+        warn!("{PAST_DEADLINE}; it will be retried");
+        Self::new(Outcome::Retry, topic).because(PAST_DEADLINE)
+    }
+}
+
+/// When a batch's records stop being worked on, fixed when the batch starts (so waiting for a
+/// concurrency slot counts too).
+#[derive(Clone, Copy, Debug)]
+struct Cutoff {
+    /// The lease's end less the safety margin, as Unix ms (what handlers are told)…
+    at_ms: i64,
+    /// …and as an instant for timers.
+    at: Instant,
+    /// The lease's end: a best-effort release after a cut-off is abandoned then.
+    lease_end: Instant,
+}
+
+impl Cutoff {
+    fn passed(&self) -> bool {
+        Instant::now() >= self.at
     }
 }
 
@@ -147,32 +205,54 @@ impl Worker {
 
     /// Processes every record (concurrently, bounded) and never fails as a whole: each record's outcome
     /// says whether it must be retried. `deadline_ms` is when the invocation must end (Unix ms).
+    ///
+    /// Records still being claimed or handled `deadline_margin` before the deadline are cut off and
+    /// retried; a completion write or a dead-letter send that has started is never cut off.
     pub async fn process_batch(&self, records: Vec<Record>, deadline_ms: i64) -> BatchResult {
         let concurrency = self.settings.concurrency.max(1);
-        let results: Vec<(String, Outcome, Option<String>)> = futures::stream::iter(records)
+        let cutoff = self.cutoff(deadline_ms);
+        let results: Vec<(String, RecordEnd)> = futures::stream::iter(records)
             .map(|record| async move {
-                let (outcome, error) = self.process_with_error(&record, deadline_ms).await;
-                (record.message_id, outcome, error)
+                let end = self.process_logged(&record, deadline_ms, cutoff).await;
+                (record.message_id, end)
             })
             .buffered(concurrency)
             .collect()
             .await;
         let mut result = BatchResult::default();
-        for (id, outcome, error) in results {
-            if let Some(error) = error {
+        for (id, end) in results {
+            if let Some(error) = end.error {
                 result.errors.insert(id.clone(), error);
             }
-            result.outcomes.push((id, outcome));
+            if let Some(delay) = end.retry_delay {
+                result.retry_delays.insert(id.clone(), delay);
+            }
+            result.outcomes.push((id, end.outcome));
         }
         result
     }
 
     /// Processes one record, logging its outcome line.
     pub async fn process(&self, record: &Record, deadline_ms: i64) -> Outcome {
-        self.process_with_error(record, deadline_ms).await.0
+        let cutoff = self.cutoff(deadline_ms);
+        self.process_logged(record, deadline_ms, cutoff).await.outcome
     }
 
-    async fn process_with_error(&self, record: &Record, deadline_ms: i64) -> (Outcome, Option<String>) {
+    fn cutoff(&self, deadline_ms: i64) -> Cutoff {
+        let now_ms = self.clock.now_ms();
+        let now = Instant::now();
+        let visibility_ms = self.settings.visibility_timeout.as_millis() as i64;
+        let end_ms = lease_end(now_ms, deadline_ms, visibility_ms);
+        let at_ms = end_ms - self.settings.deadline_margin.as_millis() as i64;
+        let after = |ms: i64| now + Duration::from_millis((ms - now_ms).max(0) as u64);
+        Cutoff {
+            at_ms,
+            at: after(at_ms),
+            lease_end: after(end_ms),
+        }
+    }
+
+    async fn process_logged(&self, record: &Record, deadline_ms: i64, cutoff: Cutoff) -> RecordEnd {
         let span = tracing::info_span!(
             "notification",
             notification_id = field::Empty,
@@ -182,38 +262,40 @@ impl Worker {
             receive_count = record.receive_count,
             message_id = %record.message_id,
         );
-        let started = Instant::now();
+        let started = std::time::Instant::now();
         let mut notification_id = record
             .message
             .attribute(attr::NOTIFICATION_ID)
             .unwrap_or_default()
             .to_owned();
-        let (outcome, topic, error) = self
-            .process_inner(record, deadline_ms, &mut notification_id)
+        let end = self
+            .process_inner(record, deadline_ms, cutoff, &mut notification_id)
             .instrument(span.clone())
             .await;
+        let (outcome, topic) = (end.outcome, end.topic.as_str());
         let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
         self.metrics
-            .incr("processed", &[("topic", &topic), ("outcome", outcome.as_str())]);
+            .incr("processed", &[("topic", topic), ("outcome", outcome.as_str())]);
         self.metrics.observe("handler_latency_ms", duration_ms);
         span.in_scope(|| {
             info!(
                 notification_id = notification_id.as_str(),
-                topic = topic.as_str(),
+                topic,
                 outcome = outcome.as_str(),
                 duration_ms,
                 "outcome"
             );
         });
-        (outcome, error)
+        end
     }
 
     async fn process_inner(
         &self,
         record: &Record,
         deadline_ms: i64,
+        cutoff: Cutoff,
         notification_id: &mut String,
-    ) -> (Outcome, String, Option<String>) {
+    ) -> RecordEnd {
         let body = record.message.raw_body();
         let span = tracing::Span::current();
         let notification = match Notification::parse(&body) {
@@ -228,8 +310,11 @@ impl Worker {
                 if let Some(id) = record.message.attribute(attr::NOTIFICATION_ID) {
                     span.record("notification_id", id);
                 }
+                if cutoff.passed() {
+                    return RecordEnd::past_deadline(topic);
+                }
                 let reason = format!("malformed: {error}");
-                return (self.dead_letter(record, &reason).await, topic, Some(reason));
+                return RecordEnd::new(self.dead_letter(record, &reason).await, topic).because(reason);
             }
         };
         let topic = notification.topic().to_string();
@@ -239,7 +324,10 @@ impl Worker {
 
         let handlers = self.router.handlers_for(&topic);
         if handlers.is_empty() || notification.envelope.is_ping() {
-            return (Outcome::Ignored, topic, None);
+            return RecordEnd::new(Outcome::Ignored, topic);
+        }
+        if cutoff.passed() {
+            return RecordEnd::past_deadline(topic);
         }
 
         let now_ms = self.clock.now_ms();
@@ -252,7 +340,12 @@ impl Worker {
             lease_until_ms: lease_end(now_ms, deadline_ms, visibility_ms),
             expiration: now_ms.div_euclid(1000) + self.settings.retention.as_secs() as i64,
         };
-        let lease = match self.store.claim(&claim).await {
+        // Cut off, a claim that was written holds its lease until the deadline, when it ends on its own.
+        let claimed = match tokio::time::timeout_at(cutoff.at, self.store.claim(&claim)).await {
+            Ok(claimed) => claimed,
+            Err(_) => return RecordEnd::past_deadline(topic),
+        };
+        let lease = match claimed {
             Ok(ClaimOutcome::Claimed(lease)) => lease,
             Ok(ClaimOutcome::Completed { same_payload }) => {
                 self.metrics.incr("duplicates", &[]);
@@ -263,39 +356,47 @@ impl Worker {
                         "a completed notification id arrived with a different payload: the key was reused; not processed again"
                     );
                 }
-                return (Outcome::Duplicate, topic, None);
+                return RecordEnd::new(Outcome::Duplicate, topic);
             }
             Ok(ClaimOutcome::InFlight { lease_until_ms }) => {
                 info!(lease_until_ms, "another worker holds the claim");
-                return (Outcome::InFlight, topic, Some("claimed by another worker".into()));
+                return RecordEnd::new(Outcome::InFlight, topic).because("claimed by another worker");
             }
             Err(error) => {
                 warn!(%error, "could not claim the notification");
-                return (Outcome::Retry, topic, Some(error.to_string()));
+                return RecordEnd::new(Outcome::Retry, topic).because(error.to_string());
             }
         };
 
         let context = HandlerContext {
             receive_count: record.receive_count,
-            deadline_ms,
+            deadline_ms: cutoff.at_ms,
         };
-        let mut failure = None;
-        for handler in handlers {
-            let run = AssertUnwindSafe(handler.handle(&notification, &context)).catch_unwind();
-            let result = run.await.unwrap_or_else(|panic| {
-                let what = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| (*s).to_owned())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "a panic".to_owned());
-                Err(HandlerError::retryable(format!("handler panicked: {what}")))
-            });
-            if let Err(error) = result {
-                warn!(handler = handler.name(), %error, "handler failed");
-                failure = Some((handler.name().to_owned(), error));
-                break;
+        let run_handlers = async {
+            for handler in handlers {
+                let run = AssertUnwindSafe(handler.handle(&notification, &context)).catch_unwind();
+                let result = run.await.unwrap_or_else(|panic| {
+                    let what = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| (*s).to_owned())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "a panic".to_owned());
+                    Err(HandlerError::retryable(format!("handler panicked: {what}")))
+                });
+                if let Err(error) = result {
+                    warn!(handler = handler.name(), %error, "handler failed");
+                    return Some((handler.name().to_owned(), error));
+                }
             }
-        }
+            None
+        };
+        let failure = match tokio::time::timeout_at(cutoff.at, run_handlers).await {
+            Ok(failure) => failure,
+            Err(_) => {
+                self.release_by(&lease, cutoff.lease_end).await;
+                return RecordEnd::past_deadline(topic);
+            }
+        };
 
         match failure {
             None => {
@@ -309,18 +410,30 @@ impl Worker {
                     // The effects happened; acknowledging keeps them from happening again for this message.
                     Err(error) => warn!(%error, "handled, but the record could not be marked completed"),
                 }
-                (Outcome::Processed, topic, None)
+                RecordEnd::new(Outcome::Processed, topic)
             }
-            Some((handler, HandlerError::Retryable(why))) => {
-                self.release(&lease).await;
-                (Outcome::Retry, topic, Some(format!("handler {handler}: {why}")))
+            Some((handler, HandlerError::Retryable { reason, retry_after })) => {
+                self.release_by(&lease, cutoff.lease_end).await;
+                let mut end =
+                    RecordEnd::new(Outcome::Retry, topic).because(format!("handler {handler}: {reason}"));
+                end.retry_delay = retry_after;
+                end
             }
             Some((handler, HandlerError::Permanent(why))) => {
+                // Not cut off once started: a record that began dead-lettering finishes, so it is never
+                // dead-lettered twice.
                 let reason = format!("handler {handler}: {why}");
                 let outcome = self.dead_letter(record, &reason).await;
                 self.release(&lease).await;
-                (outcome, topic, Some(reason))
+                RecordEnd::new(outcome, topic).because(reason)
             }
+        }
+    }
+
+    /// Releases, giving up at `by` (the lease's end, when the claim lapses anyway).
+    async fn release_by(&self, lease: &crate::idempotency::Lease, by: Instant) {
+        if tokio::time::timeout_at(by, self.release(lease)).await.is_err() {
+            warn!("could not release the claim before its lease ends; it lapses then");
         }
     }
 

@@ -1,5 +1,5 @@
-//! Faults: the queue or the idempotency store failing for a while loses nothing and processes nothing
-//! twice. (Handler errors and panics, and a worker dying between claim and complete, are in
+//! Faults: the queue, the idempotency store or the notify webhook failing for a while loses nothing and
+//! processes nothing twice. (Handler errors and panics, and a worker dying between claim and complete, are in
 //! tests/worker.rs; `serve` killed under load is in tests/serve.rs.)
 
 mod common;
@@ -7,14 +7,15 @@ mod common;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use common::{fixture, notification_body, sign, TEST_SECRET};
-use intercom_webhooks::clock::SystemClock;
+use intercom_webhooks::clock::{unix_ms_now, SystemClock};
 use intercom_webhooks::handler::{Handler, HandlerContext, HandlerError};
+use intercom_webhooks::handlers::{NotifyHandler, NotifySettings};
 use intercom_webhooks::idempotency::{Claim, ClaimOutcome, IdempotencyStore, Lease, StoreError};
 use intercom_webhooks::intake::{Intake, DEFAULT_MAX_BODY_BYTES};
 use intercom_webhooks::local::{Db, SqliteQueue, SqliteStore};
@@ -256,4 +257,144 @@ async fn a_stalled_database_is_503_within_the_store_timeout_and_what_was_acknowl
         .collect();
     assert!(ids.contains(&"notif_before".to_owned()), "{ids:?}");
     assert!(ids.contains(&"notif_during".to_owned()), "{ids:?}");
+}
+
+/// A Slack incoming webhook that is down (503) until told otherwise, then over its rate limit for one post
+/// (429, `Retry-After: 2`), then up (200 `ok`). Records each post's arrival, answer and text.
+#[derive(Clone, Default)]
+struct ChatWebhook {
+    up: Arc<Mutex<bool>>,
+    posts: Arc<Mutex<Vec<(Instant, u16, String)>>>,
+}
+
+impl wiremock::Respond for ChatWebhook {
+    fn respond(&self, request: &wiremock::Request) -> wiremock::ResponseTemplate {
+        let text = serde_json::from_slice::<serde_json::Value>(&request.body).unwrap()["text"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let mut posts = self.posts.lock().unwrap();
+        let throttled = posts.iter().any(|(_, status, _)| *status == 429);
+        let (status, template) = if !*self.up.lock().unwrap() {
+            (503, wiremock::ResponseTemplate::new(503))
+        } else if !throttled {
+            (
+                429,
+                wiremock::ResponseTemplate::new(429)
+                    .insert_header("retry-after", "2")
+                    .set_body_string("rate_limited"),
+            )
+        } else {
+            (200, wiremock::ResponseTemplate::new(200).set_body_string("ok"))
+        };
+        posts.push((Instant::now(), status, text));
+        template
+    }
+}
+
+#[tokio::test]
+async fn a_notify_webhook_down_then_rate_limited_then_up_posts_each_notification_once() {
+    let chat = wiremock::MockServer::start().await;
+    let webhook = ChatWebhook::default();
+    wiremock::Mock::given(wiremock::matchers::method("POST"))
+        .respond_with(webhook.clone())
+        .mount(&chat)
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path().join("n.db")).unwrap();
+    let queue = SqliteQueue::new(db.clone(), 10);
+    let notify = Arc::new(NotifyHandler::new(NotifySettings {
+        url: format!("{}/hook", chat.uri()),
+        topics: vec!["conversation.user.created".into()],
+        timeout: Duration::from_millis(500),
+        rate_per_second: 10.0,
+    }));
+    let worker = Worker::new(
+        Arc::new(SqliteStore::new(db)),
+        Arc::new(queue.clone()),
+        Router::new().route("conversation.user.created", notify).unwrap(),
+        Arc::new(SystemClock),
+        Arc::new(Metrics::new()),
+        WorkerSettings {
+            deadline_margin: Duration::from_millis(500),
+            ..WorkerSettings::default()
+        },
+    );
+    for i in 0..5 {
+        let body = notification_body(
+            &format!("notif_n{i}"),
+            "conversation.user.created",
+            json!({"type": "conversation", "id": format!("{i}")}),
+        );
+        queue
+            .send(&Message::for_notification(
+                &body,
+                &Envelope::parse(&body).unwrap(),
+            ))
+            .await
+            .unwrap();
+    }
+    // Drive the worker like the local server does: each batch gets 2.5 s, too short to wait out the
+    // Retry-After (with the 500 ms margin and the post's 500 ms, a wait must end within 1.5 s), and a
+    // retry waits for the delay the handler asked for.
+    let mut receives: HashMap<String, u32> = HashMap::new();
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(20) {
+        let deliveries = queue.receive(10, Duration::from_secs(30)).await.unwrap();
+        if deliveries.is_empty() {
+            if queue.stats().await.unwrap().queued == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        }
+        for d in &deliveries {
+            receives.insert(d.record.message_id.clone(), d.record.receive_count);
+        }
+        let result = worker
+            .process_batch(
+                deliveries.iter().map(|d| d.record.clone()).collect(),
+                unix_ms_now() + 2_500,
+            )
+            .await;
+        let failures = result.failures();
+        for d in deliveries {
+            let id = &d.record.message_id;
+            if failures.contains(id) {
+                let delay = result.retry_delays.get(id).copied().unwrap_or_default();
+                queue.retry(&d.receipt, "notify", delay).await.unwrap();
+            } else {
+                queue.ack(&d.receipt).await.unwrap();
+            }
+        }
+        // The first round meets the webhook down; it is up from the second.
+        *webhook.up.lock().unwrap() = true;
+    }
+    let stats = queue.stats().await.unwrap();
+    assert_eq!((stats.queued, stats.dead_letters), (0, 0), "none lost");
+    let posts = webhook.posts.lock().unwrap().clone();
+    let mut delivered: Vec<&str> = posts
+        .iter()
+        .filter(|(_, status, _)| *status == 200)
+        .map(|(_, _, text)| text.as_str())
+        .collect();
+    delivered.sort();
+    let count = delivered.len();
+    delivered.dedup();
+    assert_eq!((delivered.len(), count), (5, 5), "each posted once: {posts:?}");
+    let statuses: Vec<u16> = posts.iter().map(|(_, status, _)| *status).collect();
+    assert_eq!(statuses[..5], [503; 5], "{statuses:?}");
+    assert_eq!(statuses[5], 429, "{statuses:?}");
+    // Nothing was posted while the Retry-After held…
+    let throttled_at = posts[5].0;
+    for (at, _, _) in &posts[6..] {
+        let after = at.duration_since(throttled_at);
+        assert!(
+            after >= Duration::from_millis(1_950),
+            "posted {after:?} after the 429"
+        );
+    }
+    // …and the queue kept the records back as long: three receives each (down, held, posted).
+    assert_eq!(receives.len(), 5);
+    assert!(receives.values().all(|&n| n == 3), "{receives:?}");
 }

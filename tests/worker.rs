@@ -16,7 +16,7 @@ use intercom_webhooks::idempotency::{Claim, ClaimOutcome, IdempotencyKey, Idempo
 use intercom_webhooks::metrics::Metrics;
 use intercom_webhooks::notification::Notification;
 use intercom_webhooks::router::Router;
-use intercom_webhooks::worker::{Outcome, Record, Worker, WorkerSettings};
+use intercom_webhooks::worker::{Outcome, Record, Worker, WorkerSettings, PAST_DEADLINE};
 use serde_json::json;
 
 /// What a test handler does on each call, by notification id: fail this many times first, how.
@@ -25,6 +25,8 @@ struct Scripted {
     calls: Mutex<HashMap<String, usize>>,
     fail_first: Mutex<HashMap<String, (usize, HandlerError)>>,
     panic_on: Mutex<Vec<String>>,
+    /// Sleeps this long on the first call, by notification id.
+    stall_first: Mutex<HashMap<String, Duration>>,
 }
 
 impl Scripted {
@@ -51,6 +53,10 @@ impl Handler for Scripted {
         };
         if self.panic_on.lock().unwrap().contains(&id) {
             panic!("boom in {id}");
+        }
+        let stall = self.stall_first.lock().unwrap().get(&id).copied();
+        if let (Some(stall), 1) = (stall, call) {
+            tokio::time::sleep(stall).await;
         }
         // Give concurrent duplicates a chance to overlap.
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -493,4 +499,105 @@ async fn a_record_that_keeps_failing_reaches_the_dlq_after_max_receive_count() {
         stored(&s, "testapp#notif_stuck").await.is_none(),
         "no claim left behind"
     );
+}
+
+/// A worker over the same store, queues and handler, with a 500 ms safety margin before the deadline.
+fn worker_with_margin(s: &Setup, concurrency: usize) -> Worker {
+    Worker::new(
+        s.store.clone(),
+        Arc::new(SqsDeadLetters::new(s.sqs.clone(), &s.dlq)),
+        Router::new().route("*", s.handler.clone()).unwrap(),
+        s.clock.clone(),
+        s.metrics.clone(),
+        WorkerSettings {
+            concurrency,
+            deadline_margin: Duration::from_millis(500),
+            ..WorkerSettings::default()
+        },
+    )
+}
+
+#[tokio::test]
+async fn a_record_still_running_at_the_deadline_is_retried_and_the_batch_ends_in_time() {
+    let s = setup().await;
+    let worker = worker_with_margin(&s, 10);
+    s.handler
+        .stall_first
+        .lock()
+        .unwrap()
+        .insert("notif_slow".into(), Duration::from_secs(8));
+    let slow = body("notif_slow");
+    let soon = intercom_webhooks::clock::unix_ms_now() + 2_500;
+    let result = worker
+        .process_batch(
+            vec![
+                record("slow", &slow),
+                record("fast1", &body("notif_fast1")),
+                record("fast2", &body("notif_fast2")),
+            ],
+            soon,
+        )
+        .await;
+    let ended = intercom_webhooks::clock::unix_ms_now();
+    assert!(ended < soon, "returned {} ms after the deadline", ended - soon);
+    assert_eq!(
+        result.outcomes,
+        [
+            ("slow".to_owned(), Outcome::Retry),
+            ("fast1".to_owned(), Outcome::Processed),
+            ("fast2".to_owned(), Outcome::Processed),
+        ]
+    );
+    assert_eq!(result.failures(), ["slow"]);
+    assert_eq!(result.errors["slow"], PAST_DEADLINE);
+    assert!(drain(&s.sqs, &s.dlq).await.is_empty(), "never dead-lettered");
+
+    // The next delivery, once the cut-off record's lease has ended, is processed; later ones are duplicates.
+    s.clock.advance(3_000);
+    let next = deadline() + 3_000;
+    let result = worker.process_batch(vec![record("slow", &slow)], next).await;
+    assert_eq!(result.outcomes[0].1, Outcome::Processed, "{result:?}");
+    let result = worker.process_batch(vec![record("slow2", &slow)], next).await;
+    assert_eq!(result.outcomes[0].1, Outcome::Duplicate);
+    assert_eq!(
+        s.handler.calls("notif_slow"),
+        2,
+        "cut off once, then completed once"
+    );
+    assert_eq!(
+        stored(&s, "testapp#notif_slow").await.unwrap()["status"]
+            .as_s()
+            .unwrap(),
+        "COMPLETED"
+    );
+}
+
+#[tokio::test]
+async fn records_waiting_for_a_concurrency_slot_at_the_deadline_are_retried_unstarted() {
+    let s = setup().await;
+    let worker = worker_with_margin(&s, 1);
+    s.handler
+        .stall_first
+        .lock()
+        .unwrap()
+        .insert("notif_first".into(), Duration::from_secs(8));
+    let soon = intercom_webhooks::clock::unix_ms_now() + 2_000;
+    let result = worker
+        .process_batch(
+            vec![
+                record("first", &body("notif_first")),
+                record("queued", &body("notif_queued")),
+            ],
+            soon,
+        )
+        .await;
+    assert!(intercom_webhooks::clock::unix_ms_now() < soon);
+    assert_eq!(result.failures(), ["first", "queued"]);
+    assert_eq!(result.errors["queued"], PAST_DEADLINE);
+    assert_eq!(s.handler.calls("notif_queued"), 0, "never started");
+    assert!(
+        stored(&s, "testapp#notif_queued").await.is_none(),
+        "never claimed"
+    );
+    assert!(drain(&s.sqs, &s.dlq).await.is_empty());
 }

@@ -10,8 +10,10 @@ use std::sync::Arc;
 
 use crate::router::{PatternError, Router};
 
-pub use notify::{NotifyHandler, NotifySettings, DEFAULT_NOTIFY_TOPICS};
-pub use summary::{summarize, SummaryHandler, SUMMARY_TOPICS};
+pub use notify::{
+    escape_for_slack, NotifyHandler, NotifySettings, DEFAULT_NOTIFY_RATE_PER_SECOND, DEFAULT_NOTIFY_TOPICS,
+};
+pub use summary::{printable_line, summarize, SummaryHandler, SUMMARY_TOPICS};
 
 /// The router with the built-in handlers: the summary log line for the common topics, and the chat
 /// notification when `notify` is configured.

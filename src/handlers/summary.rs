@@ -1,11 +1,12 @@
 //! A handler that logs one human-readable line per notification: who, what, which conversation, and the
-//! first 200 characters of the message text without HTML.
+//! first 200 characters of the message text without HTML. Everything in the line but its wording comes
+//! from the payload, so the line holds no control characters: it reaches logs and terminals.
 
 use async_trait::async_trait;
 use tracing::info;
 
 use crate::handler::{Handler, HandlerContext, HandlerError};
-use crate::models::{Conversation, Item};
+use crate::models::{Conversation, Item, Party};
 use crate::notification::Notification;
 
 /// The topics Intercom users most often act on.
@@ -48,13 +49,17 @@ impl Handler for SummaryHandler {
     }
 }
 
-/// One line describing the notification.
+/// One line describing the notification, without control characters.
 pub fn summarize(notification: &Notification) -> String {
+    printable_line(&describe(notification))
+}
+
+fn describe(notification: &Notification) -> String {
     let topic = notification.topic().as_str();
     match notification.typed_item() {
         Item::Conversation(c) => conversation_summary(topic, &c),
         Item::Contact(c) => {
-            let who = c.as_party().label().unwrap_or_else(|| "unknown contact".into());
+            let who = label(Some(c.as_party())).unwrap_or_else(|| "unknown contact".into());
             let role = c.role.as_deref().unwrap_or("contact");
             format!("{topic}: {role} {who}")
         }
@@ -62,13 +67,10 @@ pub fn summarize(notification: &Notification) -> String {
             let tag = t
                 .tag
                 .as_ref()
-                .and_then(|t| t.name.clone())
+                .and_then(|t| t.name.as_deref().map(printable_line))
                 .unwrap_or_else(|| "?".into());
-            let who = t
-                .contact
-                .as_ref()
-                .and_then(|c| c.as_party().label())
-                .unwrap_or_else(|| "unknown contact".into());
+            let who =
+                label(t.contact.as_ref().map(|c| c.as_party())).unwrap_or_else(|| "unknown contact".into());
             let verb = if topic.ends_with(".deleted") {
                 "removed from"
             } else {
@@ -87,7 +89,7 @@ pub fn summarize(notification: &Notification) -> String {
             format!("{topic}: ticket {id} \"{title}\" ({state})")
         }
         Item::Visitor(v) => {
-            let who = v.as_party().label().unwrap_or_else(|| "a visitor".into());
+            let who = label(Some(v.as_party())).unwrap_or_else(|| "a visitor".into());
             format!("{topic}: {who}")
         }
         Item::Other(value) => {
@@ -102,13 +104,9 @@ fn conversation_summary(topic: &str, c: &Conversation) -> String {
     let part = c.latest_part();
     let by_admin = topic.starts_with("conversation.admin.");
     let who = if by_admin {
-        part.and_then(|p| p.author.as_ref())
-            .and_then(|a| a.label())
-            .unwrap_or_else(|| "an admin".into())
+        label(part.and_then(|p| p.author.clone())).unwrap_or_else(|| "an admin".into())
     } else {
-        c.customer()
-            .and_then(|p| p.label())
-            .unwrap_or_else(|| "a customer".into())
+        label(c.customer().cloned()).unwrap_or_else(|| "a customer".into())
     };
     let text = part
         .and_then(|p| p.body.as_deref())
@@ -122,7 +120,15 @@ fn conversation_summary(topic: &str, c: &Conversation) -> String {
     }
 }
 
-/// Text without tags, with common entities decoded and whitespace collapsed.
+/// A party's label as it is shown: on one line, without control characters.
+fn label(party: Option<Party>) -> Option<String> {
+    party
+        .and_then(|p| p.label())
+        .map(|l| printable_line(&l))
+        .filter(|l| !l.is_empty())
+}
+
+/// Text without tags, with common entities decoded, control characters removed and whitespace collapsed.
 pub fn strip_html(html: &str) -> String {
     let mut text = String::with_capacity(html.len());
     let mut in_tag = false;
@@ -144,7 +150,16 @@ pub fn strip_html(html: &str) -> String {
         .replace("&quot;", "\"")
         .replace("&#39;", "'")
         .replace("&amp;", "&");
-    decoded.split_whitespace().collect::<Vec<_>>().join(" ")
+    printable_line(&decoded)
+}
+
+/// The text on one line: control characters (C0, DEL, C1: an escape sequence could rewrite a terminal)
+/// and line breaks become spaces, and runs of whitespace collapse.
+pub fn printable_line(text: &str) -> String {
+    text.split(|c: char| c.is_control() || c.is_whitespace())
+        .filter(|word| !word.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// The first 200 characters, with an ellipsis when cut.
@@ -176,6 +191,33 @@ mod tests {
         );
         assert_eq!(clip(&"é".repeat(250)).chars().count(), 201);
         assert_eq!(clip("short"), "short");
+    }
+
+    #[test]
+    fn control_characters_and_line_breaks_never_reach_the_line() {
+        assert_eq!(
+            printable_line("Rose\u{1b}[2J\u{1b}]0;pwned\u{7}\r\nPoodle\u{85}\u{2028}x\u{9b}31m\u{7f} y\t z"),
+            "Rose [2J ]0;pwned Poodle x 31m y z"
+        );
+        assert_eq!(printable_line("plain words"), "plain words");
+
+        let mut item: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(format!(
+                "{}/events/notifications/conversation_user_created.json",
+                env!("CARGO_MANIFEST_DIR")
+            ))
+            .unwrap(),
+        )
+        .unwrap();
+        item["data"]["item"]["user"]["name"] = "Rose\u{1b}[31m\nPoodle".into();
+        item["data"]["item"]["conversation_message"]["body"] =
+            "<p>line one</p>\r\n<p>line\u{0}two\u{9b}</p>".into();
+        let line = summarize(&Notification::parse(&serde_json::to_vec(&item).unwrap()).unwrap());
+        assert_eq!(
+            line,
+            "conversation.user.created: Rose [31m Poodle, conversation 21321941764: \"line one line two\""
+        );
+        assert!(!line.chars().any(char::is_control), "{line:?}");
     }
 
     #[test]

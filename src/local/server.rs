@@ -452,9 +452,10 @@ impl Poller {
                         .get(&message_id)
                         .map(String::as_str)
                         .unwrap_or("retry");
-                    self.queue
-                        .retry(&receipt, error, backoff(receive_count, self.visibility))
-                        .await
+                    // Not before the handler's own delay (a 429's Retry-After) either.
+                    let delay = backoff(receive_count, self.visibility)
+                        .max(result.retry_delays.get(&message_id).copied().unwrap_or_default());
+                    self.queue.retry(&receipt, error, delay).await
                 } else {
                     self.queue.ack(&receipt).await
                 };
