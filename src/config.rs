@@ -15,6 +15,67 @@ pub enum ConfigError {
     Missing { name: &'static str, hint: &'static str },
     #[error("{name} is invalid: {reason}")]
     Invalid { name: &'static str, reason: String },
+    #[error(
+        "{name} and {parameter} are both set: keep one ({parameter} names the SSM parameter that holds the \
+         value; {name} holds it directly, for local use)"
+    )]
+    Conflict {
+        name: &'static str,
+        parameter: &'static str,
+    },
+    /// A `_PARAMETER` variable whose parameter cannot be read or holds no usable value. Never shows the
+    /// value.
+    #[error("{variable}: the SSM parameter {parameter:?} {problem}")]
+    Parameter {
+        variable: &'static str,
+        parameter: String,
+        problem: String,
+    },
+}
+
+/// A secret given either directly in `name` (for local use) or, on AWS, as the name of an SSM parameter
+/// in `parameter`, so that the value never sits in the function's configuration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SecretVariable {
+    pub name: &'static str,
+    pub parameter: &'static str,
+}
+
+pub const CLIENT_SECRET: SecretVariable = SecretVariable {
+    name: "INTERCOM_CLIENT_SECRET",
+    parameter: "INTERCOM_CLIENT_SECRET_PARAMETER",
+};
+
+pub const NOTIFY_WEBHOOK_URL: SecretVariable = SecretVariable {
+    name: "NOTIFY_WEBHOOK_URL",
+    parameter: "NOTIFY_WEBHOOK_URL_PARAMETER",
+};
+
+/// Why a parameter could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ParameterError {
+    #[error("does not exist")]
+    NotFound,
+    #[error("cannot be read: access denied ({0})")]
+    AccessDenied(String),
+    /// The store did not answer; starting again later can succeed.
+    #[error("cannot be read now: {0}")]
+    Unavailable(String),
+    #[error("cannot be read: {0}")]
+    Rejected(String),
+}
+
+impl ParameterError {
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::Unavailable(_))
+    }
+}
+
+/// Where `_PARAMETER` variables are looked up: SSM Parameter Store on AWS ([`crate::aws::ssm`]).
+#[async_trait::async_trait]
+pub trait ParameterStore: Send + Sync {
+    /// The parameter's value, decrypted.
+    async fn value(&self, name: &str) -> Result<String, ParameterError>;
 }
 
 pub const SECRET_HINT: &str = "set INTERCOM_CLIENT_SECRET to your Intercom app's client secret \
@@ -55,11 +116,95 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
 
     /// `INTERCOM_CLIENT_SECRET`: one or more secrets, comma-separated. Fails closed.
     pub fn client_secrets(&self) -> Result<ClientSecrets, ConfigError> {
-        let raw = self.required("INTERCOM_CLIENT_SECRET", SECRET_HINT)?;
+        let raw = self.required(CLIENT_SECRET.name, SECRET_HINT)?;
         ClientSecrets::parse(&raw).map_err(|e| ConfigError::Invalid {
-            name: "INTERCOM_CLIENT_SECRET",
+            name: CLIENT_SECRET.name,
             reason: e.to_string(),
         })
+    }
+}
+
+impl<F: Fn(&str) -> Option<String>> Env<F> {
+    /// Reads the parameter of every `secrets` variable given by its `_PARAMETER` name, once. A variable set
+    /// both ways, a parameter that cannot be read and an empty value are start-up errors.
+    pub async fn resolve(
+        self,
+        secrets: &[SecretVariable],
+        store: &dyn ParameterStore,
+    ) -> Result<ResolvedEnv<F>, ConfigError> {
+        let mut fetched = Vec::new();
+        for &secret in secrets {
+            let Some(parameter) = self.optional(secret.parameter) else {
+                continue;
+            };
+            if self.optional(secret.name).is_some() {
+                return Err(ConfigError::Conflict {
+                    name: secret.name,
+                    parameter: secret.parameter,
+                });
+            }
+            let parameter = parameter.trim().to_owned();
+            let problem = |problem: String| ConfigError::Parameter {
+                variable: secret.parameter,
+                parameter: parameter.clone(),
+                problem,
+            };
+            let value = store
+                .value(&parameter)
+                .await
+                .map_err(|e| problem(e.to_string()))?;
+            if value.trim().is_empty() {
+                return Err(problem("is empty".into()));
+            }
+            fetched.push(Fetched {
+                secret,
+                parameter,
+                value,
+            });
+        }
+        Ok(ResolvedEnv { env: self, fetched })
+    }
+}
+
+/// The environment with the values of `_PARAMETER` variables read: what configurations are parsed from.
+pub struct ResolvedEnv<F: Fn(&str) -> Option<String>> {
+    env: Env<F>,
+    fetched: Vec<Fetched>,
+}
+
+/// No `Debug`: it holds a secret.
+struct Fetched {
+    secret: SecretVariable,
+    parameter: String,
+    value: String,
+}
+
+impl<F: Fn(&str) -> Option<String>> ResolvedEnv<F> {
+    /// Parses a configuration as from the plain variables; a fetched value that does not parse is
+    /// reported against its parameter.
+    pub fn parse<'a, T>(
+        &'a self,
+        parse: impl FnOnce(&Env<Box<dyn Fn(&str) -> Option<String> + 'a>>) -> Result<T, ConfigError>,
+    ) -> Result<T, ConfigError> {
+        let env = Env(Box::new(|name: &str| match self.fetched(name) {
+            Some(f) => Some(f.value.clone()),
+            None => (self.env.0)(name),
+        }) as Box<dyn Fn(&str) -> Option<String> + 'a>);
+        parse(&env).map_err(|error| match &error {
+            ConfigError::Invalid { name, reason } => match self.fetched(name) {
+                Some(f) => ConfigError::Parameter {
+                    variable: f.secret.parameter,
+                    parameter: f.parameter.clone(),
+                    problem: format!("holds an invalid {name}: {reason}"),
+                },
+                None => error,
+            },
+            _ => error,
+        })
+    }
+
+    fn fetched(&self, name: &str) -> Option<&Fetched> {
+        self.fetched.iter().find(|f| f.secret.name == name)
     }
 }
 
@@ -134,16 +279,16 @@ impl WorkerConfig {
                 });
             }
         }
-        let notify = match env.optional("NOTIFY_WEBHOOK_URL") {
+        let notify = match env.optional(NOTIFY_WEBHOOK_URL.name) {
             None => None,
             Some(url) => {
                 let parsed = url::Url::parse(url.trim()).map_err(|e| ConfigError::Invalid {
-                    name: "NOTIFY_WEBHOOK_URL",
+                    name: NOTIFY_WEBHOOK_URL.name,
                     reason: e.to_string(),
                 })?;
                 if !matches!(parsed.scheme(), "http" | "https") {
                     return Err(ConfigError::Invalid {
-                        name: "NOTIFY_WEBHOOK_URL",
+                        name: NOTIFY_WEBHOOK_URL.name,
                         reason: "must be an http or https URL".into(),
                     });
                 }
@@ -271,6 +416,143 @@ mod tests {
         assert_eq!(config.secrets.len(), 2);
         assert_eq!(config.max_body_bytes, DEFAULT_MAX_BODY_BYTES);
         assert!(!format!("{config:?}").contains("a,b"));
+    }
+
+    /// Parameters from a map: a fake store for the resolution logic (the SSM adapter is tested on the
+    /// AWS emulator).
+    struct Parameters(HashMap<&'static str, &'static str>);
+
+    #[async_trait::async_trait]
+    impl ParameterStore for Parameters {
+        async fn value(&self, name: &str) -> Result<String, ParameterError> {
+            self.0
+                .get(name)
+                .map(|v| v.to_string())
+                .ok_or(ParameterError::NotFound)
+        }
+    }
+
+    const RECEIVER: [(&str, &str); 2] = [("QUEUE_URL", "q"), ("DEAD_LETTER_QUEUE_URL", "d")];
+
+    async fn receiver_with(
+        pairs: &[(&str, &str)],
+        parameters: &[(&'static str, &'static str)],
+    ) -> Result<ReceiverConfig, ConfigError> {
+        let env = env(&[&RECEIVER[..], pairs].concat());
+        let store = Parameters(parameters.iter().copied().collect());
+        env.resolve(&[CLIENT_SECRET], &store)
+            .await?
+            .parse(ReceiverConfig::from_env)
+    }
+
+    #[tokio::test]
+    async fn secrets_from_parameters() {
+        let config = receiver_with(
+            &[("INTERCOM_CLIENT_SECRET_PARAMETER", "/intercom/secret")],
+            &[("/intercom/secret", "new-secret,old-secret")],
+        )
+        .await
+        .unwrap();
+        assert_eq!(config.secrets.len(), 2, "parsed like the plain variable");
+
+        // The plain variable alone still works, and a blank parameter variable counts as unset.
+        let config = receiver_with(
+            &[
+                ("INTERCOM_CLIENT_SECRET", "s"),
+                ("INTERCOM_CLIENT_SECRET_PARAMETER", " "),
+            ],
+            &[],
+        )
+        .await
+        .unwrap();
+        assert_eq!(config.secrets.len(), 1);
+
+        let err = receiver_with(
+            &[
+                ("INTERCOM_CLIENT_SECRET", "s"),
+                ("INTERCOM_CLIENT_SECRET_PARAMETER", "/intercom/secret"),
+            ],
+            &[("/intercom/secret", "t")],
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("INTERCOM_CLIENT_SECRET and INTERCOM_CLIENT_SECRET_PARAMETER are both set"),
+            "{err}"
+        );
+
+        let err = receiver_with(&[("INTERCOM_CLIENT_SECRET_PARAMETER", "/nope")], &[])
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "INTERCOM_CLIENT_SECRET_PARAMETER: the SSM parameter \"/nope\" does not exist"
+        );
+
+        let err = receiver_with(
+            &[("INTERCOM_CLIENT_SECRET_PARAMETER", "/blank")],
+            &[("/blank", " \n")],
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "INTERCOM_CLIENT_SECRET_PARAMETER: the SSM parameter \"/blank\" is empty"
+        );
+
+        // A value that does not parse is reported against the parameter, without the value.
+        let err = receiver_with(
+            &[("INTERCOM_CLIENT_SECRET_PARAMETER", "/bad")],
+            &[("/bad", "sekrit,")],
+        )
+        .await
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.starts_with(
+                "INTERCOM_CLIENT_SECRET_PARAMETER: the SSM parameter \"/bad\" holds an invalid INTERCOM_CLIENT_SECRET"
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("sekrit") && !format!("{err:?}").contains("sekrit"));
+    }
+
+    #[tokio::test]
+    async fn notify_url_from_a_parameter() {
+        let store = Parameters(HashMap::from([
+            ("/notify", "https://hooks.example.com/T/B/secret"),
+            ("/notify-bad", "ftp://hooks.example.com/T/B/secret"),
+        ]));
+        let worker = |parameter: &str| {
+            env(&[
+                ("IDEMPOTENCY_TABLE", "t"),
+                ("DEAD_LETTER_QUEUE_URL", "d"),
+                ("NOTIFY_WEBHOOK_URL_PARAMETER", parameter),
+            ])
+        };
+        let config = worker("/notify")
+            .resolve(&[NOTIFY_WEBHOOK_URL], &store)
+            .await
+            .unwrap()
+            .parse(WorkerLambdaConfig::from_env)
+            .unwrap();
+        assert_eq!(
+            config.worker.notify.unwrap().url,
+            "https://hooks.example.com/T/B/secret"
+        );
+        let err = worker("/notify-bad")
+            .resolve(&[NOTIFY_WEBHOOK_URL], &store)
+            .await
+            .unwrap()
+            .parse(WorkerLambdaConfig::from_env)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "NOTIFY_WEBHOOK_URL_PARAMETER: the SSM parameter \"/notify-bad\" holds an invalid \
+             NOTIFY_WEBHOOK_URL: must be an http or https URL"
+        );
     }
 
     #[test]

@@ -101,6 +101,11 @@ pub trait DeadLetterStore: Send + Sync {
     async fn show(&self, id: &str) -> Result<Option<DeadLetterEntry>, QueueError>;
     /// Moves up to `max` matching dead letters back to the main queue.
     async fn redrive(&self, filter: &Filter, max: usize, dry_run: bool) -> Result<RedriveReport, QueueError>;
+    /// How many messages the last command read, for stores that answer by reading the whole queue
+    /// (SQS); `None` for stores that look messages up.
+    fn scanned(&self) -> Option<usize> {
+        None
+    }
 }
 
 /// Parses `--since` / `--until`: an RFC 3339 time (`2026-11-29T10:00:00Z`), Unix seconds, or a duration

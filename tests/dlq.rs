@@ -9,6 +9,7 @@ use std::time::Duration;
 use common::{create_queue, create_table, drain, notification_body, unique};
 use intercom_webhooks::aws::dynamodb::DynamoStore;
 use intercom_webhooks::aws::sqs::SqsQueue;
+use intercom_webhooks::aws::sqs_dlq::ScanSettings;
 use intercom_webhooks::clock::{unix_ms_now, SystemClock};
 use intercom_webhooks::dlq::{DeadLetterStore, Filter, RedriveReport, MAX_RECEIVES_REASON};
 use intercom_webhooks::idempotency::IdempotencyStore;
@@ -45,6 +46,15 @@ async fn seed(dlq: &dyn DeadLetterQueue) -> i64 {
         .await
         .unwrap();
     cutoff
+}
+
+/// The emulator answers each receive from the whole queue (SQS may sample a part of it), so there one
+/// empty answer ends a scan: two seconds less per command.
+fn on_the_emulator(queue: SqsQueue) -> SqsQueue {
+    queue.with_dead_letter_scan(ScanSettings {
+        empty_receives: 1,
+        ..ScanSettings::default()
+    })
 }
 
 fn topic(pattern: &str) -> Filter {
@@ -186,7 +196,7 @@ async fn sqs_dead_letters() {
     let dlq = create_queue(&sqs, &unique("dlq")).await;
     let table = unique("dlq-idem");
     create_table(&dynamo, &table).await;
-    let queue = SqsQueue::new(sqs.clone(), &main, &dlq);
+    let queue = on_the_emulator(SqsQueue::new(sqs.clone(), &main, &dlq));
     contract(&queue, &queue).await;
     redriven_are_processed_once(
         &queue,
@@ -202,7 +212,7 @@ async fn an_interrupted_sqs_redrive_loses_nothing() {
     let sdk = common::aws_config().await;
     let sqs = aws_sdk_sqs::Client::new(&sdk);
     let dlq = create_queue(&sqs, &unique("dlq")).await;
-    let broken = SqsQueue::new(sqs.clone(), format!("{}-deleted", dlq), &dlq);
+    let broken = on_the_emulator(SqsQueue::new(sqs.clone(), format!("{}-deleted", dlq), &dlq));
     seed(&broken).await;
     let report = broken
         .redrive(&Filter::default(), usize::MAX, false)
@@ -218,11 +228,98 @@ async fn messages_moved_by_sqs_redrive_show_max_receives_exceeded() {
     let sdk = common::aws_config().await;
     let sqs = aws_sdk_sqs::Client::new(&sdk);
     let dlq = create_queue(&sqs, &unique("dlq")).await;
-    let queue = SqsQueue::new(sqs.clone(), &dlq, &dlq);
+    let queue = on_the_emulator(SqsQueue::new(sqs.clone(), &dlq, &dlq));
     queue.send(&message("notif_m", "ticket.created")).await.unwrap();
     let listed = queue.list(&Filter::default(), 10).await.unwrap();
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].reason, MAX_RECEIVES_REASON);
     assert_eq!(listed[0].topic.as_deref(), Some("ticket.created"));
     assert_eq!(drain(&sqs, &dlq).await.len(), 1);
+}
+
+/// More messages than one receive returns, and a hold shorter than the scan: each is listed once, none
+/// was received twice (the hold was renewed), and the scan says how many it read. Redrive then moves
+/// every one.
+#[tokio::test]
+async fn a_long_sqs_scan_lists_each_message_once_and_counts_them() {
+    let sdk = common::aws_config().await;
+    let sqs = aws_sdk_sqs::Client::new(&sdk);
+    let main = create_queue(&sqs, &unique("dlq-main")).await;
+    let dlq = create_queue(&sqs, &unique("dlq")).await;
+    let queue = SqsQueue::new(sqs.clone(), &main, &dlq).with_dead_letter_scan(ScanSettings {
+        hold: Duration::from_secs(2),
+        ..ScanSettings::default()
+    });
+    let mut expected = Vec::new();
+    for i in 0..35 {
+        let id = format!("notif_many_{i:02}");
+        queue
+            .dead_letter(&message(&id, "conversation.user.created"), "handler notify: 400")
+            .await
+            .unwrap();
+        expected.push(id);
+    }
+
+    let listed = queue.list(&Filter::default(), 100).await.unwrap();
+    let mut ids: Vec<String> = listed.iter().filter_map(|e| e.notification_id.clone()).collect();
+    ids.sort();
+    assert_eq!(ids, expected, "every message exactly once");
+    assert!(
+        listed.iter().all(|e| e.receive_count == 0),
+        "no message was received twice during the scan: {:?}",
+        listed.iter().map(|e| e.receive_count).collect::<Vec<_>>()
+    );
+    assert_eq!(queue.scanned(), Some(35));
+
+    let report = queue
+        .redrive(&Filter::default(), usize::MAX, false)
+        .await
+        .unwrap();
+    assert_eq!((report.moved, report.skipped, report.failed), (35, 0, 0));
+    assert_eq!(queue.scanned(), Some(35));
+    assert_eq!(drain(&sqs, &main).await.len(), 35);
+    assert!(queue.list(&Filter::default(), 100).await.unwrap().is_empty());
+    assert_eq!(queue.scanned(), Some(0));
+}
+
+/// The command line reports on stderr how many messages it read; stdout keeps its format.
+#[tokio::test]
+async fn dlq_commands_on_sqs_report_how_many_messages_they_scanned() {
+    let sdk = common::aws_config().await;
+    let sqs = aws_sdk_sqs::Client::new(&sdk);
+    let main = create_queue(&sqs, &unique("dlq-main")).await;
+    let dlq = create_queue(&sqs, &unique("dlq")).await;
+    let queue = SqsQueue::new(sqs.clone(), &main, &dlq);
+    seed(&queue).await;
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_intercom-webhooks"))
+            .arg("dlq")
+            .args(args)
+            .args(["--queue-url", &main, "--dlq-url", &dlq])
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8(out.stdout).unwrap(),
+            String::from_utf8(out.stderr).unwrap(),
+        )
+    };
+    let (ok, stdout, stderr) = run(&["list", "--topic", "conversation.*"]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.starts_with("ID "), "{stdout}");
+    assert_eq!(stdout.lines().count(), 3, "a header and two lines: {stdout}");
+    assert_eq!(
+        stderr,
+        "scanned 3 message(s) of the dead-letter queue\n2 message(s)\n"
+    );
+    let (ok, stdout, stderr) = run(&["redrive", "--dry-run"]);
+    assert!(ok, "{stderr}");
+    assert_eq!(stdout, "would move 3, skipped 0 (dry run: nothing moved)\n");
+    assert_eq!(stderr, "scanned 3 message(s) of the dead-letter queue\n");
+    let (ok, _, stderr) = run(&["show", "no-such-id"]);
+    assert!(!ok);
+    assert!(
+        stderr.starts_with("scanned 3 message(s) of the dead-letter queue\nerror: no dead-lettered message"),
+        "{stderr}"
+    );
 }

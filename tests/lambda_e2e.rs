@@ -1,7 +1,8 @@
 //! Lambda-level end to end: the real `receiver` and `worker` binaries run under the Lambda runtime
-//! emulator (`cargo lambda watch`), against SQS and DynamoDB on the AWS emulator. Deliveries go through
-//! the emulated Function URL; the messages that land in SQS are turned into an SQS event and handed to the
-//! worker with `cargo lambda invoke`.
+//! emulator (`cargo lambda watch`), against SQS, DynamoDB and SSM on the AWS emulator (the receiver reads
+//! its client secret from a SecureString parameter, as deployed). Deliveries go through the emulated
+//! Function URL; the messages that land in SQS are turned into an SQS event and handed to the worker with
+//! `cargo lambda invoke`.
 
 mod common;
 
@@ -147,9 +148,22 @@ async fn receiver_and_worker_under_the_lambda_emulator() {
             .expect("cargo lambda is installed (scripts/test puts .venv/bin on PATH)"),
     );
     wait_for_port(port);
-    let env = BTreeMap::from([
-        ("INTERCOM_CLIENT_SECRET", TEST_SECRET.to_string()),
+    // The receiver reads its secret from a SecureString parameter, as deployed.
+    let secret_parameter = format!("/{}/client-secret", unique("lambda"));
+    aws_sdk_ssm::Client::new(&sdk)
+        .put_parameter()
+        .name(&secret_parameter)
+        .value(TEST_SECRET)
+        .r#type(aws_sdk_ssm::types::ParameterType::SecureString)
+        .send()
+        .await
+        .unwrap();
+    let receiver_env = BTreeMap::from([
+        ("INTERCOM_CLIENT_SECRET_PARAMETER", secret_parameter),
         ("QUEUE_URL", queue.clone()),
+        ("DEAD_LETTER_QUEUE_URL", dlq.clone()),
+    ]);
+    let worker_env = BTreeMap::from([
         ("DEAD_LETTER_QUEUE_URL", dlq.clone()),
         ("IDEMPOTENCY_TABLE", table.clone()),
     ]);
@@ -157,14 +171,14 @@ async fn receiver_and_worker_under_the_lambda_emulator() {
         "receiver",
         env!("CARGO_BIN_EXE_receiver"),
         port,
-        &env,
+        &receiver_env,
         &dir.path().join("receiver.log"),
     ));
     processes.0.push(function(
         "worker",
         env!("CARGO_BIN_EXE_worker"),
         port,
-        &env,
+        &worker_env,
         &dir.path().join("worker.log"),
     ));
 

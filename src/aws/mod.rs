@@ -1,4 +1,5 @@
-//! AWS adapters for the ports: SQS for [`crate::queue::Queue`], DynamoDB for the idempotency store.
+//! AWS adapters for the ports: SQS for [`crate::queue::Queue`], DynamoDB for the idempotency store, SSM
+//! Parameter Store for secrets.
 //! The domain never sees an SDK type; everything AWS-specific stays in this module.
 
 pub mod dynamodb;
@@ -6,6 +7,7 @@ pub mod emf;
 pub mod lambda_sqs;
 pub mod sqs;
 pub mod sqs_dlq;
+pub mod ssm;
 
 use std::time::Duration;
 

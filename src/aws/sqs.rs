@@ -5,10 +5,13 @@ use aws_sdk_sqs::error::DisplayErrorContext;
 use aws_sdk_sqs::types::MessageAttributeValue;
 use aws_sdk_sqs::Client;
 
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
 use std::time::Duration;
 
 use aws_sdk_sqs::types::MessageSystemAttributeName;
 
+use super::sqs_dlq::ScanSettings;
 use crate::clock::unix_ms_now;
 use crate::queue::{DeadLetterQueue, Delivery, Message, Queue, QueueConsumer, QueueError, Record};
 
@@ -50,6 +53,9 @@ pub struct SqsQueue {
     client: Client,
     queue_url: String,
     dead_letters: SqsDeadLetters,
+    dead_letter_scan: ScanSettings,
+    /// How many messages the last `dlq` command read.
+    scanned: Arc<AtomicUsize>,
 }
 
 impl SqsQueue {
@@ -62,7 +68,23 @@ impl SqsQueue {
             dead_letters: SqsDeadLetters::new(client.clone(), dead_letter_queue_url),
             client,
             queue_url: queue_url.into(),
+            dead_letter_scan: ScanSettings::default(),
+            scanned: Arc::default(),
         }
+    }
+
+    /// How `dlq` commands go through the dead-letter queue (tests make the hold short).
+    pub fn with_dead_letter_scan(mut self, scan: ScanSettings) -> Self {
+        self.dead_letter_scan = scan;
+        self
+    }
+
+    pub(crate) fn dead_letter_scan(&self) -> ScanSettings {
+        self.dead_letter_scan
+    }
+
+    pub(crate) fn scanned_count(&self) -> &AtomicUsize {
+        &self.scanned
     }
 
     pub fn client(&self) -> &Client {

@@ -4,8 +4,8 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use axum::response::Response;
-use intercom_webhooks::aws::{emf, load_config, sqs::SqsQueue, CallBudget};
-use intercom_webhooks::config::{Env, ReceiverConfig};
+use intercom_webhooks::aws::{emf, load_config, sqs::SqsQueue, ssm::SsmParameters, CallBudget};
+use intercom_webhooks::config::{Env, ReceiverConfig, CLIENT_SECRET};
 use intercom_webhooks::intake::Intake;
 use intercom_webhooks::metrics::Metrics;
 use intercom_webhooks::telemetry;
@@ -13,8 +13,13 @@ use intercom_webhooks::telemetry;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     telemetry::init_lambda();
-    let config = ReceiverConfig::from_env(&Env::process()).context("the receiver cannot start")?;
     let sdk = load_config(CallBudget::RECEIVER).await;
+    let parameters = SsmParameters::new(aws_sdk_ssm::Client::new(&sdk));
+    let config = Env::process()
+        .resolve(&[CLIENT_SECRET], &parameters)
+        .await
+        .and_then(|env| env.parse(ReceiverConfig::from_env))
+        .context("the receiver cannot start")?;
     let queue = SqsQueue::new(
         aws_sdk_sqs::Client::new(&sdk),
         config.queue_url,

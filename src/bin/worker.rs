@@ -7,17 +7,23 @@ use anyhow::Context;
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use intercom_webhooks::aws::dynamodb::DynamoStore;
 use intercom_webhooks::aws::sqs::SqsDeadLetters;
+use intercom_webhooks::aws::ssm::SsmParameters;
 use intercom_webhooks::aws::{emf, lambda_sqs, load_config, CallBudget};
 use intercom_webhooks::clock::SystemClock;
-use intercom_webhooks::config::{Env, WorkerLambdaConfig};
+use intercom_webhooks::config::{Env, WorkerLambdaConfig, NOTIFY_WEBHOOK_URL};
 use intercom_webhooks::{handlers, metrics::Metrics, telemetry, worker::Worker};
 use lambda_runtime::{service_fn, LambdaEvent};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     telemetry::init_lambda();
-    let config = WorkerLambdaConfig::from_env(&Env::process()).context("the worker cannot start")?;
     let sdk = load_config(CallBudget::WORKER).await;
+    let parameters = SsmParameters::new(aws_sdk_ssm::Client::new(&sdk));
+    let config = Env::process()
+        .resolve(&[NOTIFY_WEBHOOK_URL], &parameters)
+        .await
+        .and_then(|env| env.parse(WorkerLambdaConfig::from_env))
+        .context("the worker cannot start")?;
     let router = handlers::default_router(config.worker.notify).context("invalid handler routes")?;
     tracing::info!(routes = ?router.describe(), "worker ready");
     let worker = Arc::new(Worker::new(

@@ -95,6 +95,7 @@ pub fn run(args: DlqArgs) -> anyhow::Result<ExitCode> {
         match args.command {
             DlqCommand::List { filter, limit, json } => {
                 let entries = store.list(&filter.filter()?, limit).await?;
+                report_scan(store.as_ref());
                 if json {
                     println!("{}", serde_json::to_string_pretty(&entries)?);
                 } else {
@@ -118,15 +119,20 @@ pub fn run(args: DlqArgs) -> anyhow::Result<ExitCode> {
                 }
                 Ok(ExitCode::SUCCESS)
             }
-            DlqCommand::Show { id } => match store.show(&id).await? {
-                Some(entry) => {
-                    println!("{}", serde_json::to_string_pretty(&entry)?);
-                    Ok(ExitCode::SUCCESS)
+            DlqCommand::Show { id } => {
+                let found = store.show(&id).await?;
+                report_scan(store.as_ref());
+                match found {
+                    Some(entry) => {
+                        println!("{}", serde_json::to_string_pretty(&entry)?);
+                        Ok(ExitCode::SUCCESS)
+                    }
+                    None => anyhow::bail!("no dead-lettered message has the id {id}"),
                 }
-                None => anyhow::bail!("no dead-lettered message has the id {id}"),
-            },
+            }
             DlqCommand::Redrive { filter, max, dry_run } => {
                 let report = store.redrive(&filter.filter()?, max, dry_run).await?;
+                report_scan(store.as_ref());
                 if dry_run {
                     println!(
                         "would move {}, skipped {} (dry run: nothing moved)",
@@ -146,6 +152,13 @@ pub fn run(args: DlqArgs) -> anyhow::Result<ExitCode> {
             }
         }
     })
+}
+
+/// On SQS every command reads the whole dead-letter queue: say how much it read.
+fn report_scan(store: &dyn DeadLetterStore) {
+    if let Some(count) = store.scanned() {
+        eprintln!("scanned {count} message(s) of the dead-letter queue");
+    }
 }
 
 async fn backend(args: &DlqArgs) -> anyhow::Result<Box<dyn DeadLetterStore>> {
