@@ -13,6 +13,8 @@ use crate::worker::WorkerSettings;
 pub enum ConfigError {
     #[error("{name} is not set: {hint}")]
     Missing { name: &'static str, hint: &'static str },
+    #[error("{name} is set but empty: {hint}")]
+    Empty { name: &'static str, hint: &'static str },
     #[error("{name} is invalid: {reason}")]
     Invalid { name: &'static str, reason: String },
     #[error(
@@ -97,7 +99,11 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
     }
 
     pub fn required(&self, name: &'static str, hint: &'static str) -> Result<String, ConfigError> {
-        self.optional(name).ok_or(ConfigError::Missing { name, hint })
+        match (self.0)(name) {
+            None => Err(ConfigError::Missing { name, hint }),
+            Some(value) if value.trim().is_empty() => Err(ConfigError::Empty { name, hint }),
+            Some(value) => Ok(value),
+        }
     }
 
     pub fn parsed<T>(&self, name: &'static str, default: T) -> Result<T, ConfigError>
@@ -403,6 +409,24 @@ mod tests {
         ]))
         .unwrap_err();
         assert!(err.to_string().starts_with("MAX_BODY_BYTES is invalid"), "{err}");
+    }
+
+    #[test]
+    fn an_empty_variable_is_called_empty_not_unset() {
+        let err = ReceiverConfig::from_env(&env(&[
+            ("INTERCOM_CLIENT_SECRET", "  "),
+            ("QUEUE_URL", "q"),
+            ("DEAD_LETTER_QUEUE_URL", "d"),
+        ]))
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("INTERCOM_CLIENT_SECRET is set but empty: set INTERCOM_CLIENT_SECRET to"),
+            "{err}"
+        );
+        let err = ReceiverConfig::from_env(&env(&[("INTERCOM_CLIENT_SECRET", "s"), ("QUEUE_URL", "")]))
+            .unwrap_err();
+        assert!(err.to_string().starts_with("QUEUE_URL is set but empty"), "{err}");
     }
 
     #[test]

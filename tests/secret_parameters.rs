@@ -226,3 +226,61 @@ async fn the_worker_reads_the_notify_url_from_a_parameter() {
         "https://hooks.example.com/services/T/B/secret"
     );
 }
+
+#[tokio::test]
+async fn serve_reads_its_client_secret_from_a_parameter_too() {
+    let e = emulator().await;
+    let name = format!("/serve/{}", unique("secret"));
+    e.put_secure_string(&name, "from-the-parameter").await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_intercom-webhooks"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--db"])
+        .arg(dir.path().join("db.sqlite"))
+        .env_remove("INTERCOM_CLIENT_SECRET")
+        .env("INTERCOM_CLIENT_SECRET_PARAMETER", &name)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let body = fixture("contact_deleted.json");
+    let signature = ClientSecret::new("from-the-parameter").unwrap().sign(&body);
+    let client = reqwest::Client::new();
+    let started = std::time::Instant::now();
+    let status = loop {
+        let answer = client
+            .post(format!("http://127.0.0.1:{port}/webhooks/intercom"))
+            .header("x-hub-signature", &signature)
+            .body(body.clone())
+            .send()
+            .await;
+        if let Ok(answer) = answer {
+            break answer.status();
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "serve did not start"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    let wrong = client
+        .post(format!("http://127.0.0.1:{port}/webhooks/intercom"))
+        .header("x-hub-signature", sign(&body))
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap()
+        .status();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(status, reqwest::StatusCode::OK);
+    assert_eq!(
+        wrong,
+        reqwest::StatusCode::UNAUTHORIZED,
+        "the test secret is not the parameter's"
+    );
+}

@@ -5,11 +5,12 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use crate::config::{Env, WorkerConfig};
+use crate::config::{Env, ParameterError, ParameterStore, WorkerConfig, CLIENT_SECRET, NOTIFY_WEBHOOK_URL};
 use crate::handlers::default_router;
 use crate::intake::DEFAULT_MAX_BODY_BYTES;
 use crate::local::server::{serve, ConnectionLimits, ServeOptions};
 use crate::local::Retention;
+use crate::signature::ClientSecrets;
 use crate::telemetry::{self, LogFormat};
 
 #[derive(clap::Args, Debug)]
@@ -68,9 +69,8 @@ fn duration(text: &str) -> Result<Duration, String> {
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    let env = Env::process();
-    let secrets = env.client_secrets()?;
-    let worker = WorkerConfig::from_env(&env)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let (secrets, worker) = runtime.block_on(configuration())?;
     telemetry::init_local(args.log_format);
     let mut settings = worker.settings;
     settings.visibility_timeout = Duration::from_secs(args.visibility_timeout);
@@ -98,9 +98,37 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             interval: args.purge_interval,
         },
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(serve(options, shutdown_signal()))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The client secrets and the worker's settings from the environment, as the Lambdas read them: the
+/// secret and the notify URL directly, or from SSM parameters named by their `_PARAMETER` variables (only
+/// then is the AWS configuration loaded).
+async fn configuration() -> anyhow::Result<(ClientSecrets, WorkerConfig)> {
+    let env = Env::process();
+    let secrets = [CLIENT_SECRET, NOTIFY_WEBHOOK_URL];
+    let resolved = if secrets.iter().any(|s| env.optional(s.parameter).is_some()) {
+        let sdk = crate::aws::load_config(crate::aws::CallBudget::WORKER).await;
+        let parameters = crate::aws::ssm::SsmParameters::new(aws_sdk_ssm::Client::new(&sdk));
+        env.resolve(&secrets, &parameters).await?
+    } else {
+        env.resolve(&secrets, &NoParameters).await?
+    };
+    Ok((
+        resolved.parse(|env| env.client_secrets())?,
+        resolved.parse(WorkerConfig::from_env)?,
+    ))
+}
+
+/// Asked for nothing: no `_PARAMETER` variable is set.
+struct NoParameters;
+
+#[async_trait::async_trait]
+impl ParameterStore for NoParameters {
+    async fn value(&self, _: &str) -> Result<String, ParameterError> {
+        Err(ParameterError::NotFound)
+    }
 }
 
 /// SIGINT (Ctrl-C) or SIGTERM.
