@@ -258,7 +258,11 @@ impl Worker {
             notification_id = field::Empty,
             topic = field::Empty,
             app_id = record.message.attribute(attr::APP_ID).unwrap_or_default(),
-            delivery_attempts = record.message.attribute(attr::DELIVERY_ATTEMPTS).unwrap_or_default(),
+            // A number, as on the intake's lines (the attribute is a string on the queue).
+            delivery_attempts = record
+                .message
+                .attribute(attr::DELIVERY_ATTEMPTS)
+                .and_then(|n| n.parse::<u32>().ok()),
             receive_count = record.receive_count,
             message_id = %record.message_id,
         );
@@ -477,5 +481,52 @@ mod tests {
             "a past deadline falls back to the visibility timeout"
         );
         assert_eq!(lease_end(1_000, 1_000, 180_000), 181_000);
+    }
+}
+
+#[cfg(test)]
+mod log_tests {
+    use super::*;
+    use crate::clock::{unix_ms_now, SystemClock};
+    use crate::local::{Db, SqliteQueue, SqliteStore};
+    use crate::queue::Message;
+
+    #[test]
+    fn the_outcome_line_carries_delivery_attempts_as_a_number() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path().join("w.db")).unwrap();
+        let router = crate::handlers::default_router(None).unwrap();
+        let worker = Worker::new(
+            Arc::new(SqliteStore::new(db.clone())),
+            Arc::new(SqliteQueue::new(db, 5)),
+            router,
+            Arc::new(SystemClock),
+            Arc::new(Metrics::new()),
+            WorkerSettings::default(),
+        );
+        let body = br#"{"type":"notification_event","id":"notif_1","topic":"contact.deleted","app_id":"abc","delivery_attempts":2,"data":{"item":{"type":"contact","id":"c1","deleted":true}}}"#;
+        let envelope = crate::notification::Envelope::parse(body).unwrap();
+        let record = Record {
+            message_id: "m1".into(),
+            message: Message::for_notification(body, &envelope),
+            receive_count: 1,
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let lines = crate::telemetry::captured_json_lines("info", || {
+            runtime.block_on(worker.process(&record, unix_ms_now() + 30_000));
+        });
+        let outcome = lines
+            .iter()
+            .find(|l| l["message"] == "outcome")
+            .expect("an outcome line");
+        assert_eq!(
+            outcome["span"]["delivery_attempts"],
+            serde_json::json!(2),
+            "{outcome}"
+        );
+        assert_eq!(outcome["outcome"], "processed");
     }
 }
