@@ -190,7 +190,7 @@ wait "$HARNESS_PID"
 
 # --- peak memory of serve under the intake load ---------------------------------------------------------
 BIN=$ROOT/target/release/intercom-webhooks
-SIGNATURE=$("$BIN" sign --secret "$SECRET" "$FIXTURE")
+SIGNATURE=$(INTERCOM_CLIENT_SECRET=$SECRET "$BIN" sign "$FIXTURE")
 PORT=$(free_port)
 INTERCOM_CLIENT_SECRET=$SECRET /usr/bin/time -v -o "$TMP/time.txt" "$BIN" serve --listen "127.0.0.1:$PORT" \
   --db "$TMP/footprint.db" --log-format json >"$TMP/serve.log" 2>"$TMP/serve.err" &

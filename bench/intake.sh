@@ -73,7 +73,7 @@ fi
 with_cleanup intake-bench
 
 SECRET=bench-secret-$RANDOM$RANDOM
-SIGNATURE=$("$BIN" sign --secret "$SECRET" "$FIXTURE")
+SIGNATURE=$(INTERCOM_CLIENT_SECRET=$SECRET "$BIN" sign "$FIXTURE")
 BYTES=$(wc -c <"$FIXTURE")
 
 run_wrk() { # run_wrk URL OUTFILE (in the background, so that a signal stops the script at once)

@@ -432,14 +432,18 @@ mod tests {
     #[test]
     fn receiver_config_defaults() {
         let config = ReceiverConfig::from_env(&env(&[
-            ("INTERCOM_CLIENT_SECRET", "a,b"),
+            ("INTERCOM_CLIENT_SECRET", "current-7f3a9c, previous-d41e82"),
             ("QUEUE_URL", "q"),
             ("DEAD_LETTER_QUEUE_URL", "d"),
         ]))
         .unwrap();
         assert_eq!(config.secrets.len(), 2);
         assert_eq!(config.max_body_bytes, DEFAULT_MAX_BODY_BYTES);
-        assert!(!format!("{config:?}").contains("a,b"));
+        let debug = format!("{config:?}");
+        for secret in ["current-7f3a9c", "previous-d41e82", "7f3a9c", "d41e82"] {
+            assert!(!debug.contains(secret), "{debug}");
+        }
+        assert!(debug.contains("redacted"), "{debug}");
     }
 
     /// Parameters from a map: a fake store for the resolution logic (the SSM adapter is tested on the

@@ -234,12 +234,12 @@ async fn bulk_reports_bad_lines_by_number_and_sends_nothing() {
         dir.path(),
         "events.jsonl",
         &[
-            r#"{"event_name":"a","user_id":"1"}"#.into(),
-            r#"{"event_name":"a"}"#.into(),
+            r#"{"event_name":"a","user_id":"1","created_at":1700000000}"#.into(),
+            r#"{"event_name":"a","created_at":1700000000}"#.into(),
             String::new(),
-            r#"{"event_name":"a","user_id":"2""#.into(),
-            r#"{"event_name":"a","user_id":"3","metadata":{"tags":["x"]}}"#.into(),
-            r#"{"event_name":"a","user_id":"4"}"#.into(),
+            r#"{"event_name":"a","user_id":"2","created_at":1700000000"#.into(),
+            r#"{"event_name":"a","user_id":"3","created_at":1700000000,"metadata":{"tags":["x"]}}"#.into(),
+            r#"{"event_name":"a","user_id":"4","created_at":1700000000}"#.into(),
         ],
     );
     let uri = server.uri();
@@ -263,6 +263,114 @@ async fn bulk_reports_bad_lines_by_number_and_sends_nothing() {
         err.contains("3 of 5 events are invalid; nothing was sent"),
         "{err}"
     );
+    assert!(server.received_requests().await.unwrap().is_empty());
+    server.verify().await;
+}
+
+/// A mock that accepts every event and expects none.
+async fn server_expecting_nothing() -> MockServer {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(202))
+        .expect(0)
+        .mount(&server)
+        .await;
+    server
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_refuses_a_line_without_created_at_and_sends_nothing() {
+    let server = server_expecting_nothing().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        dir.path(),
+        "events.jsonl",
+        &[
+            r#"{"event_name":"ordered","user_id":"1","created_at":1700000000}"#.into(),
+            r#"{"event_name":"ordered","user_id":"1"}"#.into(),
+            r#"{"event_name":"ordered","user_id":"1","created_at":null}"#.into(),
+            r#"{"event_name":"ordered","user_id":"2","created_at":1700000001}"#.into(),
+        ],
+    );
+    let uri = server.uri();
+    for dry_run in [false, true] {
+        let mut args = vec!["events", "bulk", &file, "--base-url", &uri];
+        if dry_run {
+            args.push("--dry-run");
+        }
+        let output = run(&args, Some(TOKEN)).await;
+        assert_eq!(output.status.code(), Some(1), "dry run {dry_run}");
+        let err = stderr(&output);
+        for line in [2, 3] {
+            assert!(
+                err.contains(&format!(
+                    "line {line}: no created_at: every event of a bulk file needs its time, in Unix seconds"
+                )),
+                "{err}"
+            );
+        }
+        let reported: Vec<&str> = err
+            .lines()
+            .filter_map(|l| l.strip_prefix("line ")?.split(':').next())
+            .collect();
+        assert_eq!(reported, ["2", "3"], "{err}");
+        assert!(
+            err.contains("2 of 4 events are invalid; nothing was sent"),
+            "{err}"
+        );
+        assert_eq!(stdout(&output), "", "dry run {dry_run}");
+    }
+    assert!(server.received_requests().await.unwrap().is_empty());
+    server.verify().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_refuses_the_same_event_twice_and_sends_nothing() {
+    let server = server_expecting_nothing().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        dir.path(),
+        "events.jsonl",
+        &[
+            r#"{"event_name":"ordered","user_id":"42","created_at":1700000000,"metadata":{"order":"A-1"}}"#
+                .into(),
+            // Differs in one of contact, name and time: all distinct events.
+            r#"{"event_name":"ordered","user_id":"42","created_at":1700000001}"#.into(),
+            r#"{"event_name":"ordered","user_id":"43","created_at":1700000000}"#.into(),
+            r#"{"event_name":"viewed","user_id":"42","created_at":1700000000}"#.into(),
+            r#"{"event_name":"ordered","email":"u42@example.com","created_at":1700000000}"#.into(),
+            String::new(),
+            // Same contact, name and time as line 1 (other metadata): Intercom would ignore it.
+            r#"{"event_name":"ordered","user_id":"42","created_at":1700000000,"metadata":{"order":"A-2"}}"#
+                .into(),
+            r#"{"event_name":"viewed","user_id":"42","created_at":1700000000}"#.into(),
+        ],
+    );
+    let uri = server.uri();
+    let output = run(&["events", "bulk", &file, "--base-url", &uri], Some(TOKEN)).await;
+    assert_eq!(output.status.code(), Some(1));
+    let err = stderr(&output);
+    assert!(
+        err.contains(
+            "line 7: the same contact, event_name and created_at as line 1: Intercom would keep only \
+             one of them; give each event its own created_at"
+        ),
+        "{err}"
+    );
+    assert!(
+        err.contains("line 8: the same contact, event_name and created_at as line 4:"),
+        "{err}"
+    );
+    let reported: Vec<&str> = err
+        .lines()
+        .filter_map(|l| l.strip_prefix("line ")?.split(':').next())
+        .collect();
+    assert_eq!(reported, ["7", "8"], "{err}");
+    assert!(
+        err.contains("2 of 7 events are invalid; nothing was sent"),
+        "{err}"
+    );
+    assert_eq!(stdout(&output), "");
     assert!(server.received_requests().await.unwrap().is_empty());
     server.verify().await;
 }

@@ -387,7 +387,7 @@ fn send_and_sign_report_clear_errors() {
     let out = Command::new(BIN)
         .arg("sign")
         .arg(fixtures_dir().join("ping.json"))
-        .args(["--secret", TEST_SECRET])
+        .env("INTERCOM_CLIENT_SECRET", TEST_SECRET)
         .output()
         .unwrap();
     assert!(out.status.success());

@@ -1,6 +1,7 @@
 //! `intercom-webhooks events`: send Data Events to Intercom, one (`track`) or a JSON Lines file of them
 //! (`bulk`) at the rate limit.
 
+use std::collections::hash_map::{Entry, HashMap};
 use std::fs::File;
 use std::io::{BufWriter, IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
@@ -93,7 +94,7 @@ struct ContactArgs {
 #[derive(clap::Args, Debug)]
 struct BulkArgs {
     /// A JSON Lines file, one event per line with the API's field names (event_name, created_at,
-    /// user_id / id / email, metadata); `-` reads standard input.
+    /// user_id / id / email, metadata); every line needs its created_at. `-` reads standard input.
     file: PathBuf,
     /// Write the events that failed here, one per line with an "error" field; the file can be given
     /// back to `events bulk` as it is.
@@ -290,31 +291,66 @@ fn parse_lines(text: &str) -> anyhow::Result<(Vec<DataEvent>, Vec<usize>)> {
                 events.push(event);
                 line_numbers.push(number);
             }
-            Err(reason) => bad.push(format!("line {number}: {reason}")),
+            Err(reason) => bad.push((number, reason)),
         }
     }
+    let lines = events.len() + bad.len();
+    bad.extend(same_event_twice(&events, &line_numbers));
     if bad.is_empty() {
         return Ok((events, line_numbers));
     }
-    for message in bad.iter().take(LISTED) {
-        eprintln!("{message}");
+    bad.sort_by_key(|(number, _)| *number);
+    for (number, reason) in bad.iter().take(LISTED) {
+        eprintln!("line {number}: {reason}");
     }
     if bad.len() > LISTED {
         eprintln!("… and {} more", bad.len() - LISTED);
     }
-    bail!(
-        "{} of {} events are invalid; nothing was sent",
-        bad.len(),
-        bad.len() + events.len()
-    )
+    bail!("{} of {lines} events are invalid; nothing was sent", bad.len())
+}
+
+/// Intercom keeps one event per contact, name and `created_at` and ignores the rest without an error:
+/// every later line that repeats an earlier one's, with the earlier line's number.
+fn same_event_twice(events: &[DataEvent], line_numbers: &[usize]) -> Vec<(usize, String)> {
+    let mut first_seen = HashMap::new();
+    let mut repeated = Vec::new();
+    for (event, &number) in events.iter().zip(line_numbers) {
+        let key = (
+            event.contact().field(),
+            event.contact().value(),
+            event.event_name(),
+            event.created_at(),
+        );
+        match first_seen.entry(key) {
+            Entry::Vacant(entry) => {
+                entry.insert(number);
+            }
+            Entry::Occupied(entry) => repeated.push((
+                number,
+                format!(
+                    "the same contact, event_name and created_at as line {}: Intercom would keep only one \
+                     of them; give each event its own created_at",
+                    entry.get()
+                ),
+            )),
+        }
+    }
+    repeated
 }
 
 fn parse_line(line: &str) -> Result<DataEvent, String> {
     let mut value: Value = serde_json::from_str(line).map_err(|e| format!("not JSON: {e}"))?;
+    let dated = value.get("created_at").is_some_and(|at| !at.is_null());
     if let Value::Object(object) = &mut value {
         object.remove("error");
     }
-    DataEvent::from_json(value).map_err(|e| e.to_string())
+    let event = DataEvent::from_json(value).map_err(|e| e.to_string())?;
+    // A default of now would date events of one contact and name in the same second alike (Intercom
+    // keeps one), and date them anew when an interrupted file is sent again (Intercom counts them twice).
+    if !dated {
+        return Err("no created_at: every event of a bulk file needs its time, in Unix seconds".into());
+    }
+    Ok(event)
 }
 
 /// One line per failed event: the event as sent, plus `error` with its kind, status, message, the

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use super::sign::secrets_from;
+use super::sign::SecretArgs;
 use crate::signature::ClientSecret;
 
 #[derive(clap::Args, Debug)]
@@ -15,9 +15,8 @@ pub struct SendArgs {
     /// The receiver's URL, e.g. http://127.0.0.1:8080/webhooks/intercom
     #[arg(long)]
     url: String,
-    /// The client secret to sign with (default: the first one in INTERCOM_CLIENT_SECRET).
-    #[arg(long, env = "INTERCOM_CLIENT_SECRET", hide_env_values = true)]
-    secret: Option<String>,
+    #[command(flatten)]
+    secret: SecretArgs,
     /// Give each notification a new unique id (so repeated sends are not deduplicated); the changed
     /// bytes are what is signed.
     #[arg(long)]
@@ -25,7 +24,7 @@ pub struct SendArgs {
 }
 
 pub fn run(args: SendArgs) -> anyhow::Result<ExitCode> {
-    let secrets = secrets_from(args.secret.as_deref())?;
+    let secrets = args.secret.secrets()?;
     let files = expand(&args.paths)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
