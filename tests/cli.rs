@@ -217,3 +217,24 @@ async fn send_signs_with_the_secret_file() {
     assert_eq!(received[0].body, std::fs::read(&ping).unwrap());
     server.verify().await;
 }
+
+#[test]
+fn a_url_without_a_scheme_says_what_to_write() {
+    let ping = fixture("ping.json");
+    let out = run(
+        &[
+            "send",
+            ping.to_str().unwrap(),
+            "--url",
+            "127.0.0.1:8080/webhooks/intercom",
+        ],
+        Some(VECTOR_SECRET),
+    );
+    assert!(!out.status.success());
+    let stderr = stderr(&out);
+    assert!(
+        stderr.contains("has no scheme: write http://127.0.0.1:8080/webhooks/intercom"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("builder error"), "{stderr}");
+}

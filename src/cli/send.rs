@@ -13,7 +13,7 @@ pub struct SendArgs {
     #[arg(required = true)]
     paths: Vec<PathBuf>,
     /// The receiver's URL, e.g. http://127.0.0.1:8080/webhooks/intercom
-    #[arg(long)]
+    #[arg(long, value_parser = receiver_url)]
     url: String,
     #[command(flatten)]
     secret: SecretArgs,
@@ -115,4 +115,50 @@ fn with_fresh_id(body: &[u8], file: &Path) -> anyhow::Result<Vec<u8>> {
         object.insert("id".into(), format!("notif_{}", uuid::Uuid::new_v4()).into());
     }
     Ok(serde_json::to_vec_pretty(&value)?)
+}
+
+/// An absolute http(s) URL; the error says what to write instead.
+fn receiver_url(text: &str) -> Result<String, String> {
+    let text = text.trim();
+    match url::Url::parse(text) {
+        Ok(url) if matches!(url.scheme(), "http" | "https") && url.has_host() => Ok(text.to_owned()),
+        Ok(url) if !matches!(url.scheme(), "http" | "https") && !text.contains("://") => Err(format!(
+            "{text:?} has no scheme: write http://{text}"
+        )),
+        Ok(url) => Err(format!(
+            "{text:?} is not an http or https URL (scheme {:?}): write e.g. http://127.0.0.1:8080/webhooks/intercom",
+            url.scheme()
+        )),
+        Err(url::ParseError::RelativeUrlWithoutBase) => Err(format!(
+            "{text:?} has no scheme: write http://{text}"
+        )),
+        Err(e) => Err(format!(
+            "{text:?} is not a URL ({e}): write e.g. http://127.0.0.1:8080/webhooks/intercom"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::receiver_url;
+
+    #[test]
+    fn a_url_without_a_scheme_is_refused_with_what_to_write() {
+        assert_eq!(
+            receiver_url("127.0.0.1:8080/webhooks/intercom").unwrap_err(),
+            "\"127.0.0.1:8080/webhooks/intercom\" has no scheme: write http://127.0.0.1:8080/webhooks/intercom"
+        );
+        assert_eq!(
+            receiver_url("localhost:8080/webhooks/intercom").unwrap_err(),
+            "\"localhost:8080/webhooks/intercom\" has no scheme: write http://localhost:8080/webhooks/intercom"
+        );
+        assert!(receiver_url("ftp://x/")
+            .unwrap_err()
+            .contains("not an http or https URL"));
+        assert_eq!(
+            receiver_url("http://127.0.0.1:8080/webhooks/intercom").unwrap(),
+            "http://127.0.0.1:8080/webhooks/intercom"
+        );
+        assert!(receiver_url("https://example.com/").is_ok());
+    }
 }

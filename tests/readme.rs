@@ -1,0 +1,62 @@
+//! The README's list of built-in handlers and their topics is generated from the router, so it cannot
+//! drift from the code. `UPDATE_README=1 cargo test --test readme` rewrites it.
+
+use std::time::Duration;
+
+use intercom_webhooks::handlers::{default_router, NotifySettings, DEFAULT_NOTIFY_TOPICS};
+
+const START: &str =
+    "<!-- built-in handlers: generated from the router by tests/readme.rs (UPDATE_README=1 cargo test --test readme) -->\n";
+const END: &str = "<!-- end of built-in handlers -->\n";
+
+/// The table the README holds between the two markers.
+fn generated() -> String {
+    let notify = NotifySettings {
+        url: "https://hooks.example.com/services/T/B/x".into(),
+        topics: DEFAULT_NOTIFY_TOPICS.iter().map(|t| (*t).to_owned()).collect(),
+        timeout: Duration::from_secs(5),
+        rate_per_second: 1.0,
+    };
+    let router = default_router(Some(notify)).unwrap();
+    let quoted = |patterns: &[String]| {
+        patterns
+            .iter()
+            .map(|p| format!("`{p}`"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut table = String::from("| handler | on | topics |\n|---|---|---|\n");
+    for (name, patterns) in router.by_handler() {
+        let row = match name.as_str() {
+            "notify" => format!(
+                "| `notify` | when `NOTIFY_WEBHOOK_URL` is set | `NOTIFY_TOPICS`; by default {} |\n",
+                quoted(&patterns)
+            ),
+            _ => format!("| `{name}` | always | {} |\n", quoted(&patterns)),
+        };
+        table.push_str(&row);
+    }
+    table
+}
+
+#[test]
+fn the_readme_lists_every_built_in_handler_with_the_topics_the_router_gives_it() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/README.md");
+    let readme = std::fs::read_to_string(path).unwrap();
+    let start = readme.find(START).expect("the README has the start marker") + START.len();
+    let end = start + readme[start..].find(END).expect("the README has the end marker");
+    let expected = generated();
+    if std::env::var_os("UPDATE_README").is_some() {
+        let updated = format!("{}{expected}{}", &readme[..start], &readme[end..]);
+        std::fs::write(path, updated).unwrap();
+        return;
+    }
+    assert_eq!(
+        &readme[start..end],
+        expected,
+        "the README's handler list differs from the router: run UPDATE_README=1 cargo test --test readme"
+    );
+    for topic in ["contact.deleted", "ticket.created", "conversation.admin.replied"] {
+        assert!(readme[start..end].contains(&format!("`{topic}`")), "{topic}");
+    }
+}
