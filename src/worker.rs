@@ -14,7 +14,7 @@ use crate::clock::Clock;
 use crate::handler::{HandlerContext, HandlerError};
 use crate::idempotency::{payload_hash, Claim, ClaimOutcome, IdempotencyKey, IdempotencyStore, StoreError};
 use crate::metrics::Metrics;
-use crate::notification::Notification;
+use crate::notification::{EnvelopeError, Notification};
 pub use crate::queue::Record;
 use crate::queue::{attr, DeadLetterQueue};
 use crate::router::Router;
@@ -36,7 +36,45 @@ pub enum Outcome {
     Ignored,
 }
 
-/// The error of a record cut off at the deadline; it is retried.
+/// Why a record did not end `processed`, `duplicate` or `ignored`. Typed until the edge: the outcome
+/// line, the batch response, the dead-letter reason, the local queue's last error.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RecordError {
+    /// The body is not a notification: dead-lettered.
+    #[error("malformed: {0}")]
+    Malformed(#[from] EnvelopeError),
+    /// Another worker holds the claim.
+    #[error("claimed by another worker")]
+    InFlight,
+    /// The idempotency store failed: the record is retried.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A handler failed, retryably or permanently.
+    #[error("handler {handler}: {}", reason(.error))]
+    Handler { handler: String, error: HandlerError },
+    /// The invocation's deadline (less the margin) came first: the record is retried.
+    #[error("{PAST_DEADLINE}")]
+    PastDeadline,
+}
+
+/// The reason a handler gave, without the retryable / permanent prefix its `Display` has.
+fn reason(error: &HandlerError) -> &str {
+    match error {
+        HandlerError::Retryable { reason, .. } | HandlerError::Permanent(reason) => reason,
+    }
+}
+
+impl RecordError {
+    /// The earliest a new try can help, when the failure said (a 429's `Retry-After`).
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            RecordError::Handler { error, .. } => error.delay(),
+            _ => None,
+        }
+    }
+}
+
+/// The text of [`RecordError::PastDeadline`].
 pub const PAST_DEADLINE: &str = "the invocation's deadline came before the record finished";
 
 /// The claim's lease ends at the invocation's deadline, never later than the visibility timeout (after
@@ -74,14 +112,16 @@ impl Outcome {
 #[derive(Clone, Debug, Default)]
 pub struct BatchResult {
     pub outcomes: Vec<(String, Outcome)>,
-    /// The failure behind each `retry` / `dead_lettered` outcome, by message id.
-    pub errors: std::collections::BTreeMap<String, String>,
-    /// For `retry` outcomes whose failure said so (e.g. a 429's `Retry-After`): the earliest a new try can
-    /// help, by message id.
-    pub retry_delays: std::collections::BTreeMap<String, Duration>,
+    /// The failure behind each `retry`, `in_flight` and `dead_lettered` outcome, by message id.
+    pub errors: std::collections::BTreeMap<String, RecordError>,
 }
 
 impl BatchResult {
+    /// The earliest a retry of this message can help, when its failure said so.
+    pub fn retry_after(&self, message_id: &str) -> Option<Duration> {
+        self.errors.get(message_id).and_then(RecordError::retry_after)
+    }
+
     /// Message ids to report as batch item failures.
     pub fn failures(&self) -> Vec<String> {
         self.outcomes
@@ -123,29 +163,24 @@ impl Default for WorkerSettings {
 /// How one record ended, and why.
 struct RecordEnd {
     outcome: Outcome,
-    topic: String,
-    error: Option<String>,
-    retry_delay: Option<Duration>,
+    error: Option<RecordError>,
 }
 
 impl RecordEnd {
-    fn new(outcome: Outcome, topic: String) -> Self {
+    fn new(outcome: Outcome) -> Self {
+        Self { outcome, error: None }
+    }
+
+    fn because(outcome: Outcome, error: RecordError) -> Self {
         Self {
             outcome,
-            topic,
-            error: None,
-            retry_delay: None,
+            error: Some(error),
         }
     }
 
-    fn because(mut self, error: impl Into<String>) -> Self {
-        self.error = Some(error.into());
-        self
-    }
-
-    fn past_deadline(topic: String) -> Self {
+    fn past_deadline() -> Self {
         warn!("{PAST_DEADLINE}; it will be retried");
-        Self::new(Outcome::Retry, topic).because(PAST_DEADLINE)
+        Self::because(Outcome::Retry, RecordError::PastDeadline)
     }
 }
 
@@ -213,7 +248,7 @@ impl Worker {
         let cutoff = self.cutoff(deadline_ms);
         let results: Vec<(String, RecordEnd)> = futures::stream::iter(records)
             .map(|record| async move {
-                let end = self.process_logged(&record, deadline_ms, cutoff).await;
+                let end = self.process_record(&record, deadline_ms, cutoff).await;
                 (record.message_id, end)
             })
             .buffered(concurrency)
@@ -224,9 +259,6 @@ impl Worker {
             if let Some(error) = end.error {
                 result.errors.insert(id.clone(), error);
             }
-            if let Some(delay) = end.retry_delay {
-                result.retry_delays.insert(id.clone(), delay);
-            }
             result.outcomes.push((id, end.outcome));
         }
         result
@@ -235,7 +267,7 @@ impl Worker {
     /// Processes one record, logging its outcome line.
     pub async fn process(&self, record: &Record, deadline_ms: i64) -> Outcome {
         let cutoff = self.cutoff(deadline_ms);
-        self.process_logged(record, deadline_ms, cutoff).await.outcome
+        self.process_record(record, deadline_ms, cutoff).await.outcome
     }
 
     fn cutoff(&self, deadline_ms: i64) -> Cutoff {
@@ -252,7 +284,8 @@ impl Worker {
         }
     }
 
-    async fn process_logged(&self, record: &Record, deadline_ms: i64, cutoff: Cutoff) -> RecordEnd {
+    /// One record, from its body to its outcome line: parse, then [`Worker::handle_once`].
+    async fn process_record(&self, record: &Record, deadline_ms: i64, cutoff: Cutoff) -> RecordEnd {
         let span = tracing::info_span!(
             "notification",
             notification_id = field::Empty,
@@ -267,23 +300,43 @@ impl Worker {
             message_id = %record.message_id,
         );
         let started = std::time::Instant::now();
-        let mut notification_id = record
-            .message
-            .attribute(attr::NOTIFICATION_ID)
-            .unwrap_or_default()
-            .to_owned();
-        let end = self
-            .process_inner(record, deadline_ms, cutoff, &mut notification_id)
-            .instrument(span.clone())
-            .await;
-        let (outcome, topic) = (end.outcome, end.topic.as_str());
+        let parsed = Notification::parse(&record.message.raw_body());
+        // What the outcome line names: the notification's own id and topic, else the queue's attributes.
+        let (notification_id, topic) = match &parsed {
+            Ok(n) => (n.id.as_str(), n.topic().as_str()),
+            Err(_) => (
+                record
+                    .message
+                    .attribute(attr::NOTIFICATION_ID)
+                    .unwrap_or_default(),
+                record.message.attribute(attr::TOPIC).unwrap_or("unknown"),
+            ),
+        };
+        if !notification_id.is_empty() {
+            span.record("notification_id", notification_id);
+        }
+        span.record("topic", topic);
+        let end = match &parsed {
+            Ok(notification) => {
+                self.handle_once(record, notification, deadline_ms, cutoff)
+                    .instrument(span.clone())
+                    .await
+            }
+            Err(_) if cutoff.passed() => span.in_scope(RecordEnd::past_deadline),
+            Err(error) => {
+                let error = RecordError::Malformed(error.clone());
+                let outcome = self.dead_letter(record, &error).instrument(span.clone()).await;
+                RecordEnd::because(outcome, error)
+            }
+        };
+        let outcome = end.outcome;
         let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
         self.metrics
             .incr("processed", &[("topic", topic), ("outcome", outcome.as_str())]);
         self.metrics.observe("handler_latency_ms", duration_ms);
         span.in_scope(|| {
             info!(
-                notification_id = notification_id.as_str(),
+                notification_id,
                 topic,
                 outcome = outcome.as_str(),
                 duration_ms,
@@ -293,45 +346,21 @@ impl Worker {
         end
     }
 
-    async fn process_inner(
+    /// Claims the notification, runs its handlers, then completes the claim (or releases it and retries,
+    /// or dead-letters): handled once in effect.
+    async fn handle_once(
         &self,
         record: &Record,
+        notification: &Notification,
         deadline_ms: i64,
         cutoff: Cutoff,
-        notification_id: &mut String,
     ) -> RecordEnd {
-        let body = record.message.raw_body();
-        let span = tracing::Span::current();
-        let notification = match Notification::parse(&body) {
-            Ok(n) => n,
-            Err(error) => {
-                let topic = record
-                    .message
-                    .attribute(attr::TOPIC)
-                    .unwrap_or("unknown")
-                    .to_owned();
-                span.record("topic", topic.as_str());
-                if let Some(id) = record.message.attribute(attr::NOTIFICATION_ID) {
-                    span.record("notification_id", id);
-                }
-                if cutoff.passed() {
-                    return RecordEnd::past_deadline(topic);
-                }
-                let reason = format!("malformed: {error}");
-                return RecordEnd::new(self.dead_letter(record, &reason).await, topic).because(reason);
-            }
-        };
-        let topic = notification.topic().to_string();
-        span.record("notification_id", notification.id.as_str());
-        notification.id.as_str().clone_into(notification_id);
-        span.record("topic", topic.as_str());
-
-        let handlers = self.router.handlers_for(&topic);
+        let handlers = self.router.handlers_for(notification.topic().as_str());
         if handlers.is_empty() || notification.envelope.is_ping() {
-            return RecordEnd::new(Outcome::Ignored, topic);
+            return RecordEnd::new(Outcome::Ignored);
         }
         if cutoff.passed() {
-            return RecordEnd::past_deadline(topic);
+            return RecordEnd::past_deadline();
         }
 
         let now_ms = self.clock.now_ms();
@@ -347,7 +376,7 @@ impl Worker {
         // Cut off, a claim that was written holds its lease until the deadline, when it ends on its own.
         let claimed = match tokio::time::timeout_at(cutoff.at, self.store.claim(&claim)).await {
             Ok(claimed) => claimed,
-            Err(_) => return RecordEnd::past_deadline(topic),
+            Err(_) => return RecordEnd::past_deadline(),
         };
         let lease = match claimed {
             Ok(ClaimOutcome::Claimed(lease)) => lease,
@@ -360,15 +389,15 @@ impl Worker {
                         "a completed notification id arrived with a different payload: the key was reused; not processed again"
                     );
                 }
-                return RecordEnd::new(Outcome::Duplicate, topic);
+                return RecordEnd::new(Outcome::Duplicate);
             }
             Ok(ClaimOutcome::InFlight { lease_until_ms }) => {
                 info!(lease_until_ms, "another worker holds the claim");
-                return RecordEnd::new(Outcome::InFlight, topic).because("claimed by another worker");
+                return RecordEnd::because(Outcome::InFlight, RecordError::InFlight);
             }
             Err(error) => {
                 warn!(%error, "could not claim the notification");
-                return RecordEnd::new(Outcome::Retry, topic).because(error.to_string());
+                return RecordEnd::because(Outcome::Retry, error.into());
             }
         };
 
@@ -378,7 +407,7 @@ impl Worker {
         };
         let run_handlers = async {
             for handler in handlers {
-                let run = AssertUnwindSafe(handler.handle(&notification, &context)).catch_unwind();
+                let run = AssertUnwindSafe(handler.handle(notification, &context)).catch_unwind();
                 let result = run.await.unwrap_or_else(|panic| {
                     let what = panic
                         .downcast_ref::<&str>()
@@ -389,7 +418,10 @@ impl Worker {
                 });
                 if let Err(error) = result {
                     warn!(handler = handler.name(), %error, "handler failed");
-                    return Some((handler.name().to_owned(), error));
+                    return Some(RecordError::Handler {
+                        handler: handler.name().to_owned(),
+                        error,
+                    });
                 }
             }
             None
@@ -398,7 +430,7 @@ impl Worker {
             Ok(failure) => failure,
             Err(_) => {
                 self.release_by(&lease, cutoff.lease_end).await;
-                return RecordEnd::past_deadline(topic);
+                return RecordEnd::past_deadline();
             }
         };
 
@@ -414,22 +446,23 @@ impl Worker {
                     // The effects happened; acknowledging keeps them from happening again for this message.
                     Err(error) => warn!(%error, "handled, but the record could not be marked completed"),
                 }
-                RecordEnd::new(Outcome::Processed, topic)
+                RecordEnd::new(Outcome::Processed)
             }
-            Some((handler, HandlerError::Retryable { reason, retry_after })) => {
-                self.release_by(&lease, cutoff.lease_end).await;
-                let mut end =
-                    RecordEnd::new(Outcome::Retry, topic).because(format!("handler {handler}: {reason}"));
-                end.retry_delay = retry_after;
-                end
-            }
-            Some((handler, HandlerError::Permanent(why))) => {
+            Some(
+                error @ RecordError::Handler {
+                    error: HandlerError::Permanent(_),
+                    ..
+                },
+            ) => {
                 // Not cut off once started: a record that began dead-lettering finishes, so it is never
                 // dead-lettered twice.
-                let reason = format!("handler {handler}: {why}");
-                let outcome = self.dead_letter(record, &reason).await;
+                let outcome = self.dead_letter(record, &error).await;
                 self.release(&lease).await;
-                RecordEnd::new(outcome, topic).because(reason)
+                RecordEnd::because(outcome, error)
+            }
+            Some(error) => {
+                self.release_by(&lease, cutoff.lease_end).await;
+                RecordEnd::because(Outcome::Retry, error)
             }
         }
     }
@@ -448,11 +481,14 @@ impl Worker {
         }
     }
 
-    async fn dead_letter(&self, record: &Record, reason: &str) -> Outcome {
+    /// Dead-letters the record with `error` as its reason; `retry` when the dead-letter queue fails.
+    async fn dead_letter(&self, record: &Record, error: &RecordError) -> Outcome {
         let mut message = record.message.clone();
         message
             .attributes
             .insert("receive_count".into(), record.receive_count.to_string());
+        let reason = error.to_string();
+        let reason = reason.as_str();
         match self.dead_letters.dead_letter(&message, reason).await {
             Ok(()) => {
                 self.metrics.incr("dead_lettered", &[]);

@@ -361,7 +361,7 @@ async fn a_notify_webhook_down_then_rate_limited_then_up_posts_each_notification
         for d in deliveries {
             let id = &d.record.message_id;
             if failures.contains(id) {
-                let delay = result.retry_delays.get(id).copied().unwrap_or_default();
+                let delay = result.retry_after(id).unwrap_or_default();
                 queue.retry(&d.receipt, "notify", delay).await.unwrap();
             } else {
                 queue.ack(&d.receipt).await.unwrap();

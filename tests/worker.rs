@@ -549,7 +549,7 @@ async fn a_record_still_running_at_the_deadline_is_retried_and_the_batch_ends_in
         ]
     );
     assert_eq!(result.failures(), ["slow"]);
-    assert_eq!(result.errors["slow"], PAST_DEADLINE);
+    assert_eq!(result.errors["slow"].to_string(), PAST_DEADLINE);
     assert!(drain(&s.sqs, &s.dlq).await.is_empty(), "never dead-lettered");
 
     // The next delivery, once the cut-off record's lease has ended, is processed; later ones are duplicates.
@@ -593,7 +593,7 @@ async fn records_waiting_for_a_concurrency_slot_at_the_deadline_are_retried_unst
         .await;
     assert!(intercom_webhooks::clock::unix_ms_now() < soon);
     assert_eq!(result.failures(), ["first", "queued"]);
-    assert_eq!(result.errors["queued"], PAST_DEADLINE);
+    assert_eq!(result.errors["queued"].to_string(), PAST_DEADLINE);
     assert_eq!(s.handler.calls("notif_queued"), 0, "never started");
     assert!(
         stored(&s, "testapp#notif_queued").await.is_none(),

@@ -447,15 +447,15 @@ impl Poller {
             let result = &result;
             async move {
                 let outcome = if retry {
+                    // The queue keeps the error's text as the message's last error.
                     let error = result
                         .errors
                         .get(&message_id)
-                        .map(String::as_str)
-                        .unwrap_or("retry");
+                        .map_or_else(|| "retry".to_owned(), ToString::to_string);
                     // Not before the handler's own delay (a 429's Retry-After) either.
                     let delay = backoff(receive_count, self.visibility)
-                        .max(result.retry_delays.get(&message_id).copied().unwrap_or_default());
-                    self.queue.retry(&receipt, error, delay).await
+                        .max(result.retry_after(&message_id).unwrap_or_default());
+                    self.queue.retry(&receipt, &error, delay).await
                 } else {
                     self.queue.ack(&receipt).await
                 };
