@@ -19,7 +19,7 @@ use intercom_webhooks::aws::dynamodb::DynamoStore;
 use intercom_webhooks::aws::sqs::{SqsDeadLetters, SqsQueue};
 use intercom_webhooks::aws::{load_config, CallBudget};
 use intercom_webhooks::clock::SystemClock;
-use intercom_webhooks::intake::{Intake, Outcome as IntakeOutcome, DEFAULT_MAX_BODY_BYTES};
+use intercom_webhooks::intake::{Intake, Verdict, DEFAULT_MAX_BODY_BYTES};
 use intercom_webhooks::metrics::Metrics;
 use intercom_webhooks::queue::{Delivery, QueueConsumer};
 use intercom_webhooks::signature::ClientSecrets;
@@ -134,7 +134,7 @@ async fn main() -> anyhow::Result<()> {
         headers.insert("x-hub-signature", secrets.primary().sign(&bytes).parse()?);
         let outcome = intake.handle(&headers, &bytes).await;
         anyhow::ensure!(
-            matches!(outcome, IntakeOutcome::Queued { .. }),
+            matches!(outcome, Verdict::Queued { .. }),
             "not queued: {outcome:?}"
         );
     }

@@ -100,20 +100,20 @@ impl Intake {
 
     /// Handles one delivery: the verdict and the HTTP answer. Public so that benchmarks and other
     /// front-ends can call it without HTTP.
-    pub async fn handle(&self, headers: &HeaderMap, body: &[u8]) -> Outcome {
+    pub async fn handle(&self, headers: &HeaderMap, body: &[u8]) -> Verdict {
         self.metrics.incr("received", &[]);
         let outcome = self.verify_and_store(headers, body).await;
         match &outcome {
-            Outcome::Queued { .. } => self.metrics.incr("enqueued", &[]),
-            Outcome::Ping => self.metrics.incr("pings", &[]),
-            Outcome::DeadLettered { .. } => self.metrics.incr("dead_lettered", &[("stage", "receiver")]),
-            Outcome::Rejected(error) => self.metrics.incr("rejected", &[("reason", error.code())]),
-            Outcome::Unavailable(_) => self.metrics.incr("enqueue_failed", &[]),
+            Verdict::Queued { .. } => self.metrics.incr("enqueued", &[]),
+            Verdict::Ping => self.metrics.incr("pings", &[]),
+            Verdict::DeadLettered { .. } => self.metrics.incr("dead_lettered", &[("stage", "receiver")]),
+            Verdict::Rejected(error) => self.metrics.incr("rejected", &[("reason", error.code())]),
+            Verdict::Unavailable(_) => self.metrics.incr("enqueue_failed", &[]),
         }
         outcome
     }
 
-    async fn verify_and_store(&self, headers: &HeaderMap, body: &[u8]) -> Outcome {
+    async fn verify_and_store(&self, headers: &HeaderMap, body: &[u8]) -> Verdict {
         let mut values = headers.get_all(SIGNATURE_HEADER).iter();
         let signature = match (values.next(), values.next()) {
             (Some(_), Some(_)) => Err(SignatureError::Malformed(Malformed::Repeated)),
@@ -134,7 +134,7 @@ impl Intake {
                         n => warn!(reason = error.code(), %error, bytes = body.len(), suppressed = n, "rejected delivery"),
                     })
                 });
-                return Outcome::Rejected(error);
+                return Verdict::Rejected(error);
             }
         };
 
@@ -152,7 +152,7 @@ impl Intake {
                     message.attributes.insert(name.to_owned(), value);
                 }
                 return match self.store(self.queue.dead_letter(&message, &reason)).await {
-                    Ok(()) => Outcome::DeadLettered { reason },
+                    Ok(()) => Verdict::DeadLettered { reason },
                     Err(error) => queue_failed(&span, error),
                 };
             }
@@ -161,7 +161,7 @@ impl Intake {
 
         if envelope.is_ping() {
             span().in_scope(|| info!(secret_index = verified.secret_index, "ping acknowledged"));
-            return Outcome::Ping;
+            return Verdict::Ping;
         }
 
         let message = Message::for_notification(body, &envelope);
@@ -173,7 +173,7 @@ impl Intake {
                     span().in_scope(|| debug!(secret_index = verified.secret_index, "queued"));
                 }
                 let id = envelope.id.map(|id| id.to_string()).unwrap_or_default();
-                Outcome::Queued { notification_id: id }
+                Verdict::Queued { notification_id: id }
             }
             Err(QueueError::Rejected(why)) => {
                 // The queue will never take this message; keep it in the dead-letter queue instead.
@@ -181,7 +181,7 @@ impl Intake {
                 let span = span();
                 span.in_scope(|| warn!(%reason, "main queue refused the notification"));
                 match self.store(self.queue.dead_letter(&message, &reason)).await {
-                    Ok(()) => Outcome::DeadLettered { reason },
+                    Ok(()) => Verdict::DeadLettered { reason },
                     Err(error) => queue_failed(&span, error),
                 }
             }
@@ -238,9 +238,9 @@ impl LineBudget {
     }
 }
 
-fn queue_failed(span: &tracing::Span, error: QueueError) -> Outcome {
+fn queue_failed(span: &tracing::Span, error: QueueError) -> Verdict {
     span.in_scope(|| warn!(%error, "could not store the delivery; answering 503 so Intercom retries"));
-    Outcome::Unavailable(error)
+    Verdict::Unavailable(error)
 }
 
 /// The span every line about one delivery is written in, with what is known of the notification (nothing
@@ -261,7 +261,7 @@ fn delivery_span(envelope: Option<&Envelope>) -> tracing::Span {
 
 /// The verdict on one delivery.
 #[derive(Debug)]
-pub enum Outcome {
+pub enum Verdict {
     /// Stored on the main queue.
     Queued { notification_id: String },
     /// Authentic `ping`: nothing stored.
@@ -274,24 +274,24 @@ pub enum Outcome {
     Unavailable(QueueError),
 }
 
-impl IntoResponse for Outcome {
+impl IntoResponse for Verdict {
     fn into_response(self) -> Response {
         match self {
-            Outcome::Queued { notification_id } => (
+            Verdict::Queued { notification_id } => (
                 StatusCode::OK,
                 Json(json!({"status": "queued", "notification_id": notification_id})),
             )
                 .into_response(),
-            Outcome::Ping => (StatusCode::OK, Json(json!({"status": "ok", "topic": "ping"}))).into_response(),
-            Outcome::DeadLettered { reason } => (
+            Verdict::Ping => (StatusCode::OK, Json(json!({"status": "ok", "topic": "ping"}))).into_response(),
+            Verdict::DeadLettered { reason } => (
                 StatusCode::OK,
                 Json(json!({"status": "dead_lettered", "reason": reason})),
             )
                 .into_response(),
-            Outcome::Rejected(error) => {
+            Verdict::Rejected(error) => {
                 error_response(StatusCode::UNAUTHORIZED, error.code(), &error.to_string())
             }
-            Outcome::Unavailable(_) => error_response(
+            Verdict::Unavailable(_) => error_response(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "queue_unavailable",
                 "the notification could not be stored; retry later",
@@ -427,13 +427,13 @@ mod tests {
             .build()
             .unwrap();
         captured_json_lines(directives, || {
-            let outcomes: Vec<Outcome> = requests
+            let outcomes: Vec<Verdict> = requests
                 .iter()
                 .map(|(headers, body)| runtime.block_on(intake.handle(headers, body)))
                 .collect();
             assert!(matches!(
                 outcomes.as_slice(),
-                [Outcome::Rejected(_), Outcome::Ping, Outcome::Queued { .. }]
+                [Verdict::Rejected(_), Verdict::Ping, Verdict::Queued { .. }]
             ));
         })
     }
@@ -504,7 +504,7 @@ mod tests {
         blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
         let started = std::time::Instant::now();
         let outcome = intake.handle(&headers, body).await;
-        assert!(matches!(outcome, Outcome::Unavailable(_)), "{outcome:?}");
+        assert!(matches!(outcome, Verdict::Unavailable(_)), "{outcome:?}");
         assert!(
             started.elapsed() < Duration::from_secs(2),
             "{:?}",
@@ -514,7 +514,7 @@ mod tests {
 
         // Once the lock is gone, the redelivery is stored.
         let outcome = intake.handle(&headers, body).await;
-        assert!(matches!(outcome, Outcome::Queued { .. }), "{outcome:?}");
+        assert!(matches!(outcome, Verdict::Queued { .. }), "{outcome:?}");
         assert!(queue.stats().await.unwrap().queued >= 1);
     }
 
@@ -531,7 +531,7 @@ mod tests {
             headers.insert(SIGNATURE_HEADER, secrets.primary().sign(body).parse().unwrap());
             assert!(matches!(
                 intake.handle(&headers, body).await,
-                Outcome::DeadLettered { .. }
+                Verdict::DeadLettered { .. }
             ));
         }
         let filter = Filter {
