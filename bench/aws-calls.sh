@@ -7,10 +7,11 @@ N=${1:-200}
 if [ ! -x .venv/bin/moto_server ]; then
   python3 -m venv .venv && .venv/bin/pip install --quiet -r scripts/requirements-test.txt
 fi
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+source bench/lib.sh
+with_cleanup aws-calls-bench
+PORT=$(free_port)
 .venv/bin/moto_server -H 127.0.0.1 -p "$PORT" >/dev/null 2>&1 &
-MOTO=$!
-trap 'kill $MOTO 2>/dev/null || true; wait $MOTO 2>/dev/null || true' EXIT
+PIDS+=($!)
 for _ in $(seq 1 100); do
   python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$PORT/moto-api/')" 2>/dev/null && break
   sleep 0.1

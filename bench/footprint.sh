@@ -17,27 +17,18 @@ SELF=$(cd "$(dirname "$0")" && pwd)/$(basename "$0")
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 
+source bench/lib.sh
 RUNS=20
-THREADS=2
-CONNECTIONS=64
-DURATION=15s
-FIXTURE=events/notifications/conversation_user_created.json
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --runs) RUNS=$2; shift 2 ;;
-    --threads) THREADS=$2; shift 2 ;;
-    --connections) CONNECTIONS=$2; shift 2 ;;
-    --duration) DURATION=$2; shift 2 ;;
-    --fixture) FIXTURE=$2; shift 2 ;;
+    --threads|--connections|--duration|--fixture) load_option "$1" "$2"; shift 2 ;;
     -h|--help) sed -n '2,15p' "$SELF"; exit 0 ;;
     *) echo "unknown option: $1 (see --help)" >&2; exit 2 ;;
   esac
 done
 
-source bench/lib.sh
-need wrk wrk
-need curl curl
-need python3 python3
+need_load_tools
 [[ -x /usr/bin/time ]] || apt_install time
 
 with_cleanup footprint-bench
@@ -56,8 +47,7 @@ else
 fi
 
 echo "building the x86_64 release binaries..." >&2
-cargo build --release --quiet --bin receiver --bin worker --bin intercom-webhooks
-settle_disk
+build_release receiver worker intercom-webhooks
 
 # --- sizes ---------------------------------------------------------------------------------------------
 arch_of() { # the ELF machine of a binary
@@ -190,12 +180,10 @@ wait "$HARNESS_PID"
 
 # --- peak memory of serve under the intake load ---------------------------------------------------------
 BIN=$ROOT/target/release/intercom-webhooks
-SIGNATURE=$(INTERCOM_CLIENT_SECRET=$SECRET "$BIN" sign "$FIXTURE")
+SIGNATURE=$(sign_fixture)
 PORT=$(free_port)
-INTERCOM_CLIENT_SECRET=$SECRET /usr/bin/time -v -o "$TMP/time.txt" "$BIN" serve --listen "127.0.0.1:$PORT" \
-  --db "$TMP/footprint.db" --log-format json >"$TMP/serve.log" 2>"$TMP/serve.err" &
-TIME_PID=$!
-PIDS+=("$TIME_PID")
+start_serve "$PORT" "$TMP/footprint.db" /usr/bin/time -v -o "$TMP/time.txt"
+TIME_PID=$LAST_PID
 SERVE_PID=""
 for _ in $(seq 1 100); do
   SERVE_PID=$(ps -o pid= --ppid "$TIME_PID" | tr -d ' ' || true)
@@ -206,11 +194,7 @@ done
 PIDS+=("$SERVE_PID")
 IDLE_RSS=$(awk '/VmRSS/ {print $2}' "/proc/$SERVE_PID/status")
 echo "peak memory: wrk -t$THREADS -c$CONNECTIONS -d$DURATION against serve under /usr/bin/time -v..." >&2
-env BODY_FILE="$FIXTURE" SIGNATURE="$SIGNATURE" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" \
-  -s bench/wrk-post.lua "http://127.0.0.1:$PORT/webhooks/intercom" >"$TMP/wrk.txt" &
-WRK_PID=$!
-PIDS+=("$WRK_PID")
-wait "$WRK_PID"
+run_wrk "http://127.0.0.1:$PORT/webhooks/intercom" "$TMP/wrk.txt"
 RPS=$(awk '/^Requests\/sec/ {printf "%.0f", $2}' "$TMP/wrk.txt")
 kill -TERM "$SERVE_PID"
 for _ in $(seq 1 300); do kill -0 "$TIME_PID" 2>/dev/null || break; sleep 0.1; done

@@ -21,19 +21,13 @@ SELF=$(cd "$(dirname "$0")" && pwd)/$(basename "$0")
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 
-THREADS=2
-CONNECTIONS=64
-DURATION=15s
-FIXTURE=events/notifications/conversation_user_created.json
+source bench/lib.sh
 REFERENCE=1
 DRAIN_SECS=20
 BIN=""
 while [[ $# -gt 0 ]]; do
   case "$1" in
-    --threads) THREADS=$2; shift 2 ;;
-    --connections) CONNECTIONS=$2; shift 2 ;;
-    --duration) DURATION=$2; shift 2 ;;
-    --fixture) FIXTURE=$2; shift 2 ;;
+    --threads|--connections|--duration|--fixture) load_option "$1" "$2"; shift 2 ;;
     --no-reference) REFERENCE=0; shift ;;
     --drain-secs) DRAIN_SECS=$2; shift 2 ;;
     --bin) BIN=$2; shift 2 ;;
@@ -44,10 +38,7 @@ done
 [[ -f "$FIXTURE" ]] || { echo "no such fixture: $FIXTURE" >&2; exit 2; }
 
 # --- tools ---------------------------------------------------------------------------------------------
-source bench/lib.sh
-need wrk wrk
-need curl curl
-need python3 python3
+need_load_tools
 if [[ $REFERENCE -eq 1 ]]; then
   need node nodejs
   need npm npm
@@ -55,10 +46,11 @@ fi
 
 if [[ -z "$BIN" ]]; then
   echo "building the release binary..." >&2
-  cargo build --release --quiet --bin intercom-webhooks
+  build_release intercom-webhooks
   BIN=$ROOT/target/release/intercom-webhooks
+else
+  settle_disk
 fi
-settle_disk
 
 if [[ $REFERENCE -eq 1 ]]; then
   echo "installing the reference receiver's dependencies (npm)..." >&2
@@ -73,16 +65,9 @@ fi
 with_cleanup intake-bench
 
 SECRET=bench-secret-$RANDOM$RANDOM
-SIGNATURE=$(INTERCOM_CLIENT_SECRET=$SECRET "$BIN" sign "$FIXTURE")
+SIGNATURE=$(sign_fixture)
 BYTES=$(wc -c <"$FIXTURE")
 
-run_wrk() { # run_wrk URL OUTFILE (in the background, so that a signal stops the script at once)
-  env BODY_FILE="$FIXTURE" SIGNATURE="$SIGNATURE" \
-    wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s bench/wrk-post.lua "$1" >"$2" &
-  local pid=$!
-  PIDS+=("$pid")
-  wait "$pid"
-}
 summarise() { # summarise OUTFILE -> "rps p50_ms p99_ms requests non2xx socket_errors"
   local line
   line=$(grep '^WRK_RESULT' "$1" | sed 's/^WRK_RESULT/ /')
@@ -101,14 +86,12 @@ metric() { # metric NAME < /metrics text: the sum over every label set
 
 # --- serve ---------------------------------------------------------------------------------------------
 PORT=$(free_port)
-INTERCOM_CLIENT_SECRET=$SECRET "$BIN" serve --listen "127.0.0.1:$PORT" --db "$TMP/intake.db" \
-  --log-format json >"$TMP/serve.log" 2>"$TMP/serve.err" &
-SERVE_PID=$!
-PIDS+=("$SERVE_PID")
+start_serve "$PORT" "$TMP/intake.db"
+SERVE_PID=$LAST_PID
 wait_http "http://127.0.0.1:$PORT/healthz" "$SERVE_PID"
 
 echo "serve: wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency ($FIXTURE, $BYTES bytes)..." >&2
-run_wrk "http://127.0.0.1:$PORT/webhooks/intercom" "$TMP/wrk-serve.txt"
+run_wrk "http://127.0.0.1:$PORT/webhooks/intercom" "$TMP/wrk-serve.txt" --latency
 read -r S_RPS S_P50 S_P99 S_REQ S_NON2XX S_ERR < <(summarise "$TMP/wrk-serve.txt")
 S_OK=$((S_REQ - S_NON2XX))
 curl -fsS --max-time 30 "http://127.0.0.1:$PORT/metrics" >"$TMP/metrics-after-load.txt"
@@ -149,7 +132,7 @@ if [[ $REFERENCE -eq 1 ]]; then
   PIDS+=("$REF_PID")
   wait_http "http://127.0.0.1:$RPORT/healthz" "$REF_PID"
   echo "reference (Node.js $(node --version), Express): the same wrk settings..." >&2
-  run_wrk "http://127.0.0.1:$RPORT/webhooks/intercom" "$TMP/wrk-ref.txt"
+  run_wrk "http://127.0.0.1:$RPORT/webhooks/intercom" "$TMP/wrk-ref.txt" --latency
   read -r R_RPS R_P50 R_P99 R_REQ R_NON2XX R_ERR < <(summarise "$TMP/wrk-ref.txt")
   stop "$REF_PID"
 fi

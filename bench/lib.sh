@@ -54,6 +54,59 @@ stop() { # stop PID: SIGTERM, wait (at most 30 s), then SIGKILL
   kill -KILL "$1" 2>/dev/null || true
 }
 
+# --- load on serve (intake.sh, footprint.sh) -------------------------------------------------------------
+# wrk's settings and the fixture it posts; load_option sets one from the command line.
+THREADS=2
+CONNECTIONS=64
+DURATION=15s
+FIXTURE=events/notifications/conversation_user_created.json
+load_option() { # load_option --threads|--connections|--duration|--fixture VALUE
+  case "$1" in
+    --threads) THREADS=$2 ;;
+    --connections) CONNECTIONS=$2 ;;
+    --duration) DURATION=$2 ;;
+    --fixture) FIXTURE=$2 ;;
+    *) echo "load_option: unknown option $1" >&2; return 2 ;;
+  esac
+}
+need_load_tools() {
+  need wrk wrk
+  need curl curl
+  need python3 python3
+}
+build_release() { # build_release BINARY...: the release build of these binaries, then a settled disk
+  local bins=()
+  for bin in "$@"; do bins+=(--bin "$bin"); done
+  cargo build --release --quiet "${bins[@]}"
+  settle_disk
+}
+sign_fixture() { # sign_fixture: the X-Hub-Signature of FIXTURE under SECRET, from BIN's `sign`
+  INTERCOM_CLIENT_SECRET=$SECRET "$BIN" sign "$FIXTURE"
+}
+# start_serve PORT DB [WRAPPER...]: starts `BIN serve` on 127.0.0.1:PORT with the client secret SECRET,
+# under WRAPPER if given (e.g. /usr/bin/time -v -o FILE), JSON logs in TMP/serve.log, errors in
+# TMP/serve.err. LAST_PID is the process started (the wrapper, if any), stopped when the script exits.
+LAST_PID=""
+start_serve() {
+  local port=$1 db=$2
+  shift 2
+  INTERCOM_CLIENT_SECRET=$SECRET "$@" "$BIN" serve --listen "127.0.0.1:$port" --db "$db" \
+    --log-format json >"$TMP/serve.log" 2>"$TMP/serve.err" &
+  LAST_PID=$!
+  PIDS+=("$LAST_PID")
+}
+# run_wrk URL OUTFILE [WRK_OPTION...]: wrk with THREADS, CONNECTIONS, DURATION, POSTing FIXTURE signed with
+# SIGNATURE (bench/wrk-post.lua). In the background, so that a signal stops the script at once.
+run_wrk() {
+  local url=$1 out=$2
+  shift 2
+  env BODY_FILE="$FIXTURE" SIGNATURE="$SIGNATURE" \
+    wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" "$@" -s bench/wrk-post.lua "$url" >"$out" &
+  local pid=$!
+  PIDS+=("$pid")
+  wait "$pid"
+}
+
 # --- drivers -------------------------------------------------------------------------------------------
 # run_driver EXAMPLE ARGS...: builds the release `intercom-webhooks` and examples/EXAMPLE.rs, then runs the
 # example with `--bin target/release/intercom-webhooks --dir SCRATCH ARGS...` and returns its exit status.

@@ -13,17 +13,20 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::process::{Child, Command};
+use std::process::Child;
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+#[path = "support/load.rs"]
+mod load;
 #[path = "support/serve.rs"]
 mod serve;
 #[path = "support/template.rs"]
 mod template;
 
 use clap::Parser;
-use serve::{unix_us, OutcomeLine, ServeCommand};
+use load::{open_loop, signed_post};
+use serve::{free_port, scratch_dir, sigterm_and_wait, unix_us, wait_healthy, OutcomeLine, ServeCommand};
 use template::Template;
 
 #[derive(Parser, Debug)]
@@ -90,10 +93,8 @@ struct Server {
 
 impl Server {
     fn start(bin: &PathBuf, pollers: Option<u32>, base: Option<&PathBuf>) -> anyhow::Result<Server> {
-        let base = base.cloned().unwrap_or_else(std::env::temp_dir);
-        let dir = base.join(format!("latency-probe-{}", uuid::Uuid::new_v4()));
-        std::fs::create_dir_all(&dir)?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let dir = scratch_dir(base, "latency-probe")?;
+        let port = free_port()?;
         let (tx, outcomes) = mpsc::channel();
         let child = ServeCommand {
             bin,
@@ -105,19 +106,13 @@ impl Server {
             stderr: std::fs::File::create(dir.join("serve.err"))?,
         }
         .spawn(move |line| tx.send(line).is_ok())?;
-        let server = Server {
+        let mut server = Server {
             child,
             port,
             outcomes,
             dir,
         };
-        let start = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if start.elapsed() > Duration::from_secs(15) {
-                anyhow::bail!("serve did not start listening within 15 s");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_healthy(port, &mut server.child, Duration::from_secs(15))?;
         Ok(server)
     }
 
@@ -128,19 +123,7 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        // SIGTERM first (a clean stop), SIGKILL if it lingers.
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(10) {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        sigterm_and_wait(&mut self.child, Duration::from_secs(10));
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -167,50 +150,27 @@ async fn offer(
     max_in_flight: usize,
 ) -> Sent {
     let sent = Arc::new(Mutex::new(Sent::default()));
-    let limit = Arc::new(tokio::sync::Semaphore::new(max_in_flight));
-    let total = rate as u64 * secs;
-    let start = Instant::now();
-    let mut issued = 0u64;
-    let mut tasks = tokio::task::JoinSet::new();
-    while issued < total {
-        // Everything due by now goes out now (the timer's granularity is about 1 ms).
-        let due = ((start.elapsed().as_secs_f64() * rate as f64) as u64 + 1).min(total);
-        while issued < due {
-            issued += 1;
-            let id = format!("notif_{prefix}_{issued}");
-            let Ok(permit) = limit.clone().try_acquire_owned() else {
-                sent.lock().unwrap().skipped += 1;
-                continue;
-            };
-            let (client, url, template, sent) =
-                (client.clone(), url.to_owned(), template.clone(), sent.clone());
-            tasks.spawn(async move {
-                let (body, signature) = template.body(&id);
-                let at = SystemTime::now();
-                let clock = Instant::now();
-                let answer = client
-                    .post(url)
-                    .header("content-type", "application/json")
-                    .header("x-hub-signature", signature)
-                    .body(body)
-                    .send()
-                    .await;
-                let took = clock.elapsed().as_micros() as i64;
-                let mut sent = sent.lock().unwrap();
-                sent.at.insert(id.clone(), unix_us(at));
-                match answer {
-                    Ok(r) if r.status() == 200 => {
-                        sent.acked.insert(id, took);
-                    }
-                    _ => sent.failed += 1,
+    let skipped = open_loop(rate, secs, max_in_flight, |n| {
+        let id = format!("notif_{prefix}_{n}");
+        let (client, url, template, sent) = (client.clone(), url.to_owned(), template.clone(), sent.clone());
+        async move {
+            let request = signed_post(&client, &url, &template, &id);
+            let at = SystemTime::now();
+            let clock = Instant::now();
+            let answer = request.send().await;
+            let took = clock.elapsed().as_micros() as i64;
+            let mut sent = sent.lock().unwrap();
+            sent.at.insert(id.clone(), unix_us(at));
+            match answer {
+                Ok(r) if r.status() == 200 => {
+                    sent.acked.insert(id, took);
                 }
-                drop(permit);
-            });
+                _ => sent.failed += 1,
+            }
         }
-        while tasks.try_join_next().is_some() {}
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    sent.lock().unwrap().skipped = skipped;
     Arc::try_unwrap(sent)
         .ok()
         .expect("every task finished")

@@ -10,17 +10,20 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus};
+use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+#[path = "support/load.rs"]
+mod load;
 #[path = "support/serve.rs"]
 mod serve;
 #[path = "support/template.rs"]
 mod template;
 
 use clap::Parser;
-use serve::ServeCommand;
+use load::{open_loop, signed_post};
+use serve::{free_port, scratch_dir, sigterm_and_wait, wait_healthy, ServeCommand};
 use template::Template;
 
 #[derive(Parser, Debug)]
@@ -86,46 +89,6 @@ fn start_server(args: &Args, db: &Path, port: u16, outcomes: &Outcomes, err: &Pa
     })
 }
 
-/// Waits until `/healthz` answers 200 (at most 30 s). Returns how long that took.
-fn wait_healthy(port: u16, child: &mut Child) -> anyhow::Result<Duration> {
-    let start = Instant::now();
-    let client = reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(2))
-        .build()?;
-    loop {
-        if client
-            .get(format!("http://127.0.0.1:{port}/healthz"))
-            .send()
-            .is_ok_and(|r| r.status().is_success())
-        {
-            return Ok(start.elapsed());
-        }
-        if let Some(status) = child.try_wait()? {
-            anyhow::bail!("serve exited before it was ready: {status}");
-        }
-        if start.elapsed() > Duration::from_secs(30) {
-            anyhow::bail!("serve was not ready within 30 s");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-fn sigterm_and_wait(child: &mut Child, within: Duration) -> Option<ExitStatus> {
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let start = Instant::now();
-    while start.elapsed() < within {
-        if let Ok(Some(status)) = child.try_wait() {
-            return Some(status);
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    None
-}
-
 /// What the sender saw.
 #[derive(Default)]
 struct Load {
@@ -147,81 +110,56 @@ async fn load(args: Arc<Args>, port: u16, template: Arc<Template>, state: Arc<Mu
         .build()
         .expect("a client builds");
     let url = format!("http://127.0.0.1:{port}/webhooks/intercom");
-    let limit = Arc::new(tokio::sync::Semaphore::new(args.max_in_flight));
-    let total = args.rate as u64 * args.duration;
     let every = if args.redeliver_pct == 0 {
         u64::MAX
     } else {
         (100 / args.redeliver_pct.min(100)).max(1) as u64
     };
-    let start = Instant::now();
-    let mut issued = 0u64;
-    let mut tasks = tokio::task::JoinSet::new();
-    while issued < total {
-        let due = ((start.elapsed().as_secs_f64() * args.rate as f64) as u64 + 1).min(total);
-        while issued < due {
-            issued += 1;
-            let redelivery = if issued.is_multiple_of(every) {
-                let s = state.lock().unwrap();
-                (!s.acked.is_empty()).then(|| s.acked[(issued as usize * 7919) % s.acked.len()].clone())
+    let skipped = open_loop(args.rate, args.duration, args.max_in_flight, |n| {
+        let redelivery = if n.is_multiple_of(every) {
+            let s = state.lock().unwrap();
+            (!s.acked.is_empty()).then(|| s.acked[(n as usize * 7919) % s.acked.len()].clone())
+        } else {
+            None
+        };
+        let (fresh, id) = match redelivery {
+            Some(id) => (false, id),
+            None => (true, format!("notif_soak_{n}")),
+        };
+        let (client, url, template, state) = (client.clone(), url.clone(), template.clone(), state.clone());
+        async move {
+            let answer = signed_post(&client, &url, &template, &id).send().await;
+            let mut s = state.lock().unwrap();
+            if fresh {
+                s.sent_fresh += 1;
             } else {
-                None
-            };
-            let Ok(permit) = limit.clone().try_acquire_owned() else {
-                state.lock().unwrap().skipped += 1;
-                continue;
-            };
-            let (fresh, id) = match redelivery {
-                Some(id) => (false, id),
-                None => (true, format!("notif_soak_{issued}")),
-            };
-            let (client, url, template, state) =
-                (client.clone(), url.clone(), template.clone(), state.clone());
-            tasks.spawn(async move {
-                let (body, signature) = template.body(&id);
-                let answer = client
-                    .post(url)
-                    .header("content-type", "application/json")
-                    .header("x-hub-signature", signature)
-                    .body(body)
-                    .send()
-                    .await;
-                let mut s = state.lock().unwrap();
-                if fresh {
-                    s.sent_fresh += 1;
-                } else {
-                    s.redelivered += 1;
-                }
-                match answer {
-                    Ok(r) if r.status() == 200 => {
-                        if fresh {
-                            s.acked_set.insert(id.clone());
-                            s.acked.push(id);
-                        } else {
-                            s.redelivered_acked += 1;
-                        }
+                s.redelivered += 1;
+            }
+            match answer {
+                Ok(r) if r.status() == 200 => {
+                    if fresh {
+                        s.acked_set.insert(id.clone());
+                        s.acked.push(id);
+                    } else {
+                        s.redelivered_acked += 1;
                     }
-                    Ok(r) => {
-                        s.failed += 1;
-                        *s.failed_status.entry(r.status().as_u16()).or_default() += 1;
-                    }
-                    Err(_) => s.failed += 1,
                 }
-                drop(permit);
-            });
+                Ok(r) => {
+                    s.failed += 1;
+                    *s.failed_status.entry(r.status().as_u16()).or_default() += 1;
+                }
+                Err(_) => s.failed += 1,
+            }
         }
-        while tasks.try_join_next().is_some() {}
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    state.lock().unwrap().skipped = skipped;
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Arc::new(Args::parse());
     let template = Arc::new(Template::load(&args.fixture, SECRET)?);
-    let base = args.dir.clone().unwrap_or_else(std::env::temp_dir);
-    let dir = base.join(format!("soak-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir)?;
+    let dir = scratch_dir(args.dir.as_ref(), "soak")?;
     let result = run(args, template, &dir);
     let _ = std::fs::remove_dir_all(&dir);
     result
@@ -230,11 +168,11 @@ fn main() -> anyhow::Result<()> {
 fn run(args: Arc<Args>, template: Arc<Template>, dir: &Path) -> anyhow::Result<()> {
     let db = dir.join("soak.db");
     let err = dir.join("serve.err");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = free_port()?;
     let outcomes: Outcomes = Arc::new(Mutex::new(Vec::new()));
     let mut child = start_server(&args, &db, port, &outcomes, &err)?;
     let guard = ChildGuard(Arc::new(Mutex::new(None)));
-    wait_healthy(port, &mut child)?;
+    wait_healthy(port, &mut child, Duration::from_secs(30))?;
     *guard.0.lock().unwrap() = Some(child.id());
 
     let state = Arc::new(Mutex::new(Load::default()));
@@ -263,7 +201,7 @@ fn run(args: Arc<Args>, template: Arc<Template>, dir: &Path) -> anyhow::Result<(
         child.wait()?;
         child = start_server(&args, &db, port, &outcomes, &err)?;
         *guard.0.lock().unwrap() = Some(child.id());
-        wait_healthy(port, &mut child)?;
+        wait_healthy(port, &mut child, Duration::from_secs(30))?;
         let down = killed_at.elapsed();
         eprintln!(
             "  SIGKILL at {:.1} s, serving again after {:.0} ms",

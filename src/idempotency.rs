@@ -236,8 +236,27 @@ mod tests {
     }
 
     #[test]
-    fn lease_tokens_are_unique() {
-        let k = IdempotencyKey::from_stored("k");
-        assert_ne!(Lease::new(k.clone()).token, Lease::new(k).token);
+    fn a_lease_carries_its_key_and_a_random_128_bit_token() {
+        let key = IdempotencyKey::from_stored("notif_1");
+        let leases: Vec<Lease> = (0..10_000).map(|_| Lease::new(key.clone())).collect();
+        for lease in &leases {
+            assert_eq!(lease.key, key);
+            assert_eq!(lease.token.len(), 32, "{}", lease.token);
+            assert!(
+                lease
+                    .token
+                    .bytes()
+                    .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')),
+                "{}",
+                lease.token
+            );
+        }
+        let tokens: std::collections::HashSet<&str> = leases.iter().map(|l| l.token.as_str()).collect();
+        assert_eq!(tokens.len(), leases.len());
+        // Random from the first character: tokens made in the same millisecond (by two workers taking
+        // over one record) share no time-based prefix.
+        let prefixes: std::collections::HashSet<&str> =
+            leases.iter().take(1000).map(|l| &l.token[..8]).collect();
+        assert!(prefixes.len() > 990, "{} distinct prefixes", prefixes.len());
     }
 }

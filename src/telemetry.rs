@@ -1,5 +1,6 @@
 //! Logging set-up: JSON lines on Lambda and when output is not a terminal, human-readable otherwise.
-//! Level from `RUST_LOG` (default `info`).
+//! Level from `RUST_LOG` (default `info`); on Lambda, the function's advanced logging controls
+//! (`AWS_LAMBDA_LOG_LEVEL`, `AWS_LAMBDA_LOG_FORMAT`) as well, see [`LambdaLogging::from_vars`].
 
 use std::io::IsTerminal;
 
@@ -24,6 +25,57 @@ fn filter() -> EnvFilter {
     EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"))
 }
 
+/// How a Lambda binary logs: the filter directives (`RUST_LOG` syntax) and the line format.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LambdaLogging {
+    pub directives: String,
+    pub json: bool,
+}
+
+impl LambdaLogging {
+    /// From the environment a Lambda instance starts with.
+    pub fn from_env() -> Self {
+        let var = |name| std::env::var(name).ok();
+        Self::from_vars(
+            var("RUST_LOG").as_deref(),
+            var("AWS_LAMBDA_LOG_LEVEL").as_deref(),
+            var("AWS_LAMBDA_LOG_FORMAT").as_deref(),
+        )
+    }
+
+    /// The level is `AWS_LAMBDA_LOG_LEVEL` when it is set (the function's application log level; `FATAL`
+    /// counts as `error`), else `RUST_LOG`, else `info`. The Lambda setting wins because Lambda drops
+    /// lines below it anyway, and because `template.yaml` always sets `RUST_LOG`: a level chosen in the
+    /// console must take effect. The format is text lines when `AWS_LAMBDA_LOG_FORMAT` is `Text` (any
+    /// case), JSON lines otherwise, as when it is unset. Empty or unknown values count as unset.
+    pub fn from_vars(
+        rust_log: Option<&str>,
+        aws_lambda_log_level: Option<&str>,
+        aws_lambda_log_format: Option<&str>,
+    ) -> Self {
+        let lambda_level =
+            aws_lambda_log_level.and_then(|level| match level.trim().to_ascii_lowercase().as_str() {
+                level @ ("trace" | "debug" | "info" | "warn" | "error") => Some(level.to_owned()),
+                "fatal" => Some("error".to_owned()),
+                _ => None,
+            });
+        let rust_log = rust_log
+            .map(str::trim)
+            .filter(|directives| !directives.is_empty())
+            .map(str::to_owned);
+        let json = !aws_lambda_log_format.is_some_and(|format| format.trim().eq_ignore_ascii_case("text"));
+        Self {
+            directives: lambda_level.or(rust_log).unwrap_or_else(|| "info".to_owned()),
+            json,
+        }
+    }
+
+    /// Directives that do not parse give `info`, as an invalid `RUST_LOG` does elsewhere.
+    fn filter(&self) -> EnvFilter {
+        EnvFilter::try_new(&self.directives).unwrap_or_else(|_| EnvFilter::new("info"))
+    }
+}
+
 /// JSON lines: `level`, the event's fields at the top level (`message` among them) and the current
 /// span's fields under `span`. The JSON layer of `json-subscriber`, set up key by key: its builder's
 /// `without_time` still writes an empty `timestamp`.
@@ -40,12 +92,19 @@ where
     layer
 }
 
-/// For the Lambda binaries: JSON lines without timestamps (CloudWatch adds its own).
+/// For the Lambda binaries: JSON lines without timestamps (CloudWatch adds its own), or the short text
+/// lines of [`init_local`] when the function's log format is `Text`; level and format from
+/// [`LambdaLogging::from_env`].
 pub fn init_lambda() {
-    let _ = tracing_subscriber::registry()
-        .with(filter())
-        .with(json_lines(std::io::stdout))
-        .try_init();
+    let logging = LambdaLogging::from_env();
+    if logging.json {
+        let _ = tracing_subscriber::registry()
+            .with(logging.filter())
+            .with(json_lines(std::io::stdout))
+            .try_init();
+    } else {
+        init_text_lines(logging.filter(), false);
+    }
 }
 
 /// For the command line and the local server.
@@ -64,16 +123,20 @@ pub fn init_local(format: LogFormat) {
             .try_init();
     } else {
         let colour = colour_wanted(std::io::stdout().is_terminal(), std::env::var_os("NO_COLOR"));
-        let _ = tracing_subscriber::registry()
-            .with(filter())
-            .with(DeliveryFieldsLayer)
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .event_format(ShortLines { colour })
-                    .with_writer(std::io::stdout),
-            )
-            .try_init();
+        init_text_lines(filter(), colour);
     }
+}
+
+fn init_text_lines(filter: EnvFilter, colour: bool) {
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(DeliveryFieldsLayer)
+        .with(
+            tracing_subscriber::fmt::layer()
+                .event_format(ShortLines { colour })
+                .with_writer(std::io::stdout),
+        )
+        .try_init();
 }
 
 /// Colour only on a terminal, and not when `NO_COLOR` is set to anything (https://no-color.org).
@@ -411,6 +474,58 @@ mod tests {
             ]
         );
         assert!(lines.iter().all(|l| l.len() < 120), "{lines:?}");
+    }
+
+    fn lambda(rust_log: Option<&str>, level: Option<&str>, format: Option<&str>) -> (String, bool) {
+        let logging = LambdaLogging::from_vars(rust_log, level, format);
+        (logging.directives, logging.json)
+    }
+
+    #[test]
+    fn lambda_level_is_the_functions_log_level_then_rust_log_then_info() {
+        let json = Some("JSON");
+        assert_eq!(lambda(None, None, None), ("info".to_owned(), true));
+        assert_eq!(lambda(Some(""), Some(""), None), ("info".to_owned(), true));
+        assert_eq!(
+            lambda(Some("info,intercom_webhooks=debug"), None, None),
+            ("info,intercom_webhooks=debug".to_owned(), true)
+        );
+        assert_eq!(lambda(None, Some("DEBUG"), json), ("debug".to_owned(), true));
+        assert_eq!(
+            lambda(Some("info,intercom_webhooks=debug"), Some("WARN"), json),
+            ("warn".to_owned(), true)
+        );
+        assert_eq!(
+            lambda(Some("debug"), Some("FATAL"), json),
+            ("error".to_owned(), true)
+        );
+        for (aws, ours) in [("TRACE", "trace"), ("Info", "info"), ("error", "error")] {
+            assert_eq!(lambda(Some("warn"), Some(aws), json), (ours.to_owned(), true));
+        }
+        assert_eq!(
+            lambda(Some("debug"), Some("VERBOSE"), json),
+            ("debug".to_owned(), true)
+        );
+        assert_eq!(lambda(Some("debug"), Some(""), json), ("debug".to_owned(), true));
+    }
+
+    #[test]
+    fn lambda_lines_are_json_unless_the_functions_log_format_is_text() {
+        for format in [None, Some("JSON"), Some("json"), Some(""), Some("yaml")] {
+            assert!(lambda(None, None, format).1, "{format:?}");
+        }
+        for format in ["Text", "TEXT", "text"] {
+            assert!(!lambda(None, None, Some(format)).1, "{format}");
+            assert_eq!(lambda(Some("debug"), None, Some(format)).0, "debug");
+        }
+    }
+
+    #[test]
+    fn lambda_directives_that_do_not_parse_give_info() {
+        let logging = LambdaLogging::from_vars(Some("intercom_webhooks=loud"), None, None);
+        assert_eq!(logging.filter().to_string(), "info");
+        let logging = LambdaLogging::from_vars(Some("info,intercom_webhooks=debug"), None, None);
+        assert_eq!(logging.filter().to_string(), "intercom_webhooks=debug,info");
     }
 
     #[test]

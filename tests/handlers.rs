@@ -85,23 +85,76 @@ async fn the_worker_runs_every_fixture_through_the_builtin_handlers() {
     let table = unique("idem");
     create_table(&dynamo, &table).await;
     let dlq = create_queue(&sqs, &unique("dlq")).await;
+    let metrics = Arc::new(Metrics::new());
     let worker = Worker::new(
-        Arc::new(DynamoStore::new(dynamo, &table)),
-        Arc::new(SqsDeadLetters::new(sqs, &dlq)),
+        Arc::new(DynamoStore::new(dynamo.clone(), &table)),
+        Arc::new(SqsDeadLetters::new(sqs.clone(), &dlq)),
         default_router(Some(settings(format!("{}/hook", chat.uri())))).unwrap(),
         Arc::new(SystemClock),
-        Arc::new(Metrics::new()),
+        metrics.clone(),
         WorkerSettings::default(),
     );
-    let records = fixtures()
-        .iter()
+    let notifications: Vec<(String, Vec<u8>)> = fixtures()
+        .into_iter()
         .filter(|(name, _)| name != "ping.json")
+        .collect();
+    assert_eq!(notifications.len(), 9);
+    let records = notifications
+        .iter()
         .map(|(name, body)| record(name, body))
         .collect();
     let result = worker.process_batch(records, i64::MAX).await;
-    for (name, outcome) in &result.outcomes {
-        assert_eq!(*outcome, Outcome::Processed, "{name}");
-    }
+
+    // Each record processed exactly once, and nothing else: no retry, no dead letter, no duplicate.
+    let mut outcomes = result.outcomes.clone();
+    outcomes.sort_by(|a, b| a.0.cmp(&b.0));
+    let expected: Vec<(String, Outcome)> = notifications
+        .iter()
+        .map(|(name, _)| (name.clone(), Outcome::Processed))
+        .collect();
+    assert_eq!(outcomes, expected);
+    assert!(result.errors.is_empty(), "{:?}", result.errors);
+    assert!(result.retry_delays.is_empty(), "{:?}", result.retry_delays);
+    assert!(result.failures().is_empty());
+    let mut counters: Vec<(String, u64)> = metrics
+        .snapshot()
+        .into_iter()
+        .filter(|((name, _), _)| name != "handler_latency_ms_sum")
+        .map(|((name, labels), value)| {
+            let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            (format!("{name}{{{}}}", labels.join(",")), value)
+        })
+        .collect();
+    counters.sort();
+    let mut expected: Vec<(String, u64)> = notifications
+        .iter()
+        .map(|(_, body)| {
+            let topic = serde_json::from_slice::<Value>(body).unwrap()["topic"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            (format!("processed{{outcome=processed,topic={topic}}}"), 1)
+        })
+        .collect();
+    expected.push(("handler_latency_ms_count{}".to_owned(), 9));
+    expected.sort();
+    assert_eq!(counters, expected);
+    let items = dynamo
+        .scan()
+        .table_name(&table)
+        .send()
+        .await
+        .unwrap()
+        .items
+        .unwrap_or_default();
+    assert_eq!(items.len(), 9, "{items:?}");
+    assert!(
+        items
+            .iter()
+            .all(|item| item["status"].as_s().is_ok_and(|s| s == "COMPLETED")),
+        "{items:?}"
+    );
+    assert!(common::drain(&sqs, &dlq).await.is_empty());
     let posts = chat.received_requests().await.unwrap();
     let mut texts: Vec<String> = posts
         .iter()

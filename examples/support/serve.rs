@@ -1,11 +1,67 @@
 //! Shared by the load drivers (`latency_probe`, `soak`): starts `intercom-webhooks serve` as a child process
-//! and hands each of its `outcome` log lines to a callback, from a reader thread.
+//! and hands each of its `outcome` log lines to a callback, from a reader thread; waits until it serves;
+//! stops it.
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// A port free on 127.0.0.1 now.
+pub fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A new folder `NAME-<uuid>` in `base` (the system's temporary folder when `None`).
+pub fn scratch_dir(base: Option<&PathBuf>, name: &str) -> std::io::Result<PathBuf> {
+    let base = base.cloned().unwrap_or_else(std::env::temp_dir);
+    let dir = base.join(format!("{name}-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+/// Waits until serve's `/healthz` on `port` answers 200, at most `within`. Returns how long that took.
+pub fn wait_healthy(port: u16, child: &mut Child, within: Duration) -> anyhow::Result<Duration> {
+    let start = Instant::now();
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()?;
+    loop {
+        if client
+            .get(format!("http://127.0.0.1:{port}/healthz"))
+            .send()
+            .is_ok_and(|r| r.status().is_success())
+        {
+            return Ok(start.elapsed());
+        }
+        if let Some(status) = child.try_wait()? {
+            anyhow::bail!("serve exited before it was ready: {status}");
+        }
+        if start.elapsed() > within {
+            anyhow::bail!("serve was not ready within {} s", within.as_secs());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// SIGTERM (a clean stop), then SIGKILL if it has not exited within `within`. The exit status of a clean
+/// stop, `None` after a SIGKILL.
+pub fn sigterm_and_wait(child: &mut Child, within: Duration) -> Option<ExitStatus> {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let start = Instant::now();
+    while start.elapsed() < within {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
 
 /// One `outcome` line: notification id, outcome, timestamp (Unix µs; 0 when unreadable).
 pub type OutcomeLine = (String, String, i64);
