@@ -7,6 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE};
 use reqwest::Url;
+use secrecy::{ExposeSecret, SecretString};
 
 use super::endpoint::Endpoint;
 use super::error::{ClientConfigError, TrackError};
@@ -24,33 +25,30 @@ const VERSION_HEADER: &str = "intercom-version";
 
 /// An Intercom access token. Its `Debug` never shows the value, and the header carrying it is marked
 /// sensitive so that no HTTP log shows it either.
-#[derive(Clone)]
-pub struct AccessToken(String);
+#[derive(Clone, Debug)]
+pub struct AccessToken(SecretString);
 
 impl AccessToken {
     /// Rejects an empty token and one that cannot be sent in a header.
     pub fn new(value: impl Into<String>) -> Result<Self, ClientConfigError> {
-        let value = value.into().trim().to_string();
-        if value.is_empty() {
+        let value = SecretString::from(value.into().trim());
+        if value.expose_secret().is_empty() {
             return Err(ClientConfigError::EmptyToken);
         }
-        if !value.chars().all(|c| c.is_ascii_graphic()) {
+        if !value.expose_secret().chars().all(|c| c.is_ascii_graphic()) {
             return Err(ClientConfigError::TokenNotHeaderSafe);
         }
         Ok(Self(value))
     }
+}
 
-    /// The token itself, for callers that must hand it on (never log it).
-    pub fn expose(&self) -> &str {
-        &self.0
+/// The token itself, for callers that must hand it on (never log it).
+impl ExposeSecret<str> for AccessToken {
+    fn expose_secret(&self) -> &str {
+        self.0.expose_secret()
     }
 }
 
-impl fmt::Debug for AccessToken {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("AccessToken(<redacted>)")
-    }
-}
 /// A successful `track`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Tracked {
@@ -129,7 +127,7 @@ impl EventsClientBuilder {
             .ok_or_else(|| ClientConfigError::InvalidVersion {
                 value: self.version.clone(),
             })?;
-        let mut auth = HeaderValue::from_str(&format!("Bearer {}", self.token.expose()))
+        let mut auth = HeaderValue::from_str(&format!("Bearer {}", self.token.expose_secret()))
             .map_err(|_| ClientConfigError::TokenNotHeaderSafe)?;
         auth.set_sensitive(true);
         let mut headers = HeaderMap::new();
@@ -288,10 +286,12 @@ mod tests {
             Err(ClientConfigError::TokenNotHeaderSafe)
         ));
         let token = AccessToken::new("dG9rOmFiYw==").unwrap();
-        assert_eq!(format!("{token:?}"), "AccessToken(<redacted>)");
-        let client = EventsClient::builder(token, Endpoint::Region(Region::Us))
-            .build()
-            .unwrap();
+        assert_eq!(format!("{token:?}"), "AccessToken(SecretBox<str>([REDACTED]))");
+        assert_eq!(token.expose_secret(), "dG9rOmFiYw==");
+        let builder = EventsClient::builder(token, Endpoint::Region(Region::Us));
+        let shown = format!("{builder:?}");
+        assert!(!shown.contains("dG9rOmFiYw"), "{shown}");
+        let client = builder.build().unwrap();
         let shown = format!("{client:?}");
         assert!(!shown.contains("dG9rOmFiYw"), "{shown}");
         assert!(shown.contains("https://api.intercom.io/events"), "{shown}");
