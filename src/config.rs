@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use secrecy::{ExposeSecret, SecretString};
+
 use crate::handlers::{NotifySettings, DEFAULT_NOTIFY_RATE_PER_SECOND, DEFAULT_NOTIFY_TOPICS};
 use crate::intake::DEFAULT_MAX_BODY_BYTES;
 use crate::router::TopicPattern;
@@ -155,11 +157,13 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
                 parameter: parameter.clone(),
                 problem,
             };
-            let value = store
-                .value(&parameter)
-                .await
-                .map_err(|e| problem(e.to_string()))?;
-            if value.trim().is_empty() {
+            let value = SecretString::from(
+                store
+                    .value(&parameter)
+                    .await
+                    .map_err(|e| problem(e.to_string()))?,
+            );
+            if value.expose_secret().trim().is_empty() {
                 return Err(problem("is empty".into()));
             }
             fetched.push(Fetched {
@@ -178,11 +182,11 @@ pub struct ResolvedEnv<F: Fn(&str) -> Option<String>> {
     fetched: Vec<Fetched>,
 }
 
-/// No `Debug`: it holds a secret.
+#[derive(Debug)]
 struct Fetched {
     secret: SecretVariable,
     parameter: String,
-    value: String,
+    value: SecretString,
 }
 
 impl<F: Fn(&str) -> Option<String>> ResolvedEnv<F> {
@@ -193,7 +197,7 @@ impl<F: Fn(&str) -> Option<String>> ResolvedEnv<F> {
         parse: impl FnOnce(&Env<Box<dyn Fn(&str) -> Option<String> + 'a>>) -> Result<T, ConfigError>,
     ) -> Result<T, ConfigError> {
         let env = Env(Box::new(|name: &str| match self.fetched(name) {
-            Some(f) => Some(f.value.clone()),
+            Some(f) => Some(f.value.expose_secret().to_owned()),
             None => (self.env.0)(name),
         }) as Box<dyn Fn(&str) -> Option<String> + 'a>);
         parse(&env).map_err(|error| match &error {
@@ -321,7 +325,7 @@ impl WorkerConfig {
                     });
                 }
                 Some(NotifySettings {
-                    url: url.trim().to_owned(),
+                    url: SecretString::from(url.trim()),
                     topics,
                     timeout: Duration::from_secs(5),
                     rate_per_second,
@@ -443,7 +447,7 @@ mod tests {
         for secret in ["current-7f3a9c", "previous-d41e82", "7f3a9c", "d41e82"] {
             assert!(!debug.contains(secret), "{debug}");
         }
-        assert!(debug.contains("redacted"), "{debug}");
+        assert!(debug.contains("[REDACTED]"), "{debug}");
     }
 
     /// Parameters from a map: a fake store for the resolution logic (the SSM adapter is tested on the
@@ -547,6 +551,34 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn fetched_values_never_show_in_debug() {
+        let env = env(&[
+            ("INTERCOM_CLIENT_SECRET_PARAMETER", "/intercom/secret"),
+            ("NOTIFY_WEBHOOK_URL_PARAMETER", "/notify"),
+        ]);
+        let store = Parameters(HashMap::from([
+            ("/intercom/secret", "fetched-7c21e0"),
+            ("/notify", "https://hooks.example.com/T/B/fetched-b83f55"),
+        ]));
+        let resolved = env
+            .resolve(&[CLIENT_SECRET, NOTIFY_WEBHOOK_URL], &store)
+            .await
+            .unwrap();
+        let shown = format!("{:?}", resolved.fetched);
+        assert_eq!(resolved.fetched.len(), 2, "{shown}");
+        assert!(
+            shown.contains("/intercom/secret") && shown.contains("/notify"),
+            "{shown}"
+        );
+        for value in ["fetched-7c21e0", "fetched-b83f55", "hooks.example.com"] {
+            assert!(!shown.contains(value), "{shown}");
+        }
+        // The parsed configuration gets the values themselves.
+        let secret = resolved.parse(|env| env.client_secrets()).unwrap();
+        assert_eq!(secret.primary().expose_secret(), "fetched-7c21e0");
+    }
+
+    #[tokio::test]
     async fn notify_url_from_a_parameter() {
         let store = Parameters(HashMap::from([
             ("/notify", "https://hooks.example.com/T/B/secret"),
@@ -565,8 +597,10 @@ mod tests {
             .unwrap()
             .parse(WorkerLambdaConfig::from_env)
             .unwrap();
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("hooks.example.com"), "{shown}");
         assert_eq!(
-            config.worker.notify.unwrap().url,
+            config.worker.notify.unwrap().url.expose_secret(),
             "https://hooks.example.com/T/B/secret"
         );
         let err = worker("/notify-bad")
@@ -593,9 +627,15 @@ mod tests {
             ("IDEMPOTENCY_RETENTION_DAYS", "3"),
         ]))
         .unwrap();
+        let shown = format!("{config:?}");
+        assert!(
+            !shown.contains("secret") && !shown.contains("hooks.example.com"),
+            "{shown}"
+        );
         let notify = config.notify.unwrap();
         assert_eq!(notify.topics, DEFAULT_NOTIFY_TOPICS);
         assert!(!format!("{notify:?}").contains("secret"));
+        assert_eq!(notify.url.expose_secret(), "https://hooks.example.com/T/B/secret");
         assert_eq!(config.settings.retention.as_secs(), 3 * 86_400);
         assert_eq!(notify.rate_per_second, 1.0);
         assert_eq!(config.settings.deadline_margin, Duration::from_secs(2));

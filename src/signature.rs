@@ -1,9 +1,8 @@
 //! `X-Hub-Signature` verification: HMAC-SHA1 of the exact request body, keyed with the app's client
 //! secret. Pure: bytes in, a verdict out.
 
-use std::fmt;
-
 use hmac::{Hmac, KeyInit, Mac};
+use secrecy::{ExposeSecret, SecretString};
 use sha1::Sha1;
 
 type HmacSha1 = Hmac<Sha1>;
@@ -14,22 +13,23 @@ pub const SIGNATURE_HEADER: &str = "x-hub-signature";
 const PREFIX: &str = "sha1=";
 const MAC_LEN: usize = 20;
 
-/// One Intercom app's `client_secret`. Its `Debug` never shows the value.
-#[derive(Clone)]
+/// One Intercom app's `client_secret`. Its `Debug` never shows the value; [`ExposeSecret`] hands it on.
+#[derive(Clone, Debug)]
 pub struct ClientSecret {
-    value: String,
-    /// The HMAC keyed once, cloned per verification.
+    value: SecretString,
+    /// The HMAC keyed once, cloned per verification. Its `Debug` shows no state.
     keyed: HmacSha1,
 }
 
 impl ClientSecret {
     /// Rejects an empty (or whitespace-only) secret: a receiver must fail closed.
     pub fn new(value: impl Into<String>) -> Result<Self, SecretError> {
-        let value = value.into();
-        if value.trim().is_empty() {
+        let value = SecretString::from(value.into());
+        if value.expose_secret().trim().is_empty() {
             return Err(SecretError::Empty);
         }
-        let keyed = HmacSha1::new_from_slice(value.as_bytes()).expect("HMAC accepts keys of any length");
+        let keyed = HmacSha1::new_from_slice(value.expose_secret().as_bytes())
+            .expect("HMAC accepts keys of any length");
         Ok(Self { value, keyed })
     }
 
@@ -40,11 +40,6 @@ impl ClientSecret {
         format!("{PREFIX}{}", hex::encode(mac.finalize().into_bytes()))
     }
 
-    /// The secret itself, for callers that must hand it on (never log it).
-    pub fn expose(&self) -> &str {
-        &self.value
-    }
-
     fn matches(&self, body: &[u8], tag: &[u8; MAC_LEN]) -> bool {
         let mut mac = self.keyed.clone();
         mac.update(body);
@@ -53,9 +48,10 @@ impl ClientSecret {
     }
 }
 
-impl fmt::Debug for ClientSecret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("ClientSecret(<redacted>)")
+/// The secret itself, for callers that must hand it on (never log it).
+impl ExposeSecret<str> for ClientSecret {
+    fn expose_secret(&self) -> &str {
+        self.value.expose_secret()
     }
 }
 
@@ -312,6 +308,8 @@ mod tests {
         let shown = format!("{s:?} {:?}", s.primary());
         assert!(!shown.contains("super-secret-value"), "{shown}");
         assert!(!shown.contains("another-one"), "{shown}");
-        assert!(shown.contains("redacted"));
+        assert!(shown.contains("[REDACTED]"), "{shown}");
+        // Handed on only when asked for.
+        assert_eq!(s.primary().expose_secret(), "super-secret-value");
     }
 }

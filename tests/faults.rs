@@ -304,7 +304,7 @@ async fn a_notify_webhook_down_then_rate_limited_then_up_posts_each_notification
     let db = Db::open(dir.path().join("n.db")).unwrap();
     let queue = SqliteQueue::new(db.clone(), 10);
     let notify = Arc::new(NotifyHandler::new(NotifySettings {
-        url: format!("{}/hook", chat.uri()),
+        url: format!("{}/hook", chat.uri()).into(),
         topics: vec!["conversation.user.created".into()],
         timeout: Duration::from_millis(500),
         rate_per_second: 10.0,

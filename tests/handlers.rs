@@ -24,7 +24,7 @@ use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 
 fn settings(url: String) -> NotifySettings {
     NotifySettings {
-        url,
+        url: url.into(),
         topics: DEFAULT_NOTIFY_TOPICS.iter().map(|t| t.to_string()).collect(),
         timeout: Duration::from_secs(2),
         // Pacing has its own tests; elsewhere it should not slow the suite down.

@@ -18,6 +18,7 @@ use intercom_webhooks::config::{
 };
 use intercom_webhooks::intake::Intake;
 use intercom_webhooks::signature::ClientSecret;
+use secrecy::ExposeSecret;
 use tower::ServiceExt;
 
 struct Emulator {
@@ -222,7 +223,7 @@ async fn the_worker_reads_the_notify_url_from_a_parameter() {
         .parse(WorkerLambdaConfig::from_env)
         .unwrap();
     assert_eq!(
-        config.worker.notify.unwrap().url,
+        config.worker.notify.unwrap().url.expose_secret(),
         "https://hooks.example.com/services/T/B/secret"
     );
 }

@@ -2,6 +2,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
+use secrecy::{ExposeSecret, SecretString};
 
 use crate::config::{ConfigError, Env, SECRET_HINT};
 use crate::signature::ClientSecrets;
@@ -42,9 +43,11 @@ impl SecretArgs {
             bail!(SECRET_ON_COMMAND_LINE);
         }
         if let Some(path) = &self.secret_file {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read the secret file {}", path.display()))?;
-            let text = text.trim();
+            let text = SecretString::from(
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read the secret file {}", path.display()))?,
+            );
+            let text = text.expose_secret().trim();
             if text.is_empty() {
                 bail!(
                     "the secret file {} is empty: put your Intercom app's client secret in it",

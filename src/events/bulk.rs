@@ -7,9 +7,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use futures::stream::{FuturesUnordered, Stream, StreamExt};
 
-use super::client::{encode, Attempt, ErrorKind, EventsClient, RateLimit, Retry, TrackError};
+use super::client::{encode, Attempt, EventsClient};
+use super::error::{ErrorKind, TrackError};
 use super::event::DataEvent;
 use super::pacer::{Gate, Pacer};
+use super::retry::{RateLimit, Retry};
 
 /// How a bulk send behaves.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -11,16 +11,22 @@
 
 mod bulk;
 mod client;
+mod endpoint;
+mod error;
 mod event;
+mod metadata;
 mod pacer;
+mod retry;
+mod timestamp;
 
 pub use bulk::{BulkOptions, BulkSummary, FailedEvent, Progress, DEFAULT_MAX_IN_FLIGHT};
 pub use client::{
-    AccessToken, ApiError, ApiErrors, ClientConfigError, Endpoint, ErrorKind, EventsClient,
-    EventsClientBuilder, RateLimit, Region, RetryPolicy, TrackError, Tracked, DEFAULT_CONNECT_TIMEOUT,
+    AccessToken, EventsClient, EventsClientBuilder, Tracked, DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_INTERCOM_VERSION, DEFAULT_TIMEOUT,
 };
-pub use event::{
-    Contact, DataEvent, DataEventBuilder, EventError, Metadata, MetadataProblem, MetadataValue,
-    TimestampProblem, MAX_EVENT_NAME_CHARS, MAX_METADATA_KEYS, MAX_UNIX_SECONDS,
-};
+pub use endpoint::{Endpoint, Region};
+pub use error::{ApiError, ApiErrors, ClientConfigError, ErrorKind, TrackError};
+pub use event::{Contact, DataEvent, DataEventBuilder, EventError, MAX_EVENT_NAME_CHARS};
+pub use metadata::{Metadata, MetadataProblem, MetadataValue, MAX_METADATA_KEYS};
+pub use retry::{RateLimit, RetryPolicy};
+pub use timestamp::{TimestampProblem, MAX_UNIX_SECONDS};

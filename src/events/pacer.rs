@@ -16,7 +16,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use super::client::RateLimit;
+use super::retry::RateLimit;
 
 /// The most the pacer waits past a window's end for a server whose clock runs behind ours.
 const MAX_GRACE_MS: u64 = 2_000;

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use secrecy::{ExposeSecret, SecretString};
 use tokio::time::Instant;
 
 use crate::clock::unix_ms_now;
@@ -32,25 +33,14 @@ const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(1);
 /// The longest `Retry-After` honoured: a webhook cannot park notifications for days.
 const LONGEST_RETRY_AFTER: Duration = Duration::from_secs(900);
 
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct NotifySettings {
-    pub url: String,
+    /// Incoming-webhook URLs are credentials: whoever has one can post to the channel.
+    pub url: SecretString,
     pub topics: Vec<String>,
     pub timeout: Duration,
     /// Posts per second from this process, at most (decimals allowed: 0.5 is one post every 2 s).
     pub rate_per_second: f64,
-}
-
-impl std::fmt::Debug for NotifySettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Incoming-webhook URLs are credentials.
-        f.debug_struct("NotifySettings")
-            .field("url", &"<redacted>")
-            .field("topics", &self.topics)
-            .field("timeout", &self.timeout)
-            .field("rate_per_second", &self.rate_per_second)
-            .finish()
-    }
 }
 
 pub struct NotifyHandler {
@@ -95,7 +85,7 @@ impl NotifyHandler {
 
     async fn post(&self, text: &str) -> Result<reqwest::Response, HandlerError> {
         self.client
-            .post(&self.settings.url)
+            .post(self.settings.url.expose_secret())
             .json(&serde_json::json!({ "text": text }))
             .send()
             .await

@@ -1,31 +1,27 @@
 //! `intercom-webhooks events`: send Data Events to Intercom, one (`track`) or a JSON Lines file of them
 //! (`bulk`) at the rate limit.
 
-use std::collections::hash_map::{Entry, HashMap};
-use std::fs::File;
-use std::io::{BufWriter, IsTerminal, Read, Write};
-use std::path::{Path, PathBuf};
-use std::process::ExitCode;
-use std::time::{Duration, Instant};
+mod lines;
+mod progress;
 
-use anyhow::{bail, Context};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
 use clap::builder::TypedValueParser as _;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 use serde_json::Value;
 
 use crate::config::Env;
 use crate::events::{
-    AccessToken, BulkOptions, BulkSummary, DataEvent, Endpoint, EventsClient, FailedEvent, Progress, Region,
+    AccessToken, BulkOptions, BulkSummary, DataEvent, Endpoint, EventsClient, Region,
     DEFAULT_INTERCOM_VERSION, DEFAULT_MAX_IN_FLIGHT,
 };
+use lines::{error_chain, parse_lines, read_input, write_failed, LISTED};
+use progress::Reporter;
 
 const TOKEN_VAR: &str = "INTERCOM_ACCESS_TOKEN";
 const TOKEN_HINT: &str = "set INTERCOM_ACCESS_TOKEN to an access token of your Intercom app that may write \
      events (Developer Hub > your app > Authentication)";
-/// How often progress is printed when standard error is not a terminal.
-const PROGRESS_LINE_EVERY: Duration = Duration::from_secs(5);
-/// Invalid lines or failed events listed on standard error before the rest are only counted.
-const LISTED: usize = 20;
 
 #[derive(clap::Args, Debug)]
 #[command(after_help = "The access token is read from INTERCOM_ACCESS_TOKEN, never from an argument.")]
@@ -264,128 +260,6 @@ fn parse_meta(raw: &str) -> Result<(String, Value), String> {
     Ok((key.to_string(), value))
 }
 
-fn read_input(path: &Path) -> anyhow::Result<String> {
-    if path.as_os_str() == "-" {
-        let mut text = String::new();
-        std::io::stdin()
-            .read_to_string(&mut text)
-            .context("cannot read standard input")?;
-        return Ok(text);
-    }
-    std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
-}
-
-/// Every non-blank line as an event, with its line number (1-based); or every bad line reported.
-/// An `error` field (as written to --failed-out) is ignored, so failed events can be sent again.
-fn parse_lines(text: &str) -> anyhow::Result<(Vec<DataEvent>, Vec<usize>)> {
-    let mut events = Vec::new();
-    let mut line_numbers = Vec::new();
-    let mut bad = Vec::new();
-    for (index, line) in text.lines().enumerate() {
-        let number = index + 1;
-        if line.trim().is_empty() {
-            continue;
-        }
-        match parse_line(line) {
-            Ok(event) => {
-                events.push(event);
-                line_numbers.push(number);
-            }
-            Err(reason) => bad.push((number, reason)),
-        }
-    }
-    let lines = events.len() + bad.len();
-    bad.extend(same_event_twice(&events, &line_numbers));
-    if bad.is_empty() {
-        return Ok((events, line_numbers));
-    }
-    bad.sort_by_key(|(number, _)| *number);
-    for (number, reason) in bad.iter().take(LISTED) {
-        eprintln!("line {number}: {reason}");
-    }
-    if bad.len() > LISTED {
-        eprintln!("… and {} more", bad.len() - LISTED);
-    }
-    bail!("{} of {lines} events are invalid; nothing was sent", bad.len())
-}
-
-/// Intercom keeps one event per contact, name and `created_at` and ignores the rest without an error:
-/// every later line that repeats an earlier one's, with the earlier line's number.
-fn same_event_twice(events: &[DataEvent], line_numbers: &[usize]) -> Vec<(usize, String)> {
-    let mut first_seen = HashMap::new();
-    let mut repeated = Vec::new();
-    for (event, &number) in events.iter().zip(line_numbers) {
-        let key = (
-            event.contact().field(),
-            event.contact().value(),
-            event.event_name(),
-            event.created_at(),
-        );
-        match first_seen.entry(key) {
-            Entry::Vacant(entry) => {
-                entry.insert(number);
-            }
-            Entry::Occupied(entry) => repeated.push((
-                number,
-                format!(
-                    "the same contact, event_name and created_at as line {}: Intercom would keep only one \
-                     of them; give each event its own created_at",
-                    entry.get()
-                ),
-            )),
-        }
-    }
-    repeated
-}
-
-fn parse_line(line: &str) -> Result<DataEvent, String> {
-    let mut value: Value = serde_json::from_str(line).map_err(|e| format!("not JSON: {e}"))?;
-    let dated = value.get("created_at").is_some_and(|at| !at.is_null());
-    if let Value::Object(object) = &mut value {
-        object.remove("error");
-    }
-    let event = DataEvent::from_json(value).map_err(|e| e.to_string())?;
-    // A default of now would date events of one contact and name in the same second alike (Intercom
-    // keeps one), and date them anew when an interrupted file is sent again (Intercom counts them twice).
-    if !dated {
-        return Err("no created_at: every event of a bulk file needs its time, in Unix seconds".into());
-    }
-    Ok(event)
-}
-
-/// One line per failed event: the event as sent, plus `error` with its kind, status, message, the
-/// attempts made and the line it came from.
-fn write_failed(path: &Path, failures: &[FailedEvent], line_numbers: &[usize]) -> anyhow::Result<()> {
-    let file = File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
-    let mut out = BufWriter::new(file);
-    for failure in failures {
-        let mut line = failure.event.to_json();
-        let error = serde_json::json!({
-            "kind": failure.error.kind().as_str(),
-            "status": failure.error.status(),
-            "message": error_chain(&failure.error),
-            "line": line_numbers[failure.index],
-        });
-        if let Value::Object(object) = &mut line {
-            object.insert("error".into(), error);
-        }
-        writeln!(out, "{line}").with_context(|| format!("cannot write {}", path.display()))?;
-    }
-    out.flush()
-        .with_context(|| format!("cannot write {}", path.display()))
-}
-
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
 fn summary_line(summary: &BulkSummary, total: u64) -> String {
     let seconds = summary.elapsed.as_secs_f64();
     let rate = if seconds > 0.0 {
@@ -407,78 +281,6 @@ fn summary_line(summary: &BulkSummary, total: u64) -> String {
         summary.retried, summary.rate_limited, summary.requests
     ));
     line
-}
-
-/// Progress on standard error: a bar with rate and ETA on a terminal, a plain line every few seconds
-/// otherwise.
-struct Reporter {
-    total: u64,
-    bar: Option<ProgressBar>,
-    started: Instant,
-    last_line: Instant,
-}
-
-impl Reporter {
-    fn new(total: u64) -> Self {
-        let bar = std::io::stderr().is_terminal().then(|| {
-            let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
-            let style = ProgressStyle::with_template(
-                "{elapsed_precise} [{wide_bar}] {pos}/{len} {rate} ETA {eta} {msg}",
-            )
-            .expect("the template is valid")
-            .with_key("rate", |state: &ProgressState, out: &mut dyn std::fmt::Write| {
-                let _ = write!(out, "{:.1}/s", state.per_sec());
-            })
-            .progress_chars("=> ");
-            bar.set_style(style);
-            bar.enable_steady_tick(Duration::from_millis(250));
-            bar
-        });
-        let now = Instant::now();
-        Self {
-            total,
-            bar,
-            started: now,
-            last_line: now,
-        }
-    }
-
-    fn update(&mut self, progress: &Progress) {
-        let done = progress.sent + progress.failed;
-        match &self.bar {
-            Some(bar) => {
-                bar.set_position(done);
-                bar.set_message(format!(
-                    "failed {} retried {} 429s {}",
-                    progress.failed, progress.retried, progress.rate_limited
-                ));
-            }
-            None if self.last_line.elapsed() >= PROGRESS_LINE_EVERY => {
-                self.last_line = Instant::now();
-                let seconds = self.started.elapsed().as_secs_f64();
-                let rate = done as f64 / seconds.max(0.001);
-                let eta = if rate > 0.0 {
-                    format!("{:.0}s", self.total.saturating_sub(done) as f64 / rate)
-                } else {
-                    "?".into()
-                };
-                eprintln!(
-                    "progress: {done}/{} ({} sent, {} failed, {} retried, {} rate limited) \
-                     {rate:.1}/s ETA {eta}",
-                    self.total, progress.sent, progress.failed, progress.retried, progress.rate_limited
-                );
-            }
-            None => {}
-        }
-    }
-
-    fn finish(&self) {
-        if let Some(bar) = &self.bar {
-            bar.finish();
-            // The bar leaves the cursor at the end of its line.
-            eprintln!();
-        }
-    }
 }
 
 #[cfg(test)]
@@ -504,16 +306,5 @@ mod tests {
         assert!(parse_meta("novalue").is_err());
         assert!(parse_meta("=x").is_err());
         assert!(parse_meta("x={oops").is_err());
-    }
-
-    #[test]
-    fn failed_out_lines_parse_back() {
-        let line = r#"{"event_name":"a","created_at":5,"user_id":"u","error":{"kind":"server_error"}}"#;
-        let event = parse_line(line).unwrap();
-        assert_eq!(event.created_at(), 5);
-        assert!(parse_line(r#"{"event_name":"a"}"#)
-            .unwrap_err()
-            .contains("no contact"));
-        assert!(parse_line("{").unwrap_err().starts_with("not JSON"));
     }
 }
