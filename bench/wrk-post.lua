@@ -4,7 +4,7 @@
 --     wrk -t2 -c64 -d15s --latency -s bench/wrk-post.lua http://127.0.0.1:8080/webhooks/intercom
 --
 -- BODY_FILE is sent byte for byte (the signature covers the exact bytes); SIGNATURE is its
--- X-Hub-Signature, e.g. from `intercom-webhooks sign --secret S FILE`. done() prints one
+-- X-Hub-Signature, e.g. from `intercom-webhooks sign --secret-file S FILE`. done() prints one
 -- machine-readable line, WRK_RESULT, that bench/intake.sh parses.
 
 local path = os.getenv("BODY_FILE")
