@@ -245,7 +245,7 @@ fn queue_failed(span: &tracing::Span, error: QueueError) -> Verdict {
 
 /// The span every line about one delivery is written in, with what is known of the notification (nothing
 /// before its envelope is parsed). Made only for a line that is written: a stored notification, the
-/// common case, writes none at `info`, and a span per delivery was a twentieth of the intake's cost.
+/// common case, writes none at `info`, so it pays for no span (bench/RESULTS.md has what that saved).
 fn delivery_span(envelope: Option<&Envelope>) -> tracing::Span {
     let Some(envelope) = envelope else {
         return tracing::info_span!("notification");
