@@ -42,7 +42,7 @@ impl DeadLetterEntry {
     /// dead-letter bookkeeping.
     pub fn redriven(&self) -> Message {
         let mut message = self.message();
-        for name in [attr::REASON, attr::DEAD_LETTERED_AT, "receive_count"] {
+        for name in [attr::REASON, attr::DEAD_LETTERED_AT, attr::RECEIVE_COUNT] {
             message.attributes.remove(name);
         }
         message

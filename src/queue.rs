@@ -21,6 +21,8 @@ pub mod attr {
     pub const BODY_ENCODING: &str = "body_encoding";
     /// Unix milliseconds at which the message was dead-lettered.
     pub const DEAD_LETTERED_AT: &str = "dead_lettered_at";
+    /// On a dead letter: how many times the queue had handed the message out.
+    pub const RECEIVE_COUNT: &str = "receive_count";
 }
 
 /// A message to store: the body exactly as received and a few string attributes.

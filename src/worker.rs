@@ -486,7 +486,7 @@ impl Worker {
         let mut message = record.message.clone();
         message
             .attributes
-            .insert("receive_count".into(), record.receive_count.to_string());
+            .insert(attr::RECEIVE_COUNT.into(), record.receive_count.to_string());
         let reason = error.to_string();
         let reason = reason.as_str();
         match self.dead_letters.dead_letter(&message, reason).await {

@@ -9,6 +9,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use common::{attr, create_queue, create_table, drain, notification_body, record, unique};
 use intercom_webhooks::aws::dynamodb::DynamoStore;
+use intercom_webhooks::aws::sqs::string_attributes;
 use intercom_webhooks::aws::sqs::SqsDeadLetters;
 use intercom_webhooks::clock::{Clock, ShiftedClock};
 use intercom_webhooks::handler::{Handler, HandlerContext, HandlerError};
@@ -448,13 +449,7 @@ async fn a_record_that_keeps_failing_reaches_the_dlq_after_max_receive_count() {
                 message_id: m.message_id.clone().unwrap(),
                 message: intercom_webhooks::queue::Message {
                     body: m.body.clone().unwrap(),
-                    attributes: m
-                        .message_attributes
-                        .clone()
-                        .unwrap_or_default()
-                        .into_iter()
-                        .filter_map(|(k, v)| v.string_value.map(|v| (k, v)))
-                        .collect(),
+                    attributes: string_attributes(m.message_attributes.clone()),
                 },
                 receive_count: m
                     .attributes

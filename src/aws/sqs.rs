@@ -139,12 +139,7 @@ impl QueueConsumer for SqsQueue {
                     .and_then(|a| a.get(&MessageSystemAttributeName::ApproximateReceiveCount))
                     .and_then(|n| n.parse().ok())
                     .unwrap_or(1);
-                let attributes = m
-                    .message_attributes
-                    .unwrap_or_default()
-                    .into_iter()
-                    .filter_map(|(name, value)| value.string_value.map(|v| (name, v)))
-                    .collect();
+                let attributes = string_attributes(m.message_attributes);
                 Delivery {
                     record: Record {
                         message_id: m.message_id.unwrap_or_default(),
@@ -183,6 +178,18 @@ impl QueueConsumer for SqsQueue {
             .map(|_| ())
             .map_err(queue_error)
     }
+}
+
+/// A received message's attributes as the queue port sees them: every one is a string (we only send
+/// strings; others are dropped).
+pub fn string_attributes(
+    attributes: Option<std::collections::HashMap<String, MessageAttributeValue>>,
+) -> std::collections::BTreeMap<String, String> {
+    attributes
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|(name, value)| value.string_value.map(|v| (name, v)))
+        .collect()
 }
 
 pub(crate) fn queue_error<E>(

@@ -213,12 +213,7 @@ impl HoldingQueue for SqsQueue {
 
 fn held(m: aws_sdk_sqs::types::Message) -> Held {
     let system = m.attributes.clone().unwrap_or_default();
-    let attributes: BTreeMap<String, String> = m
-        .message_attributes
-        .unwrap_or_default()
-        .into_iter()
-        .filter_map(|(k, v)| v.string_value.map(|v| (k, v)))
-        .collect();
+    let attributes: BTreeMap<String, String> = super::sqs::string_attributes(m.message_attributes);
     let sqs_count: u32 = system
         .get(&MessageSystemAttributeName::ApproximateReceiveCount)
         .and_then(|n| n.parse().ok())
@@ -242,7 +237,7 @@ fn held(m: aws_sdk_sqs::types::Message) -> Held {
                 .unwrap_or_else(|| MAX_RECEIVES_REASON.to_owned()),
             // Our own receive is not one of the failures.
             receive_count: attributes
-                .get("receive_count")
+                .get(attr::RECEIVE_COUNT)
                 .and_then(|n| n.parse().ok())
                 .unwrap_or(sqs_count.saturating_sub(1)),
             dead_lettered_at_ms,
