@@ -276,9 +276,10 @@ def checks(t):
         p = t.param("SignatureMismatchAlarmThreshold")
         expect(p.get("Type") == "Number", "SignatureMismatchAlarmThreshold is not a Number")
         expect(str(p.get("Default")) == "10", f"SignatureMismatchAlarmThreshold defaults to {p.get('Default')!r}")
-        # Intercom pauses after 1,000 consecutive errors in 15 minutes, i.e. about 333 per 5-minute period.
+        # Intercom pauses after 1,000 consecutive errors in 15 minutes, about 333 per 5-minute period: the
+        # alarm must fire well before, at under a third of that pace.
         ceiling = float(p.get("MaxValue", p.get("Default")))
-        expect(ceiling <= 333, f"SignatureMismatchAlarmThreshold may be {ceiling:g}: could fire only after "
+        expect(ceiling <= 100, f"SignatureMismatchAlarmThreshold may be {ceiling:g}: would fire too close to "
                                "Intercom's pause (1,000 errors in 15 minutes)")
         check_alarm(t.props("SignatureMismatchAlarm", "AWS::CloudWatch::Alarm"), "SignatureMismatchAlarm", {
             "Namespace": "IntercomWebhooks", "MetricName": "Rejected",

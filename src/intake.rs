@@ -128,10 +128,9 @@ impl Intake {
                 v
             }
             Err(error) => {
-                self.reject_line(|suppressed| {
-                    delivery_span(None).in_scope(|| match suppressed {
-                        0 => warn!(reason = error.code(), %error, bytes = body.len(), "rejected delivery"),
-                        n => warn!(reason = error.code(), %error, bytes = body.len(), suppressed = n, "rejected delivery"),
+                self.rejection_lines.write(|suppressed| {
+                    delivery_span(None).in_scope(|| {
+                        warn!(reason = error.code(), %error, bytes = body.len(), suppressed, "rejected delivery")
                     })
                 });
                 return Verdict::Rejected(error);
@@ -205,11 +204,6 @@ impl Intake {
             ))),
         }
     }
-
-    /// A rejection's line, unless the budget for this second is spent.
-    fn reject_line(&self, write: impl FnOnce(u64)) {
-        self.rejection_lines.write(write);
-    }
 }
 
 /// A rate limit on log lines: a flood of rejected requests must not become a flood of lines (and a log
@@ -228,10 +222,12 @@ impl LineBudget {
         }
     }
 
-    /// Calls `write` with the number of lines left out since the last one, if a line may be written now.
-    fn write(&self, write: impl FnOnce(u64)) {
+    /// Calls `write` if a line may be written now, with the number of lines left out since the last one
+    /// (`None` when none were: the field is then left out of the line).
+    fn write(&self, write: impl FnOnce(Option<u64>)) {
         if self.limiter.check().is_ok() {
-            write(self.suppressed.swap(0, Ordering::Relaxed));
+            let suppressed = self.suppressed.swap(0, Ordering::Relaxed);
+            write((suppressed > 0).then_some(suppressed));
         } else {
             self.suppressed.fetch_add(1, Ordering::Relaxed);
         }
@@ -334,7 +330,7 @@ async fn receive(State(intake): State<Arc<Intake>>, request: Request) -> Respons
             }
             intake.metrics.incr("received", &[]);
             intake.metrics.incr("rejected", &[("reason", "body_unreadable")]);
-            intake.reject_line(|suppressed| {
+            intake.rejection_lines.write(|suppressed| {
                 warn!(%error, reason = "body_unreadable", suppressed, "could not read the request body")
             });
             return error_response(
@@ -351,7 +347,7 @@ fn body_too_slow(intake: &Intake) -> Response {
     intake.metrics.incr("received", &[]);
     intake.metrics.incr("rejected", &[("reason", "body_timeout")]);
     let timeout_ms = intake.body_read_timeout.as_millis() as u64;
-    intake.reject_line(|suppressed| {
+    intake.rejection_lines.write(|suppressed| {
         warn!(
             timeout_ms,
             reason = "body_timeout",
@@ -369,7 +365,9 @@ fn body_too_slow(intake: &Intake) -> Response {
 fn too_large(intake: &Intake, limit: usize) -> Response {
     intake.metrics.incr("received", &[]);
     intake.metrics.incr("rejected", &[("reason", "body_too_large")]);
-    intake.reject_line(|suppressed| warn!(limit, reason = "body_too_large", suppressed, "rejected delivery"));
+    intake
+        .rejection_lines
+        .write(|suppressed| warn!(limit, reason = "body_too_large", suppressed, "rejected delivery"));
     error_response(
         StatusCode::PAYLOAD_TOO_LARGE,
         "body_too_large",

@@ -35,14 +35,19 @@ impl Server {
         Self::start_with(db, env, &[])
     }
 
-    /// With extra `serve` options.
+    /// With extra `serve` options (a visibility timeout of 5 s unless they give one).
     fn start_with(db: &Path, env: &[(&str, &str)], options: &[&str]) -> Server {
+        let mut options = options.to_vec();
+        if !options.contains(&"--visibility-timeout") {
+            options.extend(["--visibility-timeout", "5"]);
+        }
+        let options = &options[..];
         let port = free_port();
         let mut command = Command::new(BIN);
         command
             .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--db"])
             .arg(db)
-            .args(["--log-format", "json", "--visibility-timeout", "5"])
+            .args(["--log-format", "json"])
             .args(options)
             .env("INTERCOM_CLIENT_SECRET", TEST_SECRET)
             .env_remove("NOTIFY_WEBHOOK_URL")
@@ -576,7 +581,16 @@ fn with_a_short_retention_a_steady_stream_of_unique_notifications_keeps_the_file
     let server = Server::start_with(
         &db,
         &[],
-        &["--idempotency-retention", "1s", "--purge-interval", "300ms"],
+        // A visibility timeout of 1 s also leaves the handlers most of it (the deadline margin is at
+        // most a quarter).
+        &[
+            "--idempotency-retention",
+            "1s",
+            "--visibility-timeout",
+            "1",
+            "--purge-interval",
+            "300ms",
+        ],
     );
     // The database's size as a reader sees it (its pages, committed WAL frames included), and the
     // files on disk.
@@ -724,5 +738,23 @@ fn text_logs_redirected_to_a_file_are_short_lines_without_colour() {
     assert!(
         summary.ends_with("INFO  conversation.user.created 3ac27816 Rose Poodle from St. John's, conversation 21321941764: \"Hello everyone!\""),
         "{summary}"
+    );
+}
+
+#[test]
+fn an_idempotency_retention_shorter_than_the_visibility_timeout_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--listen", &format!("127.0.0.1:{}", free_port()), "--db"])
+        .arg(dir.path().join("db.sqlite"))
+        .args(["--idempotency-retention", "500ms", "--visibility-timeout", "30"])
+        .env("INTERCOM_CLIENT_SECRET", TEST_SECRET)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("the idempotency retention (500ms) must be at least the visibility timeout (30 s)"),
+        "{stderr}"
     );
 }

@@ -12,6 +12,7 @@ use crate::local::server::{serve, ConnectionLimits, ServeOptions};
 use crate::local::Retention;
 use crate::signature::ClientSecrets;
 use crate::telemetry::{self, LogFormat};
+use crate::worker::WorkerSettings;
 
 #[derive(clap::Args, Debug)]
 pub struct ServeArgs {
@@ -59,6 +60,26 @@ pub struct ServeArgs {
     purge_interval: Duration,
 }
 
+/// The worker's settings with `serve`'s options applied. A batch's deadline is the visibility timeout, so
+/// the deadline margin is at most a quarter of it (handlers get the rest); a processed id must be
+/// remembered at least as long as a claim can be held, or a redelivery could run its handlers again.
+fn local_settings(mut settings: WorkerSettings, args: &ServeArgs) -> anyhow::Result<WorkerSettings> {
+    settings.visibility_timeout = Duration::from_secs(args.visibility_timeout);
+    settings.deadline_margin = settings.deadline_margin.min(settings.visibility_timeout / 4);
+    if let Some(retention) = args.idempotency_retention {
+        settings.retention = retention;
+    }
+    if settings.retention < settings.visibility_timeout {
+        anyhow::bail!(
+            "the idempotency retention ({}) must be at least the visibility timeout ({} s): a shorter one \
+             forgets a notification while it may still be processed",
+            humantime::format_duration(settings.retention),
+            args.visibility_timeout
+        );
+    }
+    Ok(settings)
+}
+
 /// A positive duration: `10s`, `500ms`, `14days`.
 fn duration(text: &str) -> Result<Duration, String> {
     match humantime::parse_duration(text.trim()) {
@@ -72,11 +93,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let (secrets, worker) = runtime.block_on(configuration())?;
     telemetry::init_local(args.log_format);
-    let mut settings = worker.settings;
-    settings.visibility_timeout = Duration::from_secs(args.visibility_timeout);
-    if let Some(retention) = args.idempotency_retention {
-        settings.retention = retention;
-    }
+    let settings = local_settings(worker.settings, &args)?;
     let routes = default_router(worker.notify).context("invalid NOTIFY_TOPICS")?;
     let options = ServeOptions {
         listen: args.listen,
