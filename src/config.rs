@@ -349,6 +349,9 @@ impl WorkerConfig {
 pub struct WorkerLambdaConfig {
     pub table: String,
     pub dead_letter_queue_url: String,
+    /// The notifications queue: where a handler's retry delay is applied (optional; without it, a record
+    /// to retry comes back after the queue's visibility timeout).
+    pub queue_url: Option<String>,
     pub worker: WorkerConfig,
 }
 
@@ -363,6 +366,7 @@ impl WorkerLambdaConfig {
                 "DEAD_LETTER_QUEUE_URL",
                 "set it to the URL of the dead-letter SQS queue",
             )?,
+            queue_url: env.optional("QUEUE_URL"),
             worker: WorkerConfig::from_env(env)?,
         })
     }

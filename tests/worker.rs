@@ -596,3 +596,78 @@ async fn records_waiting_for_a_concurrency_slot_at_the_deadline_are_retried_unst
     );
     assert!(drain(&s.sqs, &s.dlq).await.is_empty());
 }
+
+/// Receives the one message of `queue` within `wait`, hidden for `visibility` seconds; its receipt.
+async fn receive_one(sqs: &aws_sdk_sqs::Client, queue: &str, visibility: i32) -> Option<(String, String)> {
+    let out = sqs
+        .receive_message()
+        .queue_url(queue)
+        .visibility_timeout(visibility)
+        .send()
+        .await
+        .unwrap();
+    let m = out.messages.unwrap_or_default().into_iter().next()?;
+    Some((m.message_id.unwrap(), m.receipt_handle.unwrap()))
+}
+
+#[tokio::test]
+async fn on_lambda_a_handlers_retry_delay_hides_the_message_that_long() {
+    use intercom_webhooks::aws::lambda_sqs::delay_retries;
+    use intercom_webhooks::worker::{BatchResult, RecordError};
+    let sdk = common::aws_config().await;
+    let sqs = aws_sdk_sqs::Client::new(&sdk);
+    let queue = create_queue(&sqs, &unique("delayed")).await;
+    for body in ["rate-limited", "failed"] {
+        sqs.send_message()
+            .queue_url(&queue)
+            .message_body(body)
+            .send()
+            .await
+            .unwrap();
+    }
+    let (limited, limited_receipt) = receive_one(&sqs, &queue, 1).await.unwrap();
+    let (failed, failed_receipt) = receive_one(&sqs, &queue, 1).await.unwrap();
+
+    // One record failed with a 429's Retry-After of 4 s, the other without a delay.
+    let mut result = BatchResult::default();
+    result.outcomes = vec![
+        (limited.clone(), Outcome::Retry),
+        (failed.clone(), Outcome::Retry),
+    ];
+    result.errors.insert(
+        limited.clone(),
+        RecordError::Handler {
+            handler: "notify".into(),
+            error: HandlerError::retry_after("429", Duration::from_secs(4)),
+        },
+    );
+    result.errors.insert(
+        failed.clone(),
+        RecordError::Handler {
+            handler: "notify".into(),
+            error: HandlerError::retryable("503"),
+        },
+    );
+    let receipts = HashMap::from([
+        (limited.clone(), limited_receipt),
+        (failed.clone(), failed_receipt),
+    ]);
+    assert_eq!(delay_retries(&sqs, &queue, &receipts, &result).await, 1);
+
+    // After the receive's own 1 s, only the record without a delay is back…
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let (first, _) = receive_one(&sqs, &queue, 30)
+        .await
+        .expect("the undelayed record is back");
+    assert_eq!(first, failed);
+    assert!(
+        receive_one(&sqs, &queue, 30).await.is_none(),
+        "the delayed record is still hidden"
+    );
+    // …and the delayed one once its 4 s have passed.
+    tokio::time::sleep(Duration::from_millis(3_000)).await;
+    let (second, _) = receive_one(&sqs, &queue, 30)
+        .await
+        .expect("the delayed record is back");
+    assert_eq!(second, limited);
+}

@@ -25,28 +25,34 @@ async fn main() -> anyhow::Result<()> {
         .and_then(|env| env.parse(WorkerLambdaConfig::from_env))
         .context("the worker cannot start")?;
     let router = handlers::default_router(config.worker.notify).context("invalid handler routes")?;
+    let sqs = aws_sdk_sqs::Client::new(&sdk);
+    let queue_url = Arc::new(config.queue_url);
+    if queue_url.is_none() {
+        tracing::warn!("QUEUE_URL is not set: a record to retry comes back after the queue's visibility timeout, even when a handler asked for another delay");
+    }
     tracing::info!(routes = ?router.describe(), "worker ready");
     let worker = Arc::new(Worker::new(
         Arc::new(DynamoStore::new(
             aws_sdk_dynamodb::Client::new(&sdk),
             config.table,
         )),
-        Arc::new(SqsDeadLetters::new(
-            aws_sdk_sqs::Client::new(&sdk),
-            config.dead_letter_queue_url,
-        )),
+        Arc::new(SqsDeadLetters::new(sqs.clone(), config.dead_letter_queue_url)),
         router,
         Arc::new(SystemClock),
         Arc::new(Metrics::new()),
         config.worker.settings,
     ));
     let handler = service_fn(move |event: LambdaEvent<SqsEvent>| {
-        let worker = worker.clone();
+        let (worker, sqs, queue_url) = (worker.clone(), sqs.clone(), queue_url.clone());
         async move {
             let deadline_ms = event.context.deadline as i64;
+            let receipts = lambda_sqs::receipts(&event.payload);
             let result = worker
                 .process_batch(lambda_sqs::records(event.payload), deadline_ms)
                 .await;
+            if let Some(queue_url) = queue_url.as_deref() {
+                lambda_sqs::delay_retries(&sqs, queue_url, &receipts, &result).await;
+            }
             emf::flush(worker.metrics(), "worker");
             Ok::<SqsBatchResponse, lambda_runtime::Error>(lambda_sqs::batch_response(&result))
         }
