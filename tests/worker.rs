@@ -629,11 +629,13 @@ async fn on_lambda_a_handlers_retry_delay_hides_the_message_that_long() {
     let (failed, failed_receipt) = receive_one(&sqs, &queue, 1).await.unwrap();
 
     // One record failed with a 429's Retry-After of 4 s, the other without a delay.
-    let mut result = BatchResult::default();
-    result.outcomes = vec![
-        (limited.clone(), Outcome::Retry),
-        (failed.clone(), Outcome::Retry),
-    ];
+    let mut result = BatchResult {
+        outcomes: vec![
+            (limited.clone(), Outcome::Retry),
+            (failed.clone(), Outcome::Retry),
+        ],
+        ..BatchResult::default()
+    };
     result.errors.insert(
         limited.clone(),
         RecordError::Handler {
