@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use common::{create_table, drain, unique};
 use intercom_webhooks::aws::dynamodb::DynamoStore;
 use intercom_webhooks::aws::sqs::SqsQueue;
-use intercom_webhooks::clock::unix_ms_now;
+use intercom_webhooks::clock::{unix_ms_now, ShiftedClock, SystemClock};
 use intercom_webhooks::idempotency::{
     Claim, ClaimOutcome, IdempotencyKey, IdempotencyStore, Lease, StoreError,
 };
@@ -128,7 +128,7 @@ async fn idempotency_contract_dynamodb() {
     let dynamo = aws_sdk_dynamodb::Client::new(&sdk);
     let table = unique("contract");
     create_table(&dynamo, &table).await;
-    idempotency_contract(Arc::new(DynamoStore::new(dynamo, table))).await;
+    idempotency_contract(Arc::new(DynamoStore::new(dynamo, table, Arc::new(SystemClock)))).await;
 }
 
 // ---------------------------------------------------------------- queue
@@ -173,7 +173,23 @@ fn message(body: &str) -> Message {
     m
 }
 
-async fn queue_contract<Q>(queue: Arc<Q>, dead: Arc<dyn DeadLetters>, max_receives: u32)
+/// How the suite lets a visibility timeout pass: by moving the adapter's clock, or, for a queue that keeps
+/// its own time (SQS), by waiting.
+enum Time {
+    Shifted(Arc<ShiftedClock>),
+    Real,
+}
+
+impl Time {
+    async fn pass(&self, span: Duration) {
+        match self {
+            Time::Shifted(clock) => clock.advance(span.as_millis() as i64),
+            Time::Real => tokio::time::sleep(span).await,
+        }
+    }
+}
+
+async fn queue_contract<Q>(queue: Arc<Q>, dead: Arc<dyn DeadLetters>, max_receives: u32, time: Time)
 where
     Q: Queue + QueueConsumer + 'static,
 {
@@ -204,7 +220,7 @@ where
     assert_eq!(again[0].record.message.body, "three");
     assert_eq!(again[0].record.receive_count, 2);
     queue.ack(&again[0].receipt).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(1300)).await;
+    time.pass(Duration::from_millis(1300)).await;
     let late = queue.receive(10, visibility).await.unwrap();
     assert_eq!(late.len(), 1);
     assert_eq!(late[0].record.message.body, "two");
@@ -239,9 +255,10 @@ where
 #[tokio::test]
 async fn queue_contract_sqlite() {
     let dir = tempfile::tempdir().unwrap();
-    let queue = SqliteQueue::new(Db::open(dir.path().join("queue.db")).unwrap(), 3);
+    let clock = Arc::new(ShiftedClock::default());
+    let queue = SqliteQueue::new(Db::open(dir.path().join("queue.db")).unwrap(), 3).with_clock(clock.clone());
     let dead = Arc::new(SqliteDeadLetters(queue.clone()));
-    queue_contract(Arc::new(queue.clone()), dead, 3).await;
+    queue_contract(Arc::new(queue.clone()), dead, 3, Time::Shifted(clock)).await;
     let stored = queue.dead_letters().await.unwrap();
     let stuck = stored.iter().find(|d| d.body == "stuck").unwrap();
     assert_eq!(stuck.reason, "max receives exceeded (3): always failing");
@@ -254,5 +271,5 @@ async fn queue_contract_sqs() {
     let sqs = aws_sdk_sqs::Client::new(&sdk);
     let (main, dlq) = common::create_queue_with_dlq(&sqs, "contract", 3).await;
     let queue = Arc::new(SqsQueue::new(sqs.clone(), &main, &dlq));
-    queue_contract(queue, Arc::new(SqsDeadLetterReader(sqs, dlq)), 3).await;
+    queue_contract(queue, Arc::new(SqsDeadLetterReader(sqs, dlq)), 3, Time::Real).await;
 }

@@ -85,11 +85,12 @@ async fn the_worker_runs_every_fixture_through_the_builtin_handlers() {
     let table = unique("idem");
     create_table(&dynamo, &table).await;
     let dlq = create_queue(&sqs, &unique("dlq")).await;
+    let clock = Arc::new(SystemClock);
     let worker = Worker::new(
-        Arc::new(DynamoStore::new(dynamo, &table)),
+        Arc::new(DynamoStore::new(dynamo, &table, clock.clone())),
         Arc::new(SqsDeadLetters::new(sqs, &dlq)),
         default_router(Some(settings(format!("{}/hook", chat.uri())))).unwrap(),
-        Arc::new(SystemClock),
+        clock,
         Arc::new(Metrics::new()),
         WorkerSettings::default(),
     );

@@ -9,7 +9,7 @@ use intercom_webhooks::aws::dynamodb::DynamoStore;
 use intercom_webhooks::aws::sqs::SqsDeadLetters;
 use intercom_webhooks::aws::ssm::SsmParameters;
 use intercom_webhooks::aws::{emf, lambda_sqs, load_config, CallBudget};
-use intercom_webhooks::clock::SystemClock;
+use intercom_webhooks::clock::{Clock, SystemClock};
 use intercom_webhooks::config::{Env, WorkerLambdaConfig, NOTIFY_WEBHOOK_URL};
 use intercom_webhooks::{handlers, metrics::Metrics, telemetry, worker::Worker};
 use lambda_runtime::{service_fn, LambdaEvent};
@@ -26,17 +26,19 @@ async fn main() -> anyhow::Result<()> {
         .context("the worker cannot start")?;
     let router = handlers::default_router(config.worker.notify).context("invalid handler routes")?;
     tracing::info!(routes = ?router.describe(), "worker ready");
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let worker = Arc::new(Worker::new(
         Arc::new(DynamoStore::new(
             aws_sdk_dynamodb::Client::new(&sdk),
             config.table,
+            clock.clone(),
         )),
         Arc::new(SqsDeadLetters::new(
             aws_sdk_sqs::Client::new(&sdk),
             config.dead_letter_queue_url,
         )),
         router,
-        Arc::new(SystemClock),
+        clock,
         Arc::new(Metrics::new()),
         config.worker.settings,
     ));

@@ -10,7 +10,6 @@ use serde::Serialize;
 use super::codec::{decode, encode, Storable};
 use super::db::{new_id, DbError};
 use super::queue::{unavailable, SqliteQueue};
-use crate::clock::unix_ms_now;
 use crate::dlq::{DeadLetterEntry, DeadLetterStore, Filter, RedriveReport};
 use crate::queue::{attr, DeadLetterQueue, Message, QueueError};
 
@@ -86,9 +85,9 @@ impl DeadLetterQueue for SqliteQueue {
     async fn dead_letter(&self, message: &Message, reason: &str) -> Result<(), QueueError> {
         let message = message.clone();
         let reason = reason.to_owned();
+        let now = self.now_ms();
         self.db()
             .call_single_write(move |c| {
-                let now = unix_ms_now();
                 let receive_count = message
                     .attribute("receive_count")
                     .and_then(|n| n.parse().ok())
@@ -153,10 +152,10 @@ impl DeadLetterStore for SqliteQueue {
             return Ok(report);
         }
         // One transaction: the message is back on the queue and gone from the dead letters, or neither.
+        let now = self.now_ms();
         let moved = self
             .db()
             .call(move |c| {
-                let now = unix_ms_now();
                 let mut moved = 0;
                 for (seq, message) in chosen {
                     let removed = c

@@ -8,7 +8,7 @@ use tokio::sync::{watch, Notify};
 use tracing::warn;
 
 use super::SqliteQueue;
-use crate::clock::unix_ms_now;
+use crate::clock::Clock;
 use crate::queue::{Delivery, QueueConsumer};
 use crate::worker::Worker;
 
@@ -20,6 +20,8 @@ pub(super) struct Poller {
     pub(super) worker: Arc<Worker>,
     pub(super) wake: Arc<Notify>,
     pub(super) visibility: Duration,
+    /// The worker's clock: a batch's deadline is measured on it.
+    pub(super) clock: Arc<dyn Clock>,
 }
 
 impl Poller {
@@ -49,7 +51,7 @@ impl Poller {
     }
 
     async fn process(&self, deliveries: Vec<Delivery>) {
-        let deadline_ms = unix_ms_now() + self.visibility.as_millis() as i64;
+        let deadline_ms = self.clock.now_ms() + self.visibility.as_millis() as i64;
         let receipts: Vec<(String, String, u32)> = deliveries
             .iter()
             .map(|d| {

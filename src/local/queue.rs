@@ -1,9 +1,11 @@
 //! The SQLite adapter of the queue ports: messages, receives with a visibility timeout and receive
 //! counts. A message is a row in `payloads` (written once, in the form `codec.rs` gives it) and one in
-//! `queue` (its delivery state); see the schema in `db.rs`. A message received more than `max_receives` times
-//! is moved to the dead-letter table (`dead_letters.rs`) with its last error when it would next be handed out (as SQS's
-//! redrive does).
+//! `queue` (its delivery state); see the schema in `db.rs`. A message received more than `max_receives`
+//! times is moved to the dead-letter table (`dead_letters.rs`) with its last error when it would next be
+//! handed out (as SQS's redrive does). Times come from the queue's [`Clock`].
 
+use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -13,13 +15,23 @@ use serde::Serialize;
 use super::codec::{decode, Storable, StoredBody, Unreadable};
 use super::db::{new_id, Db, DbError};
 use super::dead_letters::insert_dead_letter;
-use crate::clock::unix_ms_now;
+use crate::clock::{Clock, SystemClock};
 use crate::queue::{Delivery, Message, Queue, QueueConsumer, QueueError, Record};
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct SqliteQueue {
     db: Db,
     max_receives: u32,
+    clock: Arc<dyn Clock>,
+}
+
+impl fmt::Debug for SqliteQueue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqliteQueue")
+            .field("db", &self.db)
+            .field("max_receives", &self.max_receives)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Queue depth, for `/healthz`.
@@ -69,11 +81,22 @@ fn delete_settled_payloads(conn: &Connection) -> Result<(), DbError> {
 }
 
 impl SqliteQueue {
+    /// A queue on the real time.
     pub fn new(db: Db, max_receives: u32) -> Self {
         Self {
             db,
             max_receives: max_receives.max(1),
+            clock: Arc::new(SystemClock),
         }
+    }
+
+    /// This queue with visibility, receive and dead-letter times from `clock`.
+    pub fn with_clock(self, clock: Arc<dyn Clock>) -> Self {
+        Self { clock, ..self }
+    }
+
+    pub(super) fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
     }
 
     pub fn db(&self) -> &Db {
@@ -83,6 +106,7 @@ impl SqliteQueue {
     /// Moves a received message whose stored body cannot be decompressed to the dead-letter table, with
     /// the bytes as stored. Only while its receipt still holds it.
     async fn bury_unreadable(&self, lease: Leased, unreadable: Unreadable) -> Result<(), QueueError> {
+        let now = self.now_ms();
         self.db
             .call(move |c| {
                 let removed = c
@@ -96,7 +120,7 @@ impl SqliteQueue {
                         &unreadable.reason,
                         lease.receive_count,
                         lease.enqueued_at,
-                        unix_ms_now(),
+                        now,
                     )?;
                 }
                 Ok(())
@@ -106,9 +130,9 @@ impl SqliteQueue {
     }
 
     pub async fn stats(&self) -> Result<QueueStats, QueueError> {
+        let now = self.now_ms();
         self.db
-            .call(|c| {
-                let now = unix_ms_now();
+            .call(move |c| {
                 let (queued, in_flight): (i64, i64) = c.query_row(
                     "SELECT count(*), coalesce(sum(visible_at > ?1 AND receive_count > 0), 0) FROM queue",
                     [now],
@@ -130,8 +154,9 @@ impl SqliteQueue {
 impl Queue for SqliteQueue {
     async fn send(&self, message: &Message) -> Result<(), QueueError> {
         let stored = Storable::new(message);
+        let now = self.now_ms();
         self.db
-            .call_single_write(move |c| stored.insert(c, unix_ms_now()))
+            .call_single_write(move |c| stored.insert(c, now))
             .await
             .map_err(unavailable)
     }
@@ -142,10 +167,10 @@ impl QueueConsumer for SqliteQueue {
     async fn receive(&self, max: usize, visibility: Duration) -> Result<Vec<Delivery>, QueueError> {
         let max_receives = self.max_receives;
         let visibility_ms = visibility.as_millis() as i64;
+        let now = self.now_ms();
         let leased = self
             .db
             .call(move |c| {
-                let now = unix_ms_now();
                 delete_settled_payloads(c)?;
                 let mut out = Vec::new();
                 // Messages past their receive limit are moved aside; keep looking until `max` are found,
@@ -238,9 +263,9 @@ impl QueueConsumer for SqliteQueue {
     async fn retry(&self, receipt: &str, error: &str, delay: Duration) -> Result<(), QueueError> {
         let receipt = receipt.to_owned();
         let error = error.to_owned();
+        let visible_at = self.now_ms() + delay.as_millis() as i64;
         self.db
             .call_single_write(move |c| {
-                let visible_at = unix_ms_now() + delay.as_millis() as i64;
                 c.prepare_cached(
                     "UPDATE queue SET visible_at = ?1, last_error = ?2 WHERE seq = ?3 AND receipt = ?4",
                 )?
@@ -362,7 +387,7 @@ pub(super) mod tests {
     async fn a_single_table_queue_of_an_earlier_version_is_moved_over_with_its_state() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("old.db");
-        let future = unix_ms_now() + 60_000;
+        let future = crate::clock::unix_ms_now() + 60_000;
         let compressed = lz4_flex::compress_prepend_size(b"{\"id\":\"notif_c\"}");
         {
             let old = Connection::open(&path).unwrap();

@@ -17,7 +17,7 @@ use tracing::{info, warn};
 use super::background::Background;
 use super::poller::Poller;
 use super::{Db, Retention, SqliteQueue, SqliteStore};
-use crate::clock::{unix_ms_now, SystemClock};
+use crate::clock::{Clock, SystemClock};
 use crate::intake::Intake;
 use crate::metrics::Metrics;
 use crate::queue::Queue;
@@ -104,14 +104,15 @@ pub async fn serve(
     let _lock = ServerLock::take(&options.db)?;
     let db = Db::open(&options.db)
         .map_err(|e| anyhow::anyhow!("cannot open the database {}: {e}", options.db.display()))?;
-    let queue = SqliteQueue::new(db.clone(), options.max_receives);
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let queue = SqliteQueue::new(db.clone(), options.max_receives).with_clock(clock.clone());
     let wake = Arc::new(Notify::new());
     let metrics = Arc::new(Metrics::new());
     let worker = Arc::new(Worker::new(
-        Arc::new(SqliteStore::new(db.clone())),
+        Arc::new(SqliteStore::new(db.clone()).with_clock(clock.clone())),
         Arc::new(queue.clone()),
         options.routes,
-        Arc::new(SystemClock),
+        clock.clone(),
         metrics.clone(),
         options.worker,
     ));
@@ -142,12 +143,18 @@ pub async fn serve(
                 worker: worker.clone(),
                 wake: wake.clone(),
                 visibility: options.worker.visibility_timeout,
+                clock: clock.clone(),
             };
             background.spawn(poller.run(stopped.clone()))
         })
         .collect();
 
-    let purger = background.spawn(purge_periodically(db.clone(), options.retention, stopped.clone()));
+    let purger = background.spawn(purge_periodically(
+        db.clone(),
+        options.retention,
+        clock,
+        stopped.clone(),
+    ));
 
     let served = serve_http(listener, app, options.limits, shutdown).await;
     info!("no longer accepting deliveries; finishing in-flight batches");
@@ -259,13 +266,18 @@ async fn serve_http(
 }
 
 /// Purges the file every `retention.interval` until `stop`.
-async fn purge_periodically(db: Db, retention: Retention, mut stop: watch::Receiver<bool>) {
+async fn purge_periodically(
+    db: Db,
+    retention: Retention,
+    clock: Arc<dyn Clock>,
+    mut stop: watch::Receiver<bool>,
+) {
     loop {
         tokio::select! {
             _ = tokio::time::sleep(retention.interval) => {}
             _ = stop.changed() => return,
         }
-        match super::purge(&db, unix_ms_now(), retention.dead_letters).await {
+        match super::purge(&db, clock.now_ms(), retention.dead_letters).await {
             Ok(purged) if purged != Default::default() => info!(
                 idempotency_records = purged.idempotency_records,
                 dead_letters = purged.dead_letters,
