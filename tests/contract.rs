@@ -1,5 +1,5 @@
-//! One behavioural suite per port, run against both adapters: SQLite, and SQS / DynamoDB on the AWS
-//! emulator. A difference found here is a bug in one adapter.
+//! One behavioural suite per port, run against every adapter: in memory, SQLite, and SQS / DynamoDB on
+//! the AWS emulator. A difference found here is a bug in one adapter.
 
 mod common;
 
@@ -15,6 +15,7 @@ use intercom_webhooks::idempotency::{
     Claim, ClaimOutcome, IdempotencyKey, IdempotencyStore, Lease, StoreError,
 };
 use intercom_webhooks::local::{Db, SqliteQueue, SqliteStore};
+use intercom_webhooks::memory::{MemoryQueue, MemoryStore};
 use intercom_webhooks::queue::{attr, Message, Queue, QueueConsumer};
 
 // ---------------------------------------------------------------- idempotency store
@@ -116,6 +117,11 @@ async fn idempotency_contract(store: Arc<dyn IdempotencyStore>) {
 }
 
 #[tokio::test]
+async fn idempotency_contract_memory() {
+    idempotency_contract(Arc::new(MemoryStore::new(Arc::new(SystemClock)))).await;
+}
+
+#[tokio::test]
 async fn idempotency_contract_sqlite() {
     let dir = tempfile::tempdir().unwrap();
     let db = Db::open(dir.path().join("contract.db")).unwrap();
@@ -148,6 +154,19 @@ impl DeadLetters for SqliteDeadLetters {
             .dead_letters()
             .await
             .unwrap()
+            .into_iter()
+            .map(|d| (d.body, Some(d.reason)))
+            .collect()
+    }
+}
+
+struct MemoryDeadLetters(Arc<MemoryQueue>);
+
+#[async_trait]
+impl DeadLetters for MemoryDeadLetters {
+    async fn all(&self) -> Vec<(String, Option<String>)> {
+        self.0
+            .dead_letters()
             .into_iter()
             .map(|d| (d.body, Some(d.reason)))
             .collect()
@@ -250,6 +269,19 @@ where
     assert_eq!(dead[0].0, "refused");
     assert_eq!(dead[0].1.as_deref(), Some("handler x: permanent"));
     assert_eq!(dead[1].0, "stuck");
+}
+
+#[tokio::test]
+async fn queue_contract_memory() {
+    let clock = Arc::new(ShiftedClock::default());
+    let queue = Arc::new(MemoryQueue::new(3, clock.clone()));
+    let dead = Arc::new(MemoryDeadLetters(queue.clone()));
+    queue_contract(queue.clone(), dead, 3, Time::Shifted(clock)).await;
+    let stored = queue.dead_letters();
+    let stuck = stored.iter().find(|d| d.body == "stuck").unwrap();
+    assert_eq!(stuck.reason, "max receives exceeded (3): always failing");
+    assert_eq!(stuck.receive_count, 3);
+    assert!(queue.is_empty());
 }
 
 #[tokio::test]
