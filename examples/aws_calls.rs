@@ -140,11 +140,12 @@ async fn main() -> anyhow::Result<()> {
     }
 
     // Worker: batches of 10, as the event source mapping delivers them.
+    let clock = Arc::new(SystemClock);
     let worker = Worker::new(
-        Arc::new(DynamoStore::new(dynamo.clone(), &table)),
+        Arc::new(DynamoStore::new(dynamo.clone(), &table, clock.clone())),
         Arc::new(SqsDeadLetters::new(sqs.clone(), &dlq_url)),
         intercom_webhooks::handlers::default_router(None)?,
-        Arc::new(SystemClock),
+        clock,
         Arc::new(Metrics::new()),
         WorkerSettings::default(),
     );

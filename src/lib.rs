@@ -2,7 +2,7 @@
 //!
 //! The domain (signature verification, the notification envelope, the HTTP intake, the idempotent worker,
 //! topic routing and handlers) is independent of where it runs; [`aws`] holds the adapters for Lambda,
-//! SQS and DynamoDB.
+//! SQS and DynamoDB, [`local`] those for one machine (SQLite), [`memory`] in-memory ones for tests.
 
 pub mod aws;
 pub mod cli;
@@ -15,6 +15,7 @@ pub mod handlers;
 pub mod idempotency;
 pub mod intake;
 pub mod local;
+pub mod memory;
 pub mod metrics;
 pub mod models;
 pub mod notification;

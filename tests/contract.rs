@@ -1,5 +1,5 @@
-//! One behavioural suite per port, run against both adapters: SQLite, and SQS / DynamoDB on the AWS
-//! emulator. A difference found here is a bug in one adapter.
+//! One behavioural suite per port, run against every adapter: in memory, SQLite, and SQS / DynamoDB on
+//! the AWS emulator. A difference found here is a bug in one adapter.
 
 mod common;
 
@@ -10,11 +10,12 @@ use async_trait::async_trait;
 use common::{create_table, drain, unique};
 use intercom_webhooks::aws::dynamodb::DynamoStore;
 use intercom_webhooks::aws::sqs::SqsQueue;
-use intercom_webhooks::clock::unix_ms_now;
+use intercom_webhooks::clock::{unix_ms_now, ShiftedClock, SystemClock};
 use intercom_webhooks::idempotency::{
     Claim, ClaimOutcome, IdempotencyKey, IdempotencyStore, Lease, StoreError,
 };
 use intercom_webhooks::local::{Db, SqliteQueue, SqliteStore};
+use intercom_webhooks::memory::{MemoryQueue, MemoryStore};
 use intercom_webhooks::queue::{attr, Message, Queue, QueueConsumer};
 
 // ---------------------------------------------------------------- idempotency store
@@ -116,6 +117,11 @@ async fn idempotency_contract(store: Arc<dyn IdempotencyStore>) {
 }
 
 #[tokio::test]
+async fn idempotency_contract_memory() {
+    idempotency_contract(Arc::new(MemoryStore::new(Arc::new(SystemClock)))).await;
+}
+
+#[tokio::test]
 async fn idempotency_contract_sqlite() {
     let dir = tempfile::tempdir().unwrap();
     let db = Db::open(dir.path().join("contract.db")).unwrap();
@@ -128,7 +134,7 @@ async fn idempotency_contract_dynamodb() {
     let dynamo = aws_sdk_dynamodb::Client::new(&sdk);
     let table = unique("contract");
     create_table(&dynamo, &table).await;
-    idempotency_contract(Arc::new(DynamoStore::new(dynamo, table))).await;
+    idempotency_contract(Arc::new(DynamoStore::new(dynamo, table, Arc::new(SystemClock)))).await;
 }
 
 // ---------------------------------------------------------------- queue
@@ -154,6 +160,19 @@ impl DeadLetters for SqliteDeadLetters {
     }
 }
 
+struct MemoryDeadLetters(Arc<MemoryQueue>);
+
+#[async_trait]
+impl DeadLetters for MemoryDeadLetters {
+    async fn all(&self) -> Vec<(String, Option<String>)> {
+        self.0
+            .dead_letters()
+            .into_iter()
+            .map(|d| (d.body, Some(d.reason)))
+            .collect()
+    }
+}
+
 struct SqsDeadLetterReader(aws_sdk_sqs::Client, String);
 
 #[async_trait]
@@ -173,7 +192,23 @@ fn message(body: &str) -> Message {
     m
 }
 
-async fn queue_contract<Q>(queue: Arc<Q>, dead: Arc<dyn DeadLetters>, max_receives: u32)
+/// How the suite lets a visibility timeout pass: by moving the adapter's clock, or, for a queue that keeps
+/// its own time (SQS), by waiting.
+enum Time {
+    Shifted(Arc<ShiftedClock>),
+    Real,
+}
+
+impl Time {
+    async fn pass(&self, span: Duration) {
+        match self {
+            Time::Shifted(clock) => clock.advance(span.as_millis() as i64),
+            Time::Real => tokio::time::sleep(span).await,
+        }
+    }
+}
+
+async fn queue_contract<Q>(queue: Arc<Q>, dead: Arc<dyn DeadLetters>, max_receives: u32, time: Time)
 where
     Q: Queue + QueueConsumer + 'static,
 {
@@ -204,7 +239,7 @@ where
     assert_eq!(again[0].record.message.body, "three");
     assert_eq!(again[0].record.receive_count, 2);
     queue.ack(&again[0].receipt).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(1300)).await;
+    time.pass(Duration::from_millis(1300)).await;
     let late = queue.receive(10, visibility).await.unwrap();
     assert_eq!(late.len(), 1);
     assert_eq!(late[0].record.message.body, "two");
@@ -237,11 +272,25 @@ where
 }
 
 #[tokio::test]
+async fn queue_contract_memory() {
+    let clock = Arc::new(ShiftedClock::default());
+    let queue = Arc::new(MemoryQueue::new(3, clock.clone()));
+    let dead = Arc::new(MemoryDeadLetters(queue.clone()));
+    queue_contract(queue.clone(), dead, 3, Time::Shifted(clock)).await;
+    let stored = queue.dead_letters();
+    let stuck = stored.iter().find(|d| d.body == "stuck").unwrap();
+    assert_eq!(stuck.reason, "max receives exceeded (3): always failing");
+    assert_eq!(stuck.receive_count, 3);
+    assert!(queue.is_empty());
+}
+
+#[tokio::test]
 async fn queue_contract_sqlite() {
     let dir = tempfile::tempdir().unwrap();
-    let queue = SqliteQueue::new(Db::open(dir.path().join("queue.db")).unwrap(), 3);
+    let clock = Arc::new(ShiftedClock::default());
+    let queue = SqliteQueue::new(Db::open(dir.path().join("queue.db")).unwrap(), 3).with_clock(clock.clone());
     let dead = Arc::new(SqliteDeadLetters(queue.clone()));
-    queue_contract(Arc::new(queue.clone()), dead, 3).await;
+    queue_contract(Arc::new(queue.clone()), dead, 3, Time::Shifted(clock)).await;
     let stored = queue.dead_letters().await.unwrap();
     let stuck = stored.iter().find(|d| d.body == "stuck").unwrap();
     assert_eq!(stuck.reason, "max receives exceeded (3): always failing");
@@ -254,5 +303,5 @@ async fn queue_contract_sqs() {
     let sqs = aws_sdk_sqs::Client::new(&sdk);
     let (main, dlq) = common::create_queue_with_dlq(&sqs, "contract", 3).await;
     let queue = Arc::new(SqsQueue::new(sqs.clone(), &main, &dlq));
-    queue_contract(queue, Arc::new(SqsDeadLetterReader(sqs, dlq)), 3).await;
+    queue_contract(queue, Arc::new(SqsDeadLetterReader(sqs, dlq)), 3, Time::Real).await;
 }

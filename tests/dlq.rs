@@ -200,7 +200,7 @@ async fn sqs_dead_letters() {
     contract(&queue, &queue).await;
     redriven_are_processed_once(
         &queue,
-        Arc::new(DynamoStore::new(dynamo, table)),
+        Arc::new(DynamoStore::new(dynamo, table, Arc::new(SystemClock))),
         Arc::new(queue.clone()),
     )
     .await;

@@ -86,11 +86,12 @@ async fn the_worker_runs_every_fixture_through_the_builtin_handlers() {
     create_table(&dynamo, &table).await;
     let dlq = create_queue(&sqs, &unique("dlq")).await;
     let metrics = Arc::new(Metrics::new());
+    let clock = Arc::new(SystemClock);
     let worker = Worker::new(
-        Arc::new(DynamoStore::new(dynamo.clone(), &table)),
+        Arc::new(DynamoStore::new(dynamo.clone(), &table, clock.clone())),
         Arc::new(SqsDeadLetters::new(sqs.clone(), &dlq)),
         default_router(Some(settings(format!("{}/hook", chat.uri())))).unwrap(),
-        Arc::new(SystemClock),
+        clock,
         metrics.clone(),
         WorkerSettings::default(),
     );

@@ -91,8 +91,8 @@ async fn setup() -> Setup {
     let dlq = create_queue(&sqs, &unique("dlq")).await;
     let handler = Arc::new(Scripted::default());
     let router = Router::new().route("*", handler.clone()).unwrap();
-    let store = Arc::new(DynamoStore::new(dynamo.clone(), &table));
     let clock = Arc::new(ShiftedClock::default());
+    let store = Arc::new(DynamoStore::new(dynamo.clone(), &table, clock.clone()));
     let metrics = Arc::new(Metrics::new());
     let worker = Worker::new(
         store.clone(),

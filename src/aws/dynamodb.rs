@@ -3,6 +3,8 @@
 //! lease), `lease_token`, `payload_hash`, `claimed_at` / `completed_at` (Unix ms).
 
 use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::error::DisplayErrorContext;
@@ -13,6 +15,7 @@ use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_smithy_runtime_api::client::result::SdkError;
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 
+use crate::clock::Clock;
 use crate::idempotency::{
     Claim, ClaimOutcome, IdempotencyStore, Lease, StoreError, StoredRecord, COMPLETED, IN_PROGRESS,
 };
@@ -21,17 +24,28 @@ const CLAIM_CONDITION: &str =
     "attribute_not_exists(pk) OR #exp < :now OR (#status = :in_progress AND #lease < :now_ms)";
 const HOLDER_CONDITION: &str = "#status = :in_progress AND lease_token = :token";
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct DynamoStore {
     client: Client,
     table: String,
+    clock: Arc<dyn Clock>,
+}
+
+impl fmt::Debug for DynamoStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DynamoStore")
+            .field("table", &self.table)
+            .finish_non_exhaustive()
+    }
 }
 
 impl DynamoStore {
-    pub fn new(client: Client, table: impl Into<String>) -> Self {
+    /// A store on `table`, with completion times from `clock` (claims carry their own times).
+    pub fn new(client: Client, table: impl Into<String>, clock: Arc<dyn Clock>) -> Self {
         Self {
             client,
             table: table.into(),
+            clock,
         }
     }
 
@@ -158,7 +172,7 @@ impl IdempotencyStore for DynamoStore {
     }
 
     async fn complete(&self, lease: &Lease, expiration: i64) -> Result<(), StoreError> {
-        let now_ms = crate::clock::unix_ms_now();
+        let now_ms = self.clock.now_ms();
         let result = self
             .client
             .update_item()

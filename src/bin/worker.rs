@@ -9,7 +9,7 @@ use intercom_webhooks::aws::dynamodb::DynamoStore;
 use intercom_webhooks::aws::sqs::SqsDeadLetters;
 use intercom_webhooks::aws::ssm::SsmParameters;
 use intercom_webhooks::aws::{emf, lambda_sqs, load_config, CallBudget};
-use intercom_webhooks::clock::SystemClock;
+use intercom_webhooks::clock::{Clock, SystemClock};
 use intercom_webhooks::config::{Env, WorkerLambdaConfig, NOTIFY_WEBHOOK_URL};
 use intercom_webhooks::{handlers, metrics::Metrics, telemetry, worker::Worker};
 use lambda_runtime::{service_fn, LambdaEvent};
@@ -31,14 +31,16 @@ async fn main() -> anyhow::Result<()> {
         tracing::warn!("QUEUE_URL is not set: a record to retry comes back after the queue's visibility timeout, even when a handler asked for another delay");
     }
     tracing::info!(routes = ?router.describe(), "worker ready");
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let worker = Arc::new(Worker::new(
         Arc::new(DynamoStore::new(
             aws_sdk_dynamodb::Client::new(&sdk),
             config.table,
+            clock.clone(),
         )),
         Arc::new(SqsDeadLetters::new(sqs.clone(), config.dead_letter_queue_url)),
         router,
-        Arc::new(SystemClock),
+        clock,
         Arc::new(Metrics::new()),
         config.worker.settings,
     ));

@@ -1,13 +1,18 @@
 //! Local adapters: the queue, dead-letter queue and idempotency store in one SQLite file, and the
 //! `serve` runner that puts the intake and the worker together on one machine.
 
+mod background;
+mod codec;
 pub mod db;
+pub mod dead_letters;
 pub mod maintenance;
+mod poller;
 pub mod queue;
 pub mod server;
 pub mod store;
 
 pub use db::{Db, DbError};
+pub use dead_letters::DeadLetter;
 pub use maintenance::{purge, Purged, Retention};
-pub use queue::{DeadLetter, QueueStats, SqliteQueue};
+pub use queue::{QueueStats, SqliteQueue};
 pub use store::SqliteStore;

@@ -1,27 +1,37 @@
 //! The SQLite adapter of the queue ports: messages, receives with a visibility timeout and receive
-//! counts, and a dead-letter table. A message is a row in `payloads` (written once) and one in `queue`
-//! (its delivery state); see the schema in `db.rs`. A message received more than `max_receives` times
-//! is moved to the dead-letter table with its last error when it would next be handed out (as SQS's
-//! redrive does).
+//! counts. A message is a row in `payloads` (written once, in the form `codec.rs` gives it) and one in
+//! `queue` (its delivery state); see the schema in `db.rs`. A message received more than `max_receives`
+//! times is moved to the dead-letter table (`dead_letters.rs`) with its last error when it would next be
+//! handed out (as SQS's redrive does). Times come from the queue's [`Clock`].
 
-use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use base64::Engine;
-use rusqlite::types::ValueRef;
 use rusqlite::{params, Connection};
 use serde::Serialize;
 
+use super::codec::{decode, Storable, StoredBody, Unreadable};
 use super::db::{new_id, Db, DbError};
-use crate::clock::unix_ms_now;
-use crate::dlq::{DeadLetterEntry, DeadLetterStore, Filter, RedriveReport};
-use crate::queue::{attr, DeadLetterQueue, Delivery, Message, Queue, QueueConsumer, QueueError, Record};
+use super::dead_letters::insert_dead_letter;
+use crate::clock::{Clock, SystemClock};
+use crate::queue::{Delivery, Message, Queue, QueueConsumer, QueueError, Record};
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct SqliteQueue {
     db: Db,
     max_receives: u32,
+    clock: Arc<dyn Clock>,
+}
+
+impl fmt::Debug for SqliteQueue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqliteQueue")
+            .field("db", &self.db)
+            .field("max_receives", &self.max_receives)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Queue depth, for `/healthz`.
@@ -34,163 +44,9 @@ pub struct QueueStats {
     pub dead_letters: u64,
 }
 
-/// A message in the dead-letter table.
-#[derive(Clone, Debug, Serialize)]
-pub struct DeadLetter {
-    pub seq: i64,
-    pub message_id: String,
-    pub body: String,
-    pub attributes: BTreeMap<String, String>,
-    pub reason: String,
-    pub receive_count: u32,
-    pub enqueued_at_ms: i64,
-    pub dead_lettered_at_ms: i64,
-}
-
-fn unavailable(e: DbError) -> QueueError {
+pub(super) fn unavailable(e: DbError) -> QueueError {
     QueueError::Unavailable(e.to_string())
 }
-
-fn encode(attributes: &BTreeMap<String, String>) -> String {
-    serde_json::to_string(attributes).expect("string maps serialise")
-}
-
-fn decode(attributes: &str) -> BTreeMap<String, String> {
-    serde_json::from_str(attributes).unwrap_or_default()
-}
-
-fn insert_dead_letter(
-    conn: &Connection,
-    message_id: &str,
-    message: &Message,
-    reason: &str,
-    receive_count: u32,
-    enqueued_at: i64,
-    now: i64,
-) -> Result<(), DbError> {
-    let stored = message.with_reason(reason, now);
-    conn.prepare_cached(
-        "INSERT INTO dead_letters (message_id, body, attributes, reason, receive_count, enqueued_at, dead_lettered_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-    )?
-    .execute(params![
-            message_id,
-            stored.body,
-            encode(&stored.attributes),
-            stored.attribute(attr::REASON).unwrap_or(reason),
-            receive_count,
-            enqueued_at,
-            now
-        ])?;
-    Ok(())
-}
-
-/// A message ready to store: its body LZ4-compressed (a BLOB: notification JSON shrinks to a quarter to
-/// a half, and with it the pages written per message) and its attributes encoded. Prepared by the caller,
-/// so that the database thread only writes.
-struct Storable {
-    body: Vec<u8>,
-    attributes: String,
-}
-
-impl Storable {
-    fn new(message: &Message) -> Self {
-        Self {
-            body: compress(message.body.as_bytes()),
-            attributes: encode(&message.attributes),
-        }
-    }
-
-    /// The payload, then its queue row, visible at once. Should the second insert fail, the payload
-    /// is left without a queue row: invisible, and deleted with the next range of settled payloads.
-    fn insert(&self, conn: &Connection, now: i64) -> Result<(), DbError> {
-        conn.prepare_cached(
-            "INSERT INTO payloads (message_id, body, attributes, enqueued_at) VALUES (?1, ?2, ?3, ?4)",
-        )?
-        .execute(params![new_id(), self.body, self.attributes, now])?;
-        conn.prepare_cached("INSERT INTO queue (seq, visible_at) VALUES (?1, ?2)")?
-            .execute(params![conn.last_insert_rowid(), now])?;
-        Ok(())
-    }
-}
-
-/// Bodies up to this size are compressed with a hash table and an output buffer kept by the thread;
-/// larger ones, rare, allocate their own, so that a thread keeps no more than this much.
-const REUSED_COMPRESSION_BYTES: usize = 64 * 1024;
-
-/// `body` in LZ4 with its length prepended, as `lz4_flex::compress_prepend_size` writes it. LZ4 needs a
-/// cleared 4,096-entry hash table for every body; reusing the thread's table and output buffer saves
-/// allocating both for each message, and shrinking the result.
-fn compress(body: &[u8]) -> Vec<u8> {
-    use lz4_flex::block::{compress_into_with_table, get_maximum_output_size, CompressTable};
-    use std::cell::RefCell;
-    thread_local! {
-        static SCRATCH: RefCell<(CompressTable, Vec<u8>)> = RefCell::new((CompressTable::small(), Vec::new()));
-    }
-    let largest = get_maximum_output_size(body.len());
-    if largest > REUSED_COMPRESSION_BYTES {
-        return lz4_flex::compress_prepend_size(body);
-    }
-    SCRATCH.with_borrow_mut(|(table, output)| {
-        if output.len() < largest {
-            output.resize(largest, 0);
-        }
-        let written = compress_into_with_table(body, &mut output[..largest], table)
-            .expect("the output holds the largest compressed size");
-        let mut stored = Vec::with_capacity(4 + written);
-        stored.extend_from_slice(&(body.len() as u32).to_le_bytes());
-        stored.extend_from_slice(&output[..written]);
-        stored
-    })
-}
-
-/// A message body as stored: LZ4 (a BLOB, written by [`Storable`]) or plain text (written before bodies
-/// were compressed; such files still open and drain).
-enum StoredBody {
-    Text(String),
-    Compressed(Vec<u8>),
-}
-
-impl StoredBody {
-    fn read(row: &rusqlite::Row<'_>, column: usize) -> rusqlite::Result<Self> {
-        Ok(match row.get_ref(column)? {
-            ValueRef::Blob(bytes) => StoredBody::Compressed(bytes.to_vec()),
-            _ => StoredBody::Text(row.get(column)?),
-        })
-    }
-
-    /// The message, or, when the stored bytes cannot be decompressed, what goes to the dead letters.
-    fn into_message(self, mut attributes: BTreeMap<String, String>) -> Result<Message, Unreadable> {
-        let bytes = match self {
-            StoredBody::Text(body) => return Ok(Message { body, attributes }),
-            StoredBody::Compressed(bytes) => bytes,
-        };
-        let text = lz4_flex::decompress_size_prepended(&bytes)
-            .map_err(|e| e.to_string())
-            .and_then(|raw| String::from_utf8(raw).map_err(|e| e.to_string()));
-        match text {
-            Ok(body) => Ok(Message { body, attributes }),
-            Err(why) => {
-                attributes.insert(STORED_BODY.into(), "lz4-base64".into());
-                let body = base64::engine::general_purpose::STANDARD.encode(bytes);
-                Err(Unreadable {
-                    message: Message { body, attributes },
-                    reason: format!("the stored body could not be decompressed: {why}"),
-                })
-            }
-        }
-    }
-}
-
-/// A stored body that cannot be decompressed, kept as it was stored (in base64, marked by the
-/// `stored_body` attribute) for the dead-letter table: nothing stored is dropped.
-struct Unreadable {
-    message: Message,
-    reason: String,
-}
-
-/// The attribute that marks a dead letter whose body is the stored bytes, not the notification.
-const STORED_BODY: &str = "stored_body";
 
 /// A message leased by [`SqliteQueue::receive`]; its body and attributes are decoded after the
 /// transaction, off the database thread.
@@ -225,11 +81,22 @@ fn delete_settled_payloads(conn: &Connection) -> Result<(), DbError> {
 }
 
 impl SqliteQueue {
+    /// A queue on the real time.
     pub fn new(db: Db, max_receives: u32) -> Self {
         Self {
             db,
             max_receives: max_receives.max(1),
+            clock: Arc::new(SystemClock),
         }
+    }
+
+    /// This queue with visibility, receive and dead-letter times from `clock`.
+    pub fn with_clock(self, clock: Arc<dyn Clock>) -> Self {
+        Self { clock, ..self }
+    }
+
+    pub(super) fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
     }
 
     pub fn db(&self) -> &Db {
@@ -239,6 +106,7 @@ impl SqliteQueue {
     /// Moves a received message whose stored body cannot be decompressed to the dead-letter table, with
     /// the bytes as stored. Only while its receipt still holds it.
     async fn bury_unreadable(&self, lease: Leased, unreadable: Unreadable) -> Result<(), QueueError> {
+        let now = self.now_ms();
         self.db
             .call(move |c| {
                 let removed = c
@@ -252,7 +120,7 @@ impl SqliteQueue {
                         &unreadable.reason,
                         lease.receive_count,
                         lease.enqueued_at,
-                        unix_ms_now(),
+                        now,
                     )?;
                 }
                 Ok(())
@@ -262,9 +130,9 @@ impl SqliteQueue {
     }
 
     pub async fn stats(&self) -> Result<QueueStats, QueueError> {
+        let now = self.now_ms();
         self.db
-            .call(|c| {
-                let now = unix_ms_now();
+            .call(move |c| {
                 let (queued, in_flight): (i64, i64) = c.query_row(
                     "SELECT count(*), coalesce(sum(visible_at > ?1 AND receive_count > 0), 0) FROM queue",
                     [now],
@@ -280,59 +148,15 @@ impl SqliteQueue {
             .await
             .map_err(unavailable)
     }
-
-    /// Every dead letter, oldest first.
-    pub async fn dead_letters(&self) -> Result<Vec<DeadLetter>, QueueError> {
-        self.db
-            .call(|c| {
-                let mut statement = c.prepare(
-                    "SELECT seq, message_id, body, attributes, reason, receive_count, enqueued_at, dead_lettered_at
-                     FROM dead_letters ORDER BY seq",
-                )?;
-                let rows = statement.query_map([], |r| {
-                    Ok(DeadLetter {
-                        seq: r.get(0)?,
-                        message_id: r.get(1)?,
-                        body: r.get(2)?,
-                        attributes: decode(&r.get::<_, String>(3)?),
-                        reason: r.get(4)?,
-                        receive_count: r.get(5)?,
-                        enqueued_at_ms: r.get(6)?,
-                        dead_lettered_at_ms: r.get(7)?,
-                    })
-                })?;
-                Ok(rows.collect::<Result<Vec<_>, _>>()?)
-            })
-            .await
-            .map_err(unavailable)
-    }
 }
 
 #[async_trait]
 impl Queue for SqliteQueue {
     async fn send(&self, message: &Message) -> Result<(), QueueError> {
         let stored = Storable::new(message);
+        let now = self.now_ms();
         self.db
-            .call_single_write(move |c| stored.insert(c, unix_ms_now()))
-            .await
-            .map_err(unavailable)
-    }
-}
-
-#[async_trait]
-impl DeadLetterQueue for SqliteQueue {
-    async fn dead_letter(&self, message: &Message, reason: &str) -> Result<(), QueueError> {
-        let message = message.clone();
-        let reason = reason.to_owned();
-        self.db
-            .call_single_write(move |c| {
-                let now = unix_ms_now();
-                let receive_count = message
-                    .attribute("receive_count")
-                    .and_then(|n| n.parse().ok())
-                    .unwrap_or(0);
-                insert_dead_letter(c, &new_id(), &message, &reason, receive_count, now, now)
-            })
+            .call_single_write(move |c| stored.insert(c, now))
             .await
             .map_err(unavailable)
     }
@@ -343,10 +167,10 @@ impl QueueConsumer for SqliteQueue {
     async fn receive(&self, max: usize, visibility: Duration) -> Result<Vec<Delivery>, QueueError> {
         let max_receives = self.max_receives;
         let visibility_ms = visibility.as_millis() as i64;
+        let now = self.now_ms();
         let leased = self
             .db
             .call(move |c| {
-                let now = unix_ms_now();
                 delete_settled_payloads(c)?;
                 let mut out = Vec::new();
                 // Messages past their receive limit are moved aside; keep looking until `max` are found,
@@ -439,9 +263,9 @@ impl QueueConsumer for SqliteQueue {
     async fn retry(&self, receipt: &str, error: &str, delay: Duration) -> Result<(), QueueError> {
         let receipt = receipt.to_owned();
         let error = error.to_owned();
+        let visible_at = self.now_ms() + delay.as_millis() as i64;
         self.db
             .call_single_write(move |c| {
-                let visible_at = unix_ms_now() + delay.as_millis() as i64;
                 c.prepare_cached(
                     "UPDATE queue SET visible_at = ?1, last_error = ?2 WHERE seq = ?3 AND receipt = ?4",
                 )?
@@ -453,96 +277,22 @@ impl QueueConsumer for SqliteQueue {
     }
 }
 
-fn entry(d: DeadLetter) -> DeadLetterEntry {
-    DeadLetterEntry {
-        id: d.message_id,
-        notification_id: d.attributes.get(attr::NOTIFICATION_ID).cloned(),
-        topic: d.attributes.get(attr::TOPIC).cloned(),
-        reason: d.reason,
-        receive_count: d.receive_count,
-        dead_lettered_at_ms: Some(d.dead_lettered_at_ms),
-        body: d.body,
-        attributes: d.attributes,
-    }
-}
-
-#[async_trait]
-impl DeadLetterStore for SqliteQueue {
-    async fn list(&self, filter: &Filter, limit: usize) -> Result<Vec<DeadLetterEntry>, QueueError> {
-        Ok(self
-            .dead_letters()
-            .await?
-            .into_iter()
-            .map(entry)
-            .filter(|e| filter.matches(e))
-            .take(limit)
-            .collect())
-    }
-
-    async fn show(&self, id: &str) -> Result<Option<DeadLetterEntry>, QueueError> {
-        Ok(self
-            .dead_letters()
-            .await?
-            .into_iter()
-            .map(entry)
-            .find(|e| e.id == id))
-    }
-
-    async fn redrive(&self, filter: &Filter, max: usize, dry_run: bool) -> Result<RedriveReport, QueueError> {
-        let all = self.dead_letters().await?;
-        let mut report = RedriveReport::default();
-        let mut chosen = Vec::new();
-        for dead in all {
-            let seq = dead.seq;
-            let e = entry(dead);
-            if filter.matches(&e) && chosen.len() < max {
-                chosen.push((seq, e.redriven()));
-            } else {
-                report.skipped += 1;
-            }
-        }
-        if dry_run {
-            report.would_move = chosen.len();
-            return Ok(report);
-        }
-        // One transaction: the message is back on the queue and gone from the dead letters, or neither.
-        let moved = self
-            .db
-            .call(move |c| {
-                let now = unix_ms_now();
-                let mut moved = 0;
-                for (seq, message) in chosen {
-                    let removed = c
-                        .prepare_cached("DELETE FROM dead_letters WHERE seq = ?1")?
-                        .execute([seq])?;
-                    if removed == 1 {
-                        Storable::new(&message).insert(c, now)?;
-                        moved += 1;
-                    }
-                }
-                Ok(moved)
-            })
-            .await
-            .map_err(unavailable)?;
-        report.moved = moved;
-        Ok(report)
-    }
-}
-
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
+    use crate::local::codec::STORED_BODY;
+    use base64::Engine;
 
-    const VISIBILITY: Duration = Duration::from_secs(30);
+    pub(crate) const VISIBILITY: Duration = Duration::from_secs(30);
 
-    fn open() -> (tempfile::TempDir, SqliteQueue) {
+    pub(crate) fn open() -> (tempfile::TempDir, SqliteQueue) {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(dir.path().join("q.db")).unwrap();
         (dir, SqliteQueue::new(db, 5))
     }
 
     /// Writes a row as given, bypassing `send`: what an older version or a damaged file holds.
-    async fn insert_raw(queue: &SqliteQueue, body: rusqlite::types::Value) {
+    pub(crate) async fn insert_raw(queue: &SqliteQueue, body: rusqlite::types::Value) {
         queue
             .db()
             .call(move |c| {
@@ -559,70 +309,6 @@ mod tests {
             })
             .await
             .unwrap();
-    }
-
-    #[tokio::test]
-    async fn bodies_are_stored_compressed_and_received_byte_for_byte() {
-        let (_dir, queue) = open();
-        let body = std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/events/notifications/ticket_created.json"
-        ))
-        .unwrap();
-        let mut message = Message::from_bytes(body.as_bytes());
-        message.attributes.insert("topic".into(), "ticket.created".into());
-        queue.send(&message).await.unwrap();
-
-        let (kind, stored): (String, i64) = queue
-            .db()
-            .call(|c| {
-                Ok(
-                    c.query_row("SELECT typeof(body), length(body) FROM payloads", [], |r| {
-                        Ok((r.get(0)?, r.get(1)?))
-                    })?,
-                )
-            })
-            .await
-            .unwrap();
-        assert_eq!(kind, "blob");
-        assert!(
-            (stored as usize) < body.len() / 2,
-            "{stored} stored bytes for a {}-byte body",
-            body.len()
-        );
-
-        let received = queue.receive(10, VISIBILITY).await.unwrap();
-        assert_eq!(received.len(), 1);
-        assert_eq!(received[0].record.message, message);
-        assert_eq!(received[0].record.message.raw_body(), body.as_bytes());
-    }
-
-    #[test]
-    fn compression_with_the_threads_table_writes_what_lz4_flex_writes() {
-        let fixture = std::fs::read(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/events/notifications/ticket_created.json"
-        ))
-        .unwrap();
-        // One after another on this thread, so each body finds the table and buffer the last one left;
-        // the last body is past the reused size and takes lz4_flex's own path.
-        let large: Vec<u8> = fixture
-            .iter()
-            .copied()
-            .cycle()
-            .take(REUSED_COMPRESSION_BYTES * 2)
-            .collect();
-        let bodies: [&[u8]; 6] = [&fixture, b"", b"{}", &fixture[..100], &fixture, &large];
-        for body in bodies {
-            let stored = compress(body);
-            assert_eq!(
-                stored,
-                lz4_flex::compress_prepend_size(body),
-                "a {}-byte body",
-                body.len()
-            );
-            assert_eq!(lz4_flex::decompress_size_prepended(&stored).unwrap(), body);
-        }
     }
 
     async fn count(queue: &SqliteQueue, table: &'static str) -> i64 {
@@ -701,7 +387,7 @@ mod tests {
     async fn a_single_table_queue_of_an_earlier_version_is_moved_over_with_its_state() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("old.db");
-        let future = unix_ms_now() + 60_000;
+        let future = crate::clock::unix_ms_now() + 60_000;
         let compressed = lz4_flex::compress_prepend_size(b"{\"id\":\"notif_c\"}");
         {
             let old = Connection::open(&path).unwrap();
@@ -774,23 +460,6 @@ mod tests {
         let queue = SqliteQueue::new(Db::open(&path).unwrap(), 5);
         let seqs: Vec<i64> = queue.db().column("SELECT seq FROM queue ORDER BY seq").await;
         assert_eq!(seqs, [3, 8, 9, 10]);
-    }
-
-    #[tokio::test]
-    async fn plain_text_bodies_written_by_earlier_versions_are_received() {
-        let (_dir, queue) = open();
-        insert_raw(
-            &queue,
-            rusqlite::types::Value::Text("{\"type\":\"notification_event\"}".into()),
-        )
-        .await;
-        let received = queue.receive(10, VISIBILITY).await.unwrap();
-        assert_eq!(received.len(), 1);
-        assert_eq!(
-            received[0].record.message.body,
-            "{\"type\":\"notification_event\"}"
-        );
-        assert_eq!(received[0].record.message.attribute("topic"), Some("ping"));
     }
 
     #[tokio::test]

@@ -14,17 +14,16 @@ use axum::{Json, Router};
 use tokio::sync::{watch, Notify};
 use tracing::{info, warn};
 
+use super::background::Background;
+use super::poller::Poller;
 use super::{Db, Retention, SqliteQueue, SqliteStore};
-use crate::clock::{unix_ms_now, SystemClock};
+use crate::clock::{Clock, SystemClock};
 use crate::intake::Intake;
 use crate::metrics::Metrics;
-use crate::queue::{Delivery, Queue, QueueConsumer};
+use crate::queue::Queue;
 use crate::router::Router as TopicRouter;
 use crate::signature::ClientSecrets;
 use crate::worker::{Worker, WorkerSettings};
-
-/// Records received per poll.
-const BATCH_SIZE: usize = 10;
 
 pub struct ServeOptions {
     pub listen: SocketAddr,
@@ -105,14 +104,15 @@ pub async fn serve(
     let _lock = ServerLock::take(&options.db)?;
     let db = Db::open(&options.db)
         .map_err(|e| anyhow::anyhow!("cannot open the database {}: {e}", options.db.display()))?;
-    let queue = SqliteQueue::new(db.clone(), options.max_receives);
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let queue = SqliteQueue::new(db.clone(), options.max_receives).with_clock(clock.clone());
     let wake = Arc::new(Notify::new());
     let metrics = Arc::new(Metrics::new());
     let worker = Arc::new(Worker::new(
-        Arc::new(SqliteStore::new(db.clone())),
+        Arc::new(SqliteStore::new(db.clone()).with_clock(clock.clone())),
         Arc::new(queue.clone()),
         options.routes,
-        Arc::new(SystemClock),
+        clock.clone(),
         metrics.clone(),
         options.worker,
     ));
@@ -143,12 +143,18 @@ pub async fn serve(
                 worker: worker.clone(),
                 wake: wake.clone(),
                 visibility: options.worker.visibility_timeout,
+                clock: clock.clone(),
             };
             background.spawn(poller.run(stopped.clone()))
         })
         .collect();
 
-    let purger = background.spawn(purge_periodically(db.clone(), options.retention, stopped.clone()));
+    let purger = background.spawn(purge_periodically(
+        db.clone(),
+        options.retention,
+        clock,
+        stopped.clone(),
+    ));
 
     let served = serve_http(listener, app, options.limits, shutdown).await;
     info!("no longer accepting deliveries; finishing in-flight batches");
@@ -260,13 +266,18 @@ async fn serve_http(
 }
 
 /// Purges the file every `retention.interval` until `stop`.
-async fn purge_periodically(db: Db, retention: Retention, mut stop: watch::Receiver<bool>) {
+async fn purge_periodically(
+    db: Db,
+    retention: Retention,
+    clock: Arc<dyn Clock>,
+    mut stop: watch::Receiver<bool>,
+) {
     loop {
         tokio::select! {
             _ = tokio::time::sleep(retention.interval) => {}
             _ = stop.changed() => return,
         }
-        match super::purge(&db, unix_ms_now(), retention.dead_letters).await {
+        match super::purge(&db, clock.now_ms(), retention.dead_letters).await {
             Ok(purged) if purged != Default::default() => info!(
                 idempotency_records = purged.idempotency_records,
                 dead_letters = purged.dead_letters,
@@ -278,61 +289,6 @@ async fn purge_periodically(db: Db, retention: Retention, mut stop: watch::Recei
         }
     }
 }
-
-/// The runtime the pollers and handlers run on. On Linux its threads run at a lower CPU priority than the
-/// HTTP intake (nice +10), so that when the machine is saturated `serve` keeps acknowledging deliveries
-/// (each one stored) and works the backlog off as soon as there is CPU to spare. With CPU to spare, as
-/// at any ordinary rate, the priority changes nothing. Dropped from async code (also when the `serve`
-/// future is dropped), it shuts down without blocking.
-struct Background(Option<tokio::runtime::Runtime>);
-
-impl Background {
-    fn start() -> anyhow::Result<Self> {
-        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(threads)
-            .thread_name("worker")
-            .on_thread_start(lower_priority)
-            .enable_all()
-            .build()
-            .map_err(|e| anyhow::anyhow!("cannot start the worker's threads: {e}"))?;
-        Ok(Self(Some(runtime)))
-    }
-
-    fn spawn<F>(&self, task: F) -> tokio::task::JoinHandle<F::Output>
-    where
-        F: Future + Send + 'static,
-        F::Output: Send + 'static,
-    {
-        self.0.as_ref().expect("running until dropped").spawn(task)
-    }
-}
-
-impl Drop for Background {
-    fn drop(&mut self) {
-        if let Some(runtime) = self.0.take() {
-            runtime.shutdown_background();
-        }
-    }
-}
-
-#[cfg(target_os = "linux")]
-fn lower_priority() {
-    /// How much lower than the intake's threads the worker's threads run.
-    const BACKGROUND_NICE: i32 = 10;
-    // On Linux the nice value belongs to the thread: this lowers the calling thread only. Raising a
-    // nice value needs no privilege; should it fail anyway, the thread keeps the ordinary priority.
-    // SAFETY: plain system calls on the calling thread, with no pointers involved.
-    let result =
-        unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, BACKGROUND_NICE) };
-    if result != 0 {
-        tracing::debug!(error = %std::io::Error::last_os_error(), "could not lower the worker's priority");
-    }
-}
-
-/// Elsewhere the nice value is per process: the worker keeps the intake's priority.
-#[cfg(not(target_os = "linux"))]
-fn lower_priority() {}
 
 fn extra_routes(queue: SqliteQueue, metrics: Arc<Metrics>) -> Router<Arc<Intake>> {
     Router::new()
@@ -393,112 +349,9 @@ fn print_banner(address: SocketAddr, db: &std::path::Path, worker: &Worker) {
     }
 }
 
-struct Poller {
-    queue: SqliteQueue,
-    worker: Arc<Worker>,
-    wake: Arc<Notify>,
-    visibility: Duration,
-}
-
-impl Poller {
-    async fn run(self, mut stop: watch::Receiver<bool>) {
-        loop {
-            if *stop.borrow() {
-                return;
-            }
-            let deliveries = match self.queue.receive(BATCH_SIZE, self.visibility).await {
-                Ok(d) => d,
-                Err(error) => {
-                    warn!(%error, "could not receive from the local queue");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    continue;
-                }
-            };
-            if deliveries.is_empty() {
-                tokio::select! {
-                    _ = self.wake.notified() => {}
-                    _ = tokio::time::sleep(Duration::from_millis(250)) => {}
-                    _ = stop.changed() => {}
-                }
-                continue;
-            }
-            self.process(deliveries).await;
-        }
-    }
-
-    async fn process(&self, deliveries: Vec<Delivery>) {
-        let deadline_ms = unix_ms_now() + self.visibility.as_millis() as i64;
-        let receipts: Vec<(String, String, u32)> = deliveries
-            .iter()
-            .map(|d| {
-                (
-                    d.record.message_id.clone(),
-                    d.receipt.clone(),
-                    d.record.receive_count,
-                )
-            })
-            .collect();
-        let records = deliveries.into_iter().map(|d| d.record).collect();
-        let result = self.worker.process_batch(records, deadline_ms).await;
-        let retry: std::collections::HashSet<String> = result.failures().into_iter().collect();
-        // Settled together: the database thread commits concurrent operations as one transaction.
-        let settles = receipts.into_iter().map(|(message_id, receipt, receive_count)| {
-            let retry = retry.contains(&message_id);
-            let result = &result;
-            async move {
-                let outcome = if retry {
-                    // The queue keeps the error's text as the message's last error.
-                    let error = result
-                        .errors
-                        .get(&message_id)
-                        .map_or_else(|| "retry".to_owned(), ToString::to_string);
-                    // Not before the handler's own delay (a 429's Retry-After) either.
-                    let delay = backoff(receive_count, self.visibility)
-                        .max(result.retry_after(&message_id).unwrap_or_default());
-                    self.queue.retry(&receipt, &error, delay).await
-                } else {
-                    self.queue.ack(&receipt).await
-                };
-                if let Err(error) = outcome {
-                    // The visibility timeout hands the message out again; the worker deduplicates it.
-                    warn!(%error, %message_id, "could not settle a message");
-                }
-            }
-        });
-        futures::future::join_all(settles).await;
-    }
-}
-
-/// 1 s, 2 s, 4 s … after each failed receive, never longer than the visibility timeout.
-fn backoff(receive_count: u32, visibility: Duration) -> Duration {
-    let exponent = receive_count.saturating_sub(1).min(16);
-    Duration::from_secs(1u64 << exponent).min(visibility)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[cfg(target_os = "linux")]
-    #[test]
-    fn the_worker_runs_at_a_lower_priority_than_the_intake() {
-        fn nice() -> i32 {
-            // SAFETY: a plain system call on the calling thread.
-            unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t) }
-        }
-        let intake = nice();
-        let background = Background::start().unwrap();
-        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
-        let worker = runtime.block_on(background.spawn(async { nice() })).unwrap();
-        drop(background);
-        // Nice 10, or the caller's own if that is already lower (raising priority needs a privilege).
-        assert_eq!(
-            worker,
-            intake.max(10),
-            "the worker's nice value (the intake's is {intake})"
-        );
-        assert_eq!(nice(), intake, "the calling thread keeps its priority");
-    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn dropping_a_running_serve_future_shuts_the_worker_down_without_a_panic() {
@@ -522,12 +375,5 @@ mod tests {
         running.abort();
         let ended = running.await.unwrap_err();
         assert!(ended.is_cancelled(), "{ended}");
-    }
-
-    #[test]
-    fn backoff_doubles_up_to_the_visibility_timeout() {
-        let v = Duration::from_secs(30);
-        let delays: Vec<u64> = (1..=7).map(|n| backoff(n, v).as_secs()).collect();
-        assert_eq!(delays, [1, 2, 4, 8, 16, 30, 30]);
     }
 }

@@ -1,23 +1,44 @@
 //! The SQLite adapter of the [`IdempotencyStore`] port, with the same semantics as the DynamoDB one: the
 //! claim is one conditional upsert, complete and release are conditional on the lease token.
 
+use std::fmt;
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use rusqlite::{params, OptionalExtension};
 
 use super::db::{Db, DbError};
-use crate::clock::unix_ms_now;
+use crate::clock::{Clock, SystemClock};
 use crate::idempotency::{
     Claim, ClaimOutcome, IdempotencyStore, Lease, StoreError, StoredRecord, COMPLETED, IN_PROGRESS,
 };
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct SqliteStore {
     db: Db,
+    clock: Arc<dyn Clock>,
+}
+
+impl fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("db", &self.db)
+            .finish_non_exhaustive()
+    }
 }
 
 impl SqliteStore {
+    /// A store on the real time.
     pub fn new(db: Db) -> Self {
-        Self { db }
+        Self {
+            db,
+            clock: Arc::new(SystemClock),
+        }
+    }
+
+    /// This store with completion times from `clock` (claims carry their own times).
+    pub fn with_clock(self, clock: Arc<dyn Clock>) -> Self {
+        Self { clock, ..self }
     }
 }
 
@@ -82,6 +103,7 @@ impl IdempotencyStore for SqliteStore {
 
     async fn complete(&self, lease: &Lease, expiration: i64) -> Result<(), StoreError> {
         let (key, token) = (lease.key.as_str().to_owned(), lease.token.clone());
+        let now_ms = self.clock.now_ms();
         let changed = self
             .db
             .call_single_write(move |c| {
@@ -89,14 +111,7 @@ impl IdempotencyStore for SqliteStore {
                     "UPDATE idempotency SET status = ?1, expiration = ?2, completed_at = ?3
                      WHERE pk = ?4 AND status = ?5 AND lease_token = ?6",
                 )?
-                .execute(params![
-                    COMPLETED,
-                    expiration,
-                    unix_ms_now(),
-                    key,
-                    IN_PROGRESS,
-                    token
-                ])?)
+                .execute(params![COMPLETED, expiration, now_ms, key, IN_PROGRESS, token])?)
             })
             .await
             .map_err(unavailable)?;
