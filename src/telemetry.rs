@@ -373,26 +373,27 @@ fn printable(text: &str) -> std::borrow::Cow<'_, str> {
     )
 }
 
+/// A log writer into a shared buffer, for tests that read what was written.
+#[cfg(test)]
+#[derive(Clone, Default)]
+struct CapturedLines(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+#[cfg(test)]
+impl std::io::Write for CapturedLines {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Runs `f` with JSON lines, filtered by `directives` (`RUST_LOG` syntax), going to a buffer, and returns
 /// the lines written on this thread.
 #[cfg(test)]
 pub(crate) fn captured_json_lines(directives: &str, f: impl FnOnce()) -> Vec<serde_json::Value> {
-    use std::sync::{Arc, Mutex};
-
-    #[derive(Clone, Default)]
-    struct Lines(Arc<Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Lines {
-        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(bytes);
-            Ok(bytes.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    let lines = Lines::default();
+    let lines = CapturedLines::default();
     let writer = lines.clone();
     let subscriber = tracing_subscriber::registry()
         .with(EnvFilter::new(directives))
@@ -410,19 +411,7 @@ mod tests {
 
     /// The short text lines written while `f` runs, without their time stamps.
     fn captured_text_lines(colour: bool, f: impl FnOnce()) -> Vec<String> {
-        use std::sync::{Arc, Mutex};
-        #[derive(Clone, Default)]
-        struct Lines(Arc<Mutex<Vec<u8>>>);
-        impl std::io::Write for Lines {
-            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-                self.0.lock().unwrap().extend_from_slice(bytes);
-                Ok(bytes.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
-        let lines = Lines::default();
+        let lines = CapturedLines::default();
         let writer = lines.clone();
         let subscriber = tracing_subscriber::registry()
             .with(EnvFilter::new("info"))
