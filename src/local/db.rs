@@ -245,8 +245,8 @@ impl Db {
     /// and fails only when that statement does (or before it runs): SQLite undoes a failed statement on
     /// its own. Also for one whose earlier statements leave nothing harmful behind when a later one
     /// fails (`send`: a payload without its queue row is deleted with the next range of settled
-    /// payloads). A savepoint copies every page the operation touches, which for the queue's hot
-    /// operations (send, acknowledge, claim, complete) was a fifth of the database thread's time.
+    /// payloads). A savepoint copies every page the operation touches, which the queue's hot operations
+    /// (send, acknowledge, claim, complete) cannot afford (bench/RESULTS.md has the profile).
     pub async fn call_single_write<T, F>(&self, f: F) -> Result<T, DbError>
     where
         T: Send + 'static,
