@@ -3,8 +3,8 @@
 //! Run with `cargo bench --bench verify_parse`.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use intercom_webhooks::notification::{Envelope, Notification};
-use intercom_webhooks::signature::ClientSecrets;
+use intercom_webhooks::receiving::notification::{Envelope, Notification};
+use intercom_webhooks::receiving::signature::ClientSecrets;
 use std::hint::black_box;
 
 fn fixture() -> Vec<u8> {

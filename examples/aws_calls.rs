@@ -18,12 +18,12 @@ use aws_smithy_types::config_bag::ConfigBag;
 use intercom_webhooks::aws::dynamodb::DynamoStore;
 use intercom_webhooks::aws::sqs::{SqsDeadLetters, SqsQueue};
 use intercom_webhooks::aws::{load_config, CallBudget};
-use intercom_webhooks::clock::SystemClock;
-use intercom_webhooks::intake::{Intake, Verdict, DEFAULT_MAX_BODY_BYTES};
-use intercom_webhooks::metrics::Metrics;
-use intercom_webhooks::queue::{Delivery, QueueConsumer};
-use intercom_webhooks::signature::ClientSecrets;
-use intercom_webhooks::worker::{Worker, WorkerSettings};
+use intercom_webhooks::plumbing::clock::SystemClock;
+use intercom_webhooks::plumbing::metrics::Metrics;
+use intercom_webhooks::processing::worker::{Worker, WorkerSettings};
+use intercom_webhooks::receiving::intake::{Intake, Verdict, DEFAULT_MAX_BODY_BYTES};
+use intercom_webhooks::receiving::queue::{Delivery, QueueConsumer};
+use intercom_webhooks::receiving::signature::ClientSecrets;
 
 /// Counts requests by `X-Amz-Target` (the operation), per phase.
 #[derive(Debug, Clone, Default)]
@@ -144,7 +144,7 @@ async fn main() -> anyhow::Result<()> {
     let worker = Worker::new(
         Arc::new(DynamoStore::new(dynamo.clone(), &table, clock.clone())),
         Arc::new(SqsDeadLetters::new(sqs.clone(), &dlq_url)),
-        intercom_webhooks::handlers::default_router(None)?,
+        intercom_webhooks::processing::handlers::default_router(None)?,
         clock,
         Arc::new(Metrics::new()),
         WorkerSettings::default(),
@@ -159,7 +159,7 @@ async fn main() -> anyhow::Result<()> {
         }
         batches += 1;
         *counter.phase.lock().unwrap() = "worker";
-        let deadline = intercom_webhooks::clock::unix_ms_now() + 30_000;
+        let deadline = intercom_webhooks::plumbing::clock::unix_ms_now() + 30_000;
         let result = worker
             .process_batch(deliveries.iter().map(|d| d.record.clone()).collect(), deadline)
             .await;

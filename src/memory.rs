@@ -11,12 +11,14 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::clock::Clock;
-use crate::dlq::DeadLetterEntry;
-use crate::idempotency::{
+use crate::plumbing::clock::Clock;
+use crate::processing::dlq::DeadLetterEntry;
+use crate::processing::idempotency::{
     Claim, ClaimOutcome, IdempotencyStore, Lease, StoreError, StoredRecord, COMPLETED, IN_PROGRESS,
 };
-use crate::queue::{attr, DeadLetterQueue, Delivery, Message, Queue, QueueConsumer, QueueError, Record};
+use crate::receiving::queue::{
+    attr, DeadLetterQueue, Delivery, Message, Queue, QueueConsumer, QueueError, Record,
+};
 
 /// A queue and its dead letters in memory.
 pub struct MemoryQueue {

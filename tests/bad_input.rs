@@ -11,9 +11,9 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use axum::Router;
 use common::{fixture, sign, TEST_SECRET};
-use intercom_webhooks::intake::{Intake, DEFAULT_MAX_BODY_BYTES};
 use intercom_webhooks::local::{Db, QueueStats, SqliteQueue};
-use intercom_webhooks::signature::ClientSecrets;
+use intercom_webhooks::receiving::intake::{Intake, DEFAULT_MAX_BODY_BYTES};
+use intercom_webhooks::receiving::signature::ClientSecrets;
 use tower::ServiceExt;
 
 /// What a case should leave behind.
@@ -153,7 +153,7 @@ fn cases() -> Vec<Case> {
                 good.clone(),
                 &[(
                     "x-hub-signature",
-                    intercom_webhooks::signature::ClientSecret::new("other")
+                    intercom_webhooks::receiving::signature::ClientSecret::new("other")
                         .unwrap()
                         .sign(&good),
                 )],

@@ -10,13 +10,13 @@ use async_trait::async_trait;
 use common::{create_table, drain, unique};
 use intercom_webhooks::aws::dynamodb::DynamoStore;
 use intercom_webhooks::aws::sqs::SqsQueue;
-use intercom_webhooks::clock::{unix_ms_now, ShiftedClock, SystemClock};
-use intercom_webhooks::idempotency::{
-    Claim, ClaimOutcome, IdempotencyKey, IdempotencyStore, Lease, StoreError,
-};
 use intercom_webhooks::local::{Db, SqliteQueue, SqliteStore};
 use intercom_webhooks::memory::{MemoryQueue, MemoryStore};
-use intercom_webhooks::queue::{attr, Message, Queue, QueueConsumer};
+use intercom_webhooks::plumbing::clock::{unix_ms_now, ShiftedClock, SystemClock};
+use intercom_webhooks::processing::idempotency::{
+    Claim, ClaimOutcome, IdempotencyKey, IdempotencyStore, Lease, StoreError,
+};
+use intercom_webhooks::receiving::queue::{attr, Message, Queue, QueueConsumer};
 
 // ---------------------------------------------------------------- idempotency store
 

@@ -10,15 +10,15 @@ use common::{create_queue, create_table, drain, notification_body, unique};
 use intercom_webhooks::aws::dynamodb::DynamoStore;
 use intercom_webhooks::aws::sqs::SqsQueue;
 use intercom_webhooks::aws::sqs_dlq::ScanSettings;
-use intercom_webhooks::clock::{unix_ms_now, SystemClock};
-use intercom_webhooks::dlq::{DeadLetterStore, Filter, RedriveReport, MAX_RECEIVES_REASON};
-use intercom_webhooks::idempotency::IdempotencyStore;
 use intercom_webhooks::local::{Db, SqliteQueue, SqliteStore};
-use intercom_webhooks::metrics::Metrics;
-use intercom_webhooks::notification::Envelope;
-use intercom_webhooks::queue::{DeadLetterQueue, Message, Queue, QueueConsumer};
-use intercom_webhooks::router::TopicPattern;
-use intercom_webhooks::worker::{Outcome, Worker, WorkerSettings};
+use intercom_webhooks::plumbing::clock::{unix_ms_now, SystemClock};
+use intercom_webhooks::plumbing::metrics::Metrics;
+use intercom_webhooks::processing::dlq::{DeadLetterStore, Filter, RedriveReport, MAX_RECEIVES_REASON};
+use intercom_webhooks::processing::idempotency::IdempotencyStore;
+use intercom_webhooks::processing::router::TopicPattern;
+use intercom_webhooks::processing::worker::{Outcome, Worker, WorkerSettings};
+use intercom_webhooks::receiving::notification::Envelope;
+use intercom_webhooks::receiving::queue::{DeadLetterQueue, Message, Queue, QueueConsumer};
 use serde_json::json;
 
 fn message(id: &str, topic: &str) -> Message {
@@ -157,7 +157,7 @@ async fn redriven_are_processed_once<Q>(
     let worker = Worker::new(
         store,
         dead,
-        intercom_webhooks::handlers::default_router(None).unwrap(),
+        intercom_webhooks::processing::handlers::default_router(None).unwrap(),
         Arc::new(SystemClock),
         Arc::new(Metrics::new()),
         WorkerSettings::default(),

@@ -10,14 +10,16 @@ use common::{create_queue, create_table, fixture, fixtures, record, unique};
 use intercom_webhooks::aws::dynamodb::DynamoStore;
 use intercom_webhooks::aws::lambda_sqs;
 use intercom_webhooks::aws::sqs::SqsDeadLetters;
-use intercom_webhooks::clock::{unix_ms_now, SystemClock};
-use intercom_webhooks::handler::{Handler, HandlerContext, HandlerError};
-use intercom_webhooks::handlers::{default_router, NotifyHandler, NotifySettings, DEFAULT_NOTIFY_TOPICS};
 use intercom_webhooks::local::{Db, SqliteQueue, SqliteStore};
-use intercom_webhooks::metrics::Metrics;
-use intercom_webhooks::notification::Notification;
-use intercom_webhooks::router::Router;
-use intercom_webhooks::worker::{Outcome, Worker, WorkerSettings};
+use intercom_webhooks::plumbing::clock::{unix_ms_now, SystemClock};
+use intercom_webhooks::plumbing::metrics::Metrics;
+use intercom_webhooks::processing::handler::{Handler, HandlerContext, HandlerError};
+use intercom_webhooks::processing::handlers::{
+    default_router, NotifyHandler, NotifySettings, DEFAULT_NOTIFY_TOPICS,
+};
+use intercom_webhooks::processing::router::Router;
+use intercom_webhooks::processing::worker::{Outcome, Worker, WorkerSettings};
+use intercom_webhooks::receiving::notification::Notification;
 use serde_json::Value;
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
@@ -265,7 +267,7 @@ fn lambda_sqs_events_become_records_and_failures_become_a_partial_batch_response
     assert_eq!(records[0].message.attribute("topic"), Some("contact.created"));
     assert_eq!(records[0].message.body, "{\"id\":\"notif_1\"}");
 
-    let result = intercom_webhooks::worker::BatchResult {
+    let result = intercom_webhooks::processing::worker::BatchResult {
         outcomes: vec![
             ("a".into(), Outcome::Processed),
             ("b".into(), Outcome::Retry),

@@ -10,9 +10,9 @@ use axum::http::{Request, StatusCode};
 use axum::Router;
 use common::{fixture, fixtures, sign, RecordingQueue, TEST_SECRET};
 use http_body_util::BodyExt;
-use intercom_webhooks::intake::{Intake, DEFAULT_MAX_BODY_BYTES};
-use intercom_webhooks::queue::{attr, QueueError};
-use intercom_webhooks::signature::ClientSecrets;
+use intercom_webhooks::receiving::intake::{Intake, DEFAULT_MAX_BODY_BYTES};
+use intercom_webhooks::receiving::queue::{attr, QueueError};
+use intercom_webhooks::receiving::signature::ClientSecrets;
 use serde_json::Value;
 use tower::ServiceExt;
 
@@ -172,7 +172,7 @@ async fn any_secret_during_rotation() {
     let body = fixture("contact_deleted.json");
     let (status, _) = call(&app, post("/", &body, Some(&sign(&body)))).await;
     assert_eq!(status, StatusCode::OK);
-    let new = intercom_webhooks::signature::ClientSecret::new("new-secret")
+    let new = intercom_webhooks::receiving::signature::ClientSecret::new("new-secret")
         .unwrap()
         .sign(&body);
     let (status, _) = call(&app, post("/", &body, Some(&new))).await;
@@ -307,7 +307,7 @@ async fn function_url_events_plain_and_base64() {
 
 #[tokio::test]
 async fn counters_follow_a_scripted_sequence_of_requests() {
-    let metrics = Arc::new(intercom_webhooks::metrics::Metrics::new());
+    let metrics = Arc::new(intercom_webhooks::plumbing::metrics::Metrics::new());
     let queue = Arc::new(RecordingQueue::default());
     let app = Intake::new(
         ClientSecrets::parse(&format!("new-secret,{TEST_SECRET}")).unwrap(),

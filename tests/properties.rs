@@ -1,8 +1,8 @@
 //! Property tests of the pure parts: signatures and parsers.
 
-use intercom_webhooks::models::Item;
-use intercom_webhooks::notification::{Envelope, Notification};
-use intercom_webhooks::signature::{ClientSecret, ClientSecrets, SignatureError};
+use intercom_webhooks::processing::models::Item;
+use intercom_webhooks::receiving::notification::{Envelope, Notification};
+use intercom_webhooks::receiving::signature::{ClientSecret, ClientSecrets, SignatureError};
 use proptest::prelude::*;
 
 fn secret() -> impl Strategy<Value = String> {
@@ -64,12 +64,12 @@ proptest! {
         let _ = Envelope::parse(&bytes);
         if let Ok(n) = Notification::parse(&bytes) {
             let _ = n.typed_item();
-            let _ = intercom_webhooks::handlers::summarize(&n);
+            let _ = intercom_webhooks::processing::handlers::summarize(&n);
         }
         let _ = Item::parse(&value);
         let wrapped = serde_json::json!({"id": "notif_p", "topic": "conversation.user.created", "data": {"item": value}});
         let n = Notification::parse(&serde_json::to_vec(&wrapped).unwrap()).unwrap();
-        let _ = intercom_webhooks::handlers::summarize(&n);
+        let _ = intercom_webhooks::processing::handlers::summarize(&n);
     }
 }
 

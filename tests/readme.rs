@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use intercom_webhooks::handlers::{default_router, NotifySettings, DEFAULT_NOTIFY_TOPICS};
+use intercom_webhooks::processing::handlers::{default_router, NotifySettings, DEFAULT_NOTIFY_TOPICS};
 
 const START: &str =
     "<!-- built-in handlers: generated from the router by tests/readme.rs (UPDATE_README=1 cargo test --test readme) -->\n";

@@ -10,12 +10,12 @@ use std::sync::Arc;
 use axum::http::StatusCode;
 use common::{fixture, function_url_event, root, sign, RecordingQueue, TEST_SECRET};
 use intercom_webhooks::aws::lambda_sqs;
-use intercom_webhooks::clock::SystemClock;
-use intercom_webhooks::intake::{Intake, DEFAULT_MAX_BODY_BYTES};
 use intercom_webhooks::local::{Db, SqliteQueue, SqliteStore};
-use intercom_webhooks::metrics::Metrics;
-use intercom_webhooks::signature::ClientSecrets;
-use intercom_webhooks::worker::{Outcome, Worker, WorkerSettings};
+use intercom_webhooks::plumbing::clock::SystemClock;
+use intercom_webhooks::plumbing::metrics::Metrics;
+use intercom_webhooks::processing::worker::{Outcome, Worker, WorkerSettings};
+use intercom_webhooks::receiving::intake::{Intake, DEFAULT_MAX_BODY_BYTES};
+use intercom_webhooks::receiving::signature::ClientSecrets;
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
@@ -164,7 +164,7 @@ async fn the_sqs_batch_event_holds_a_valid_record_a_duplicate_and_a_malformed_bo
     let worker = Worker::new(
         Arc::new(SqliteStore::new(db.clone())),
         Arc::new(SqliteQueue::new(db, 5)),
-        intercom_webhooks::handlers::default_router(None).unwrap(),
+        intercom_webhooks::processing::handlers::default_router(None).unwrap(),
         Arc::new(SystemClock),
         Arc::new(Metrics::new()),
         WorkerSettings {

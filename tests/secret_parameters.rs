@@ -13,11 +13,11 @@ use axum::http::{Request, StatusCode};
 use common::{create_queue, drain, fixture, sign, unique, TEST_SECRET};
 use intercom_webhooks::aws::sqs::SqsQueue;
 use intercom_webhooks::aws::ssm::SsmParameters;
-use intercom_webhooks::config::{
+use intercom_webhooks::plumbing::config::{
     ConfigError, Env, ReceiverConfig, WorkerLambdaConfig, CLIENT_SECRET, NOTIFY_WEBHOOK_URL,
 };
-use intercom_webhooks::intake::Intake;
-use intercom_webhooks::signature::ClientSecret;
+use intercom_webhooks::receiving::intake::Intake;
+use intercom_webhooks::receiving::signature::ClientSecret;
 use secrecy::ExposeSecret;
 use tower::ServiceExt;
 

@@ -10,8 +10,8 @@ use axum::http::{Request, StatusCode};
 use common::{attr, create_queue, drain, fixture, sign, unique, TEST_SECRET};
 use intercom_webhooks::aws::sqs::SqsQueue;
 use intercom_webhooks::aws::{load_config, CallBudget};
-use intercom_webhooks::intake::{Intake, DEFAULT_MAX_BODY_BYTES};
-use intercom_webhooks::signature::ClientSecrets;
+use intercom_webhooks::receiving::intake::{Intake, DEFAULT_MAX_BODY_BYTES};
+use intercom_webhooks::receiving::signature::ClientSecrets;
 use tower::ServiceExt;
 
 async fn setup() -> (aws_sdk_sqs::Client, String, String, axum::Router) {

@@ -11,13 +11,15 @@ use common::{attr, create_queue, create_table, drain, notification_body, record,
 use intercom_webhooks::aws::dynamodb::DynamoStore;
 use intercom_webhooks::aws::sqs::string_attributes;
 use intercom_webhooks::aws::sqs::SqsDeadLetters;
-use intercom_webhooks::clock::{Clock, ShiftedClock};
-use intercom_webhooks::handler::{Handler, HandlerContext, HandlerError};
-use intercom_webhooks::idempotency::{Claim, ClaimOutcome, IdempotencyKey, IdempotencyStore, StoreError};
-use intercom_webhooks::metrics::Metrics;
-use intercom_webhooks::notification::Notification;
-use intercom_webhooks::router::Router;
-use intercom_webhooks::worker::{Outcome, Record, Worker, WorkerSettings, PAST_DEADLINE};
+use intercom_webhooks::plumbing::clock::{Clock, ShiftedClock};
+use intercom_webhooks::plumbing::metrics::Metrics;
+use intercom_webhooks::processing::handler::{Handler, HandlerContext, HandlerError};
+use intercom_webhooks::processing::idempotency::{
+    Claim, ClaimOutcome, IdempotencyKey, IdempotencyStore, StoreError,
+};
+use intercom_webhooks::processing::router::Router;
+use intercom_webhooks::processing::worker::{Outcome, Record, Worker, WorkerSettings, PAST_DEADLINE};
+use intercom_webhooks::receiving::notification::Notification;
 use serde_json::json;
 
 /// What a test handler does on each call, by notification id: fail this many times first, how.
@@ -116,7 +118,7 @@ async fn setup() -> Setup {
 }
 
 fn deadline() -> i64 {
-    intercom_webhooks::clock::unix_ms_now() + 60_000
+    intercom_webhooks::plumbing::clock::unix_ms_now() + 60_000
 }
 
 fn body(id: &str) -> Vec<u8> {
@@ -166,7 +168,7 @@ async fn the_same_notification_twice_in_a_batch_and_again_later_is_handled_once(
     let item = stored(&s, "testapp#notif_dup").await.unwrap();
     assert_eq!(item["status"].as_s().unwrap(), "COMPLETED");
     let expiration: i64 = item["expiration"].as_n().unwrap().parse().unwrap();
-    let now = intercom_webhooks::clock::unix_ms_now() / 1000;
+    let now = intercom_webhooks::plumbing::clock::unix_ms_now() / 1000;
     assert!(
         (expiration - now - 7 * 86_400).abs() < 60,
         "retention of 7 days by default"
@@ -226,7 +228,7 @@ async fn an_expired_lease_is_taken_over_and_the_dead_workers_late_writes_are_ref
         .store
         .claim(&Claim {
             key: IdempotencyKey::for_notification(&n.id, n.app_id()),
-            payload_hash: intercom_webhooks::idempotency::payload_hash(&n.data),
+            payload_hash: intercom_webhooks::processing::idempotency::payload_hash(&n.data),
             now_ms: now,
             lease_until_ms: now + 1_000,
             expiration: now / 1000 + 3600,
@@ -418,9 +420,9 @@ async fn a_record_that_keeps_failing_reaches_the_dlq_after_max_receive_count() {
     s.handler
         .fail("notif_stuck", usize::MAX, HandlerError::retryable("always down"));
     let b = body("notif_stuck");
-    let envelope = intercom_webhooks::notification::Envelope::parse(&b).unwrap();
-    let message = intercom_webhooks::queue::Message::for_notification(&b, &envelope);
-    use intercom_webhooks::queue::Queue;
+    let envelope = intercom_webhooks::receiving::notification::Envelope::parse(&b).unwrap();
+    let message = intercom_webhooks::receiving::queue::Message::for_notification(&b, &envelope);
+    use intercom_webhooks::receiving::queue::Queue;
     intercom_webhooks::aws::sqs::SqsQueue::new(s.sqs.clone(), &queue, &redrive_dlq)
         .send(&message)
         .await
@@ -447,7 +449,7 @@ async fn a_record_that_keeps_failing_reaches_the_dlq_after_max_receive_count() {
             .iter()
             .map(|m| Record {
                 message_id: m.message_id.clone().unwrap(),
-                message: intercom_webhooks::queue::Message {
+                message: intercom_webhooks::receiving::queue::Message {
                     body: m.body.clone().unwrap(),
                     attributes: string_attributes(m.message_attributes.clone()),
                 },
@@ -522,7 +524,7 @@ async fn a_record_still_running_at_the_deadline_is_retried_and_the_batch_ends_in
         .unwrap()
         .insert("notif_slow".into(), Duration::from_secs(8));
     let slow = body("notif_slow");
-    let soon = intercom_webhooks::clock::unix_ms_now() + 2_500;
+    let soon = intercom_webhooks::plumbing::clock::unix_ms_now() + 2_500;
     let result = worker
         .process_batch(
             vec![
@@ -533,7 +535,7 @@ async fn a_record_still_running_at_the_deadline_is_retried_and_the_batch_ends_in
             soon,
         )
         .await;
-    let ended = intercom_webhooks::clock::unix_ms_now();
+    let ended = intercom_webhooks::plumbing::clock::unix_ms_now();
     assert!(ended < soon, "returned {} ms after the deadline", ended - soon);
     assert_eq!(
         result.outcomes,
@@ -576,7 +578,7 @@ async fn records_waiting_for_a_concurrency_slot_at_the_deadline_are_retried_unst
         .lock()
         .unwrap()
         .insert("notif_first".into(), Duration::from_secs(8));
-    let soon = intercom_webhooks::clock::unix_ms_now() + 2_000;
+    let soon = intercom_webhooks::plumbing::clock::unix_ms_now() + 2_000;
     let result = worker
         .process_batch(
             vec![
@@ -586,7 +588,7 @@ async fn records_waiting_for_a_concurrency_slot_at_the_deadline_are_retried_unst
             soon,
         )
         .await;
-    assert!(intercom_webhooks::clock::unix_ms_now() < soon);
+    assert!(intercom_webhooks::plumbing::clock::unix_ms_now() < soon);
     assert_eq!(result.failures(), ["first", "queued"]);
     assert_eq!(result.errors["queued"].to_string(), PAST_DEADLINE);
     assert_eq!(s.handler.calls("notif_queued"), 0, "never started");
@@ -613,7 +615,7 @@ async fn receive_one(sqs: &aws_sdk_sqs::Client, queue: &str, visibility: i32) ->
 #[tokio::test]
 async fn on_lambda_a_handlers_retry_delay_hides_the_message_that_long() {
     use intercom_webhooks::aws::lambda_sqs::delay_retries;
-    use intercom_webhooks::worker::{BatchResult, RecordError};
+    use intercom_webhooks::processing::worker::{BatchResult, RecordError};
     let sdk = common::aws_config().await;
     let sqs = aws_sdk_sqs::Client::new(&sdk);
     let queue = create_queue(&sqs, &unique("delayed")).await;

@@ -10,15 +10,15 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use common::notification_body;
-use intercom_webhooks::clock::{Clock, ShiftedClock};
-use intercom_webhooks::handler::{Handler, HandlerContext, HandlerError};
-use intercom_webhooks::idempotency::{COMPLETED, IN_PROGRESS};
 use intercom_webhooks::memory::{MemoryQueue, MemoryStore};
-use intercom_webhooks::metrics::Metrics;
-use intercom_webhooks::notification::{Envelope, Notification};
-use intercom_webhooks::queue::{attr, Delivery, Message, Queue, QueueConsumer};
-use intercom_webhooks::router::Router;
-use intercom_webhooks::worker::{BatchResult, Outcome, Worker, WorkerSettings};
+use intercom_webhooks::plumbing::clock::{Clock, ShiftedClock};
+use intercom_webhooks::plumbing::metrics::Metrics;
+use intercom_webhooks::processing::handler::{Handler, HandlerContext, HandlerError};
+use intercom_webhooks::processing::idempotency::{COMPLETED, IN_PROGRESS};
+use intercom_webhooks::processing::router::Router;
+use intercom_webhooks::processing::worker::{BatchResult, Outcome, Worker, WorkerSettings};
+use intercom_webhooks::receiving::notification::{Envelope, Notification};
+use intercom_webhooks::receiving::queue::{attr, Delivery, Message, Queue, QueueConsumer};
 use serde_json::json;
 use tokio::sync::{mpsc, Semaphore};
 

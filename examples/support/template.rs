@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use intercom_webhooks::signature::ClientSecret;
+use intercom_webhooks::receiving::signature::ClientSecret;
 
 pub struct Template {
     before: Vec<u8>,

@@ -15,8 +15,8 @@ use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_smithy_runtime_api::client::result::SdkError;
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 
-use crate::clock::Clock;
-use crate::idempotency::{
+use crate::plumbing::clock::Clock;
+use crate::processing::idempotency::{
     Claim, ClaimOutcome, IdempotencyStore, Lease, StoreError, StoredRecord, COMPLETED, IN_PROGRESS,
 };
 

@@ -4,7 +4,7 @@
 
 use serde_json::{json, Map, Value};
 
-use crate::metrics::{Drained, Metrics};
+use crate::plumbing::metrics::{Drained, Metrics};
 
 pub const NAMESPACE: &str = "IntercomWebhooks";
 
@@ -95,7 +95,7 @@ fn document(timestamp_ms: i64, dimensions: &[&str], metric: &str, unit: &str) ->
 /// Prints (to stdout, where Lambda's log agent reads it) everything counted since the last flush.
 pub fn flush(metrics: &Metrics, service: &str) {
     use std::io::Write;
-    let docs = documents(&metrics.drain(), service, crate::clock::unix_ms_now());
+    let docs = documents(&metrics.drain(), service, crate::plumbing::clock::unix_ms_now());
     if docs.is_empty() {
         return;
     }

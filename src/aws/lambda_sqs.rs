@@ -5,8 +5,8 @@ use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent
 use std::collections::HashMap;
 use std::time::Duration;
 
-use crate::queue::Message;
-use crate::worker::{BatchResult, Record};
+use crate::processing::worker::{BatchResult, Record};
+use crate::receiving::queue::Message;
 
 /// One record per SQS message. Nothing here can fail: a record that cannot be understood is the
 /// worker's to dead-letter.

@@ -1,4 +1,4 @@
-//! AWS adapters for the ports: SQS for [`crate::queue::Queue`], DynamoDB for the idempotency store, SSM
+//! AWS adapters for the ports: SQS for [`crate::receiving::queue::Queue`], DynamoDB for the idempotency store, SSM
 //! Parameter Store for secrets.
 //! The domain never sees an SDK type; everything AWS-specific stays in this module.
 

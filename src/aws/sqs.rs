@@ -12,8 +12,8 @@ use std::time::Duration;
 use aws_sdk_sqs::types::MessageSystemAttributeName;
 
 use super::sqs_dlq::ScanSettings;
-use crate::clock::unix_ms_now;
-use crate::queue::{DeadLetterQueue, Delivery, Message, Queue, QueueConsumer, QueueError, Record};
+use crate::plumbing::clock::unix_ms_now;
+use crate::receiving::queue::{DeadLetterQueue, Delivery, Message, Queue, QueueConsumer, QueueError, Record};
 
 /// One SQS queue used as a dead-letter queue (the worker needs only this).
 #[derive(Clone, Debug)]

@@ -16,8 +16,8 @@ use aws_sdk_sqs::types::{ChangeMessageVisibilityBatchRequestEntry, MessageSystem
 use tokio::time::Instant;
 
 use super::sqs::SqsQueue;
-use crate::dlq::{DeadLetterEntry, DeadLetterStore, Filter, RedriveReport, MAX_RECEIVES_REASON};
-use crate::queue::{attr, Queue, QueueError};
+use crate::processing::dlq::{DeadLetterEntry, DeadLetterStore, Filter, RedriveReport, MAX_RECEIVES_REASON};
+use crate::receiving::queue::{attr, Queue, QueueError};
 
 /// How a command goes through the dead-letter queue.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -10,7 +10,7 @@ use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_smithy_runtime_api::client::result::SdkError;
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 
-use crate::config::{ParameterError, ParameterStore};
+use crate::plumbing::config::{ParameterError, ParameterStore};
 
 #[derive(Clone, Debug)]
 pub struct SsmParameters {

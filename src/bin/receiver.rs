@@ -5,10 +5,10 @@ use std::sync::Arc;
 use anyhow::Context;
 use axum::response::Response;
 use intercom_webhooks::aws::{emf, load_config, sqs::SqsQueue, ssm::SsmParameters, CallBudget};
-use intercom_webhooks::config::{Env, ReceiverConfig, CLIENT_SECRET};
-use intercom_webhooks::intake::Intake;
-use intercom_webhooks::metrics::Metrics;
-use intercom_webhooks::telemetry;
+use intercom_webhooks::plumbing::config::{Env, ReceiverConfig, CLIENT_SECRET};
+use intercom_webhooks::plumbing::metrics::Metrics;
+use intercom_webhooks::plumbing::telemetry;
+use intercom_webhooks::receiving::intake::Intake;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

@@ -9,9 +9,10 @@ use intercom_webhooks::aws::dynamodb::DynamoStore;
 use intercom_webhooks::aws::sqs::SqsDeadLetters;
 use intercom_webhooks::aws::ssm::SsmParameters;
 use intercom_webhooks::aws::{emf, lambda_sqs, load_config, CallBudget};
-use intercom_webhooks::clock::{Clock, SystemClock};
-use intercom_webhooks::config::{Env, WorkerLambdaConfig, NOTIFY_WEBHOOK_URL};
-use intercom_webhooks::{handlers, metrics::Metrics, telemetry, worker::Worker};
+use intercom_webhooks::plumbing::clock::{Clock, SystemClock};
+use intercom_webhooks::plumbing::config::{Env, WorkerLambdaConfig, NOTIFY_WEBHOOK_URL};
+use intercom_webhooks::plumbing::{metrics::Metrics, telemetry};
+use intercom_webhooks::processing::{handlers, worker::Worker};
 use lambda_runtime::{service_fn, LambdaEvent};
 
 #[tokio::main]

@@ -3,9 +3,9 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 
-use crate::clock::unix_ms_now;
-use crate::dlq::{age, parse_time, DeadLetterStore, Filter};
-use crate::router::TopicPattern;
+use crate::plumbing::clock::unix_ms_now;
+use crate::processing::dlq::{age, parse_time, DeadLetterStore, Filter};
+use crate::processing::router::TopicPattern;
 
 #[derive(clap::Args, Debug)]
 pub struct DlqArgs {

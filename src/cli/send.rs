@@ -5,7 +5,7 @@ use std::time::Duration;
 use anyhow::Context;
 
 use super::sign::SecretArgs;
-use crate::signature::ClientSecret;
+use crate::receiving::signature::ClientSecret;
 
 #[derive(clap::Args, Debug)]
 pub struct SendArgs {

@@ -5,14 +5,16 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use crate::config::{Env, ParameterError, ParameterStore, WorkerConfig, CLIENT_SECRET, NOTIFY_WEBHOOK_URL};
-use crate::handlers::default_router;
-use crate::intake::DEFAULT_MAX_BODY_BYTES;
 use crate::local::server::{serve, ConnectionLimits, ServeOptions};
 use crate::local::Retention;
-use crate::signature::ClientSecrets;
-use crate::telemetry::{self, LogFormat};
-use crate::worker::WorkerSettings;
+use crate::plumbing::config::{
+    Env, ParameterError, ParameterStore, WorkerConfig, CLIENT_SECRET, NOTIFY_WEBHOOK_URL,
+};
+use crate::plumbing::telemetry::{self, LogFormat};
+use crate::processing::handlers::default_router;
+use crate::processing::worker::WorkerSettings;
+use crate::receiving::intake::DEFAULT_MAX_BODY_BYTES;
+use crate::receiving::signature::ClientSecrets;
 
 #[derive(clap::Args, Debug)]
 pub struct ServeArgs {

@@ -4,8 +4,8 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::config::{ConfigError, Env, SECRET_HINT};
-use crate::signature::ClientSecrets;
+use crate::plumbing::config::{ConfigError, Env, SECRET_HINT};
+use crate::receiving::signature::ClientSecrets;
 
 const SECRET_ON_COMMAND_LINE: &str = "--secret is not accepted: a secret on the command line shows in the \
      process list and the shell history; set INTERCOM_CLIENT_SECRET or pass --secret-file PATH";

@@ -9,7 +9,7 @@ use rusqlite::types::ValueRef;
 use rusqlite::{params, Connection};
 
 use super::db::{new_id, DbError};
-use crate::queue::Message;
+use crate::receiving::queue::Message;
 
 pub(super) fn encode(attributes: &BTreeMap<String, String>) -> String {
     serde_json::to_string(attributes).expect("string maps serialise")
@@ -133,7 +133,7 @@ pub(super) const STORED_BODY: &str = "stored_body";
 mod tests {
     use super::*;
     use crate::local::queue::tests::{insert_raw, open, VISIBILITY};
-    use crate::queue::{Queue, QueueConsumer};
+    use crate::receiving::queue::{Queue, QueueConsumer};
 
     #[tokio::test]
     async fn bodies_are_stored_compressed_and_received_byte_for_byte() {

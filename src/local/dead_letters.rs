@@ -10,8 +10,8 @@ use serde::Serialize;
 use super::codec::{decode, encode, Storable};
 use super::db::{new_id, DbError};
 use super::queue::{unavailable, SqliteQueue};
-use crate::dlq::{DeadLetterEntry, DeadLetterStore, Filter, RedriveReport};
-use crate::queue::{attr, DeadLetterQueue, Message, QueueError};
+use crate::processing::dlq::{DeadLetterEntry, DeadLetterStore, Filter, RedriveReport};
+use crate::receiving::queue::{attr, DeadLetterQueue, Message, QueueError};
 
 /// A message in the dead-letter table.
 #[derive(Clone, Debug, Serialize)]

@@ -8,9 +8,9 @@ use tokio::sync::{watch, Notify};
 use tracing::warn;
 
 use super::SqliteQueue;
-use crate::clock::Clock;
-use crate::queue::{Delivery, QueueConsumer};
-use crate::worker::Worker;
+use crate::plumbing::clock::Clock;
+use crate::processing::worker::Worker;
+use crate::receiving::queue::{Delivery, QueueConsumer};
 
 /// Records received per poll.
 const BATCH_SIZE: usize = 10;

@@ -15,8 +15,8 @@ use serde::Serialize;
 use super::codec::{decode, Storable, StoredBody, Unreadable};
 use super::db::{new_id, Db, DbError};
 use super::dead_letters::insert_dead_letter;
-use crate::clock::{Clock, SystemClock};
-use crate::queue::{Delivery, Message, Queue, QueueConsumer, QueueError, Record};
+use crate::plumbing::clock::{Clock, SystemClock};
+use crate::receiving::queue::{Delivery, Message, Queue, QueueConsumer, QueueError, Record};
 
 #[derive(Clone)]
 pub struct SqliteQueue {
@@ -387,7 +387,7 @@ pub(super) mod tests {
     async fn a_single_table_queue_of_an_earlier_version_is_moved_over_with_its_state() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("old.db");
-        let future = crate::clock::unix_ms_now() + 60_000;
+        let future = crate::plumbing::clock::unix_ms_now() + 60_000;
         let compressed = lz4_flex::compress_prepend_size(b"{\"id\":\"notif_c\"}");
         {
             let old = Connection::open(&path).unwrap();

@@ -17,13 +17,13 @@ use tracing::{info, warn};
 use super::background::Background;
 use super::poller::Poller;
 use super::{Db, Retention, SqliteQueue, SqliteStore};
-use crate::clock::{Clock, SystemClock};
-use crate::intake::Intake;
-use crate::metrics::Metrics;
-use crate::queue::Queue;
-use crate::router::Router as TopicRouter;
-use crate::signature::ClientSecrets;
-use crate::worker::{Worker, WorkerSettings};
+use crate::plumbing::clock::{Clock, SystemClock};
+use crate::plumbing::metrics::Metrics;
+use crate::processing::router::Router as TopicRouter;
+use crate::processing::worker::{Worker, WorkerSettings};
+use crate::receiving::intake::Intake;
+use crate::receiving::queue::Queue;
+use crate::receiving::signature::ClientSecrets;
 
 pub struct ServeOptions {
     pub listen: SocketAddr,
@@ -57,8 +57,8 @@ impl Default for ConnectionLimits {
     fn default() -> Self {
         Self {
             header_read_timeout: Duration::from_secs(10),
-            body_read_timeout: crate::intake::DEFAULT_BODY_READ_TIMEOUT,
-            store_timeout: crate::intake::DEFAULT_STORE_TIMEOUT,
+            body_read_timeout: crate::receiving::intake::DEFAULT_BODY_READ_TIMEOUT,
+            store_timeout: crate::receiving::intake::DEFAULT_STORE_TIMEOUT,
             max_connections: 512,
         }
     }
@@ -71,19 +71,22 @@ struct WakingQueue {
 }
 
 #[async_trait::async_trait]
-impl crate::queue::DeadLetterQueue for WakingQueue {
+impl crate::receiving::queue::DeadLetterQueue for WakingQueue {
     async fn dead_letter(
         &self,
-        message: &crate::queue::Message,
+        message: &crate::receiving::queue::Message,
         reason: &str,
-    ) -> Result<(), crate::queue::QueueError> {
+    ) -> Result<(), crate::receiving::queue::QueueError> {
         self.inner.dead_letter(message, reason).await
     }
 }
 
 #[async_trait::async_trait]
 impl Queue for WakingQueue {
-    async fn send(&self, message: &crate::queue::Message) -> Result<(), crate::queue::QueueError> {
+    async fn send(
+        &self,
+        message: &crate::receiving::queue::Message,
+    ) -> Result<(), crate::receiving::queue::QueueError> {
         self.inner.send(message).await?;
         self.wake.notify_one();
         Ok(())

@@ -8,8 +8,8 @@ use async_trait::async_trait;
 use rusqlite::{params, OptionalExtension};
 
 use super::db::{Db, DbError};
-use crate::clock::{Clock, SystemClock};
-use crate::idempotency::{
+use crate::plumbing::clock::{Clock, SystemClock};
+use crate::processing::idempotency::{
     Claim, ClaimOutcome, IdempotencyStore, Lease, StoreError, StoredRecord, COMPLETED, IN_PROGRESS,
 };
 

@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
-use intercom_webhooks::queue::{DeadLetterQueue, Message, Queue, QueueError};
-use intercom_webhooks::signature::ClientSecret;
+use intercom_webhooks::receiving::queue::{DeadLetterQueue, Message, Queue, QueueError};
+use intercom_webhooks::receiving::signature::ClientSecret;
 
 /// The secret the sample events and tests sign with. Never use it for a real app.
 pub const TEST_SECRET: &str = "test-client-secret";
@@ -281,13 +281,13 @@ pub fn notification_body(id: &str, topic: &str, item: serde_json::Value) -> Vec<
 }
 
 /// A worker record for `body`, as the queue would hand it out.
-pub fn record(message_id: &str, body: &[u8]) -> intercom_webhooks::worker::Record {
-    let envelope = intercom_webhooks::notification::Envelope::parse(body);
+pub fn record(message_id: &str, body: &[u8]) -> intercom_webhooks::processing::worker::Record {
+    let envelope = intercom_webhooks::receiving::notification::Envelope::parse(body);
     let message = match envelope {
         Ok(e) => Message::for_notification(body, &e),
         Err(_) => Message::from_bytes(body),
     };
-    intercom_webhooks::worker::Record {
+    intercom_webhooks::processing::worker::Record {
         message_id: message_id.to_owned(),
         message,
         receive_count: 1,

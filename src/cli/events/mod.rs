@@ -11,11 +11,11 @@ use anyhow::Context;
 use clap::builder::TypedValueParser as _;
 use serde_json::Value;
 
-use crate::config::Env;
 use crate::events::{
     AccessToken, BulkOptions, BulkSummary, DataEvent, Endpoint, EventsClient, Region,
     DEFAULT_INTERCOM_VERSION, DEFAULT_MAX_IN_FLIGHT,
 };
+use crate::plumbing::config::Env;
 use lines::{error_chain, parse_lines, read_input, write_failed, LISTED};
 use progress::Reporter;
 

@@ -5,7 +5,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use crate::handler::Handler;
+use crate::processing::handler::Handler;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TopicPattern {
@@ -133,8 +133,8 @@ impl Router {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::handler::{HandlerContext, HandlerError};
-    use crate::notification::Notification;
+    use crate::processing::handler::{HandlerContext, HandlerError};
+    use crate::receiving::notification::Notification;
 
     #[test]
     fn pattern_matching() {

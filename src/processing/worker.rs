@@ -10,14 +10,16 @@ use futures::{FutureExt, StreamExt};
 use tokio::time::Instant;
 use tracing::{field, info, warn, Instrument};
 
-use crate::clock::Clock;
-use crate::handler::{HandlerContext, HandlerError};
-use crate::idempotency::{payload_hash, Claim, ClaimOutcome, IdempotencyKey, IdempotencyStore, StoreError};
-use crate::metrics::Metrics;
-use crate::notification::{EnvelopeError, Notification};
-pub use crate::queue::Record;
-use crate::queue::{attr, DeadLetterQueue};
-use crate::router::Router;
+use crate::plumbing::clock::Clock;
+use crate::plumbing::metrics::Metrics;
+use crate::processing::handler::{HandlerContext, HandlerError};
+use crate::processing::idempotency::{
+    payload_hash, Claim, ClaimOutcome, IdempotencyKey, IdempotencyStore, StoreError,
+};
+use crate::processing::router::Router;
+use crate::receiving::notification::{EnvelopeError, Notification};
+pub use crate::receiving::queue::Record;
+use crate::receiving::queue::{attr, DeadLetterQueue};
 
 /// How one record ended. Exactly one INFO line per record reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -468,13 +470,13 @@ impl Worker {
     }
 
     /// Releases, giving up at `by` (the lease's end, when the claim lapses anyway).
-    async fn release_by(&self, lease: &crate::idempotency::Lease, by: Instant) {
+    async fn release_by(&self, lease: &crate::processing::idempotency::Lease, by: Instant) {
         if tokio::time::timeout_at(by, self.release(lease)).await.is_err() {
             warn!("could not release the claim before its lease ends; it lapses then");
         }
     }
 
-    async fn release(&self, lease: &crate::idempotency::Lease) {
+    async fn release(&self, lease: &crate::processing::idempotency::Lease) {
         if let Err(error) = self.store.release(lease).await {
             // The lease expires on its own; a later delivery can then claim the record.
             warn!(%error, "could not release the claim");
@@ -523,15 +525,15 @@ mod tests {
 #[cfg(test)]
 mod log_tests {
     use super::*;
-    use crate::clock::{unix_ms_now, SystemClock};
     use crate::local::{Db, SqliteQueue, SqliteStore};
-    use crate::queue::Message;
+    use crate::plumbing::clock::{unix_ms_now, SystemClock};
+    use crate::receiving::queue::Message;
 
     #[test]
     fn the_outcome_line_carries_delivery_attempts_as_a_number() {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(dir.path().join("w.db")).unwrap();
-        let router = crate::handlers::default_router(None).unwrap();
+        let router = crate::processing::handlers::default_router(None).unwrap();
         let worker = Worker::new(
             Arc::new(SqliteStore::new(db.clone())),
             Arc::new(SqliteQueue::new(db, 5)),
@@ -541,7 +543,7 @@ mod log_tests {
             WorkerSettings::default(),
         );
         let body = br#"{"type":"notification_event","id":"notif_1","topic":"contact.deleted","app_id":"abc","delivery_attempts":2,"data":{"item":{"type":"contact","id":"c1","deleted":true}}}"#;
-        let envelope = crate::notification::Envelope::parse(body).unwrap();
+        let envelope = crate::receiving::notification::Envelope::parse(body).unwrap();
         let record = Record {
             message_id: "m1".into(),
             message: Message::for_notification(body, &envelope),
@@ -551,7 +553,7 @@ mod log_tests {
             .enable_all()
             .build()
             .unwrap();
-        let lines = crate::telemetry::captured_json_lines("info", || {
+        let lines = crate::plumbing::telemetry::captured_json_lines("info", || {
             runtime.block_on(worker.process(&record, unix_ms_now() + 30_000));
         });
         let outcome = lines

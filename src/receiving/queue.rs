@@ -7,7 +7,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use base64::Engine as _;
 
-use crate::notification::Envelope;
+use crate::receiving::notification::Envelope;
 
 /// Message attribute names, shared by every adapter and by the worker.
 pub mod attr {

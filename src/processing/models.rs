@@ -295,7 +295,7 @@ impl Item {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::notification::Envelope;
+    use crate::receiving::notification::Envelope;
 
     fn item(name: &str) -> Item {
         let body = std::fs::read(format!(

@@ -12,9 +12,9 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use secrecy::{ExposeSecret, SecretString};
 use tokio::time::Instant;
 
-use crate::clock::unix_ms_now;
-use crate::handler::{Handler, HandlerContext, HandlerError};
-use crate::notification::Notification;
+use crate::plumbing::clock::unix_ms_now;
+use crate::processing::handler::{Handler, HandlerContext, HandlerError};
+use crate::receiving::notification::Notification;
 
 use super::summary::summarize;
 

@@ -1,14 +1,14 @@
 //! Built-in handlers, and the default routing the worker starts with.
 //!
-//! To add your own: write a type that implements [`crate::handler::Handler`] (one file under
-//! `src/handlers/`), then register it in [`default_router`] with one `route` line.
+//! To add your own: write a type that implements [`crate::processing::handler::Handler`] (one file under
+//! `src/processing/handlers/`), then register it in [`default_router`] with one `route` line.
 
 pub mod notify;
 pub mod summary;
 
 use std::sync::Arc;
 
-use crate::router::{PatternError, Router};
+use crate::processing::router::{PatternError, Router};
 
 pub use notify::{
     escape_for_slack, NotifyHandler, NotifySettings, DEFAULT_NOTIFY_RATE_PER_SECOND, DEFAULT_NOTIFY_TOPICS,

@@ -191,8 +191,8 @@ impl Notification {
     }
 
     /// `data.item` as a typed model.
-    pub fn typed_item(&self) -> crate::models::Item {
-        crate::models::Item::parse(self.item())
+    pub fn typed_item(&self) -> crate::processing::models::Item {
+        crate::processing::models::Item::parse(self.item())
     }
 }
 
@@ -204,9 +204,9 @@ pub fn salvage(body: &[u8]) -> Vec<(&'static str, String)> {
         return Vec::new();
     };
     [
-        ("topic", crate::queue::attr::TOPIC),
-        ("id", crate::queue::attr::NOTIFICATION_ID),
-        ("app_id", crate::queue::attr::APP_ID),
+        ("topic", crate::receiving::queue::attr::TOPIC),
+        ("id", crate::receiving::queue::attr::NOTIFICATION_ID),
+        ("app_id", crate::receiving::queue::attr::APP_ID),
     ]
     .into_iter()
     .filter_map(|(field, attribute)| {

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::notification::Notification;
+use crate::receiving::notification::Notification;
 
 /// What a handler knows about the delivery besides the notification itself.
 #[derive(Clone, Debug)]

@@ -5,9 +5,9 @@
 use async_trait::async_trait;
 use tracing::info;
 
-use crate::handler::{Handler, HandlerContext, HandlerError};
-use crate::models::{Conversation, Item, Party};
-use crate::notification::Notification;
+use crate::processing::handler::{Handler, HandlerContext, HandlerError};
+use crate::processing::models::{Conversation, Item, Party};
+use crate::receiving::notification::Notification;
 
 /// The topics Intercom users most often act on.
 pub const SUMMARY_TOPICS: &[&str] = &[
@@ -244,7 +244,7 @@ mod tests {
     #[test]
     fn every_summary_topic_is_a_valid_pattern() {
         for t in SUMMARY_TOPICS {
-            crate::router::TopicPattern::parse(t).unwrap();
+            crate::processing::router::TopicPattern::parse(t).unwrap();
         }
     }
 }

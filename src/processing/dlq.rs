@@ -8,8 +8,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use serde::Serialize;
 
-use crate::queue::{attr, Message, QueueError};
-use crate::router::TopicPattern;
+use crate::processing::router::TopicPattern;
+use crate::receiving::queue::{attr, Message, QueueError};
 
 /// The reason shown for messages the queue moved on its own after too many receives (SQS's redrive sets
 /// no attribute).

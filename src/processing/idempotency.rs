@@ -7,7 +7,7 @@ use std::fmt;
 use async_trait::async_trait;
 use sha2::{Digest, Sha256};
 
-use crate::notification::{AppId, NotificationId};
+use crate::receiving::notification::{AppId, NotificationId};
 
 /// The record key: the notification id, qualified by the app id when there is one.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]

@@ -15,10 +15,10 @@ use axum::{Json, Router};
 use serde_json::json;
 use tracing::{debug, info, warn};
 
-use crate::metrics::Metrics;
-use crate::notification::Envelope;
-use crate::queue::{Message, Queue, QueueError};
-use crate::signature::{ClientSecrets, Malformed, SignatureError, SIGNATURE_HEADER};
+use crate::plumbing::metrics::Metrics;
+use crate::receiving::notification::Envelope;
+use crate::receiving::queue::{Message, Queue, QueueError};
+use crate::receiving::signature::{ClientSecrets, Malformed, SignatureError, SIGNATURE_HEADER};
 
 /// The paths a delivery may be posted to: the bare Function URL, or a conventional path behind a proxy.
 pub const WEBHOOK_PATHS: [&str; 2] = ["/", "/webhooks/intercom"];
@@ -147,7 +147,7 @@ impl Intake {
                 });
                 let mut message = Message::from_bytes(body);
                 // Keep what can be read of it, so that `dlq list --topic` finds it.
-                for (name, value) in crate::notification::salvage(body) {
+                for (name, value) in crate::receiving::notification::salvage(body) {
                     message.attributes.insert(name.to_owned(), value);
                 }
                 return match self.store(self.queue.dead_letter(&message, &reason)).await {
@@ -395,7 +395,7 @@ async fn not_found() -> Response {
 mod tests {
     use super::*;
     use crate::local::{Db, SqliteQueue};
-    use crate::telemetry::captured_json_lines;
+    use crate::plumbing::telemetry::captured_json_lines;
     use serde_json::json;
 
     const NOTIFICATION: &str = r#"{"type":"notification_event","id":"notif_1","topic":"contact.created","app_id":"abc","delivery_attempts":2,"data":{"item":{}}}"#;
@@ -518,8 +518,8 @@ mod tests {
 
     #[tokio::test]
     async fn an_authentic_body_without_an_id_is_dead_lettered_under_its_topic_and_bad_json_as_bad_json() {
-        use crate::dlq::{DeadLetterStore, Filter};
-        use crate::router::TopicPattern;
+        use crate::processing::dlq::{DeadLetterStore, Filter};
+        use crate::processing::router::TopicPattern;
         let dir = tempfile::tempdir().unwrap();
         let queue = SqliteQueue::new(Db::open(dir.path().join("q.db")).unwrap(), 5);
         let secrets = ClientSecrets::parse("s3cret").unwrap();
@@ -551,7 +551,7 @@ mod tests {
 
     #[test]
     fn at_debug_a_stored_notification_is_logged_in_a_span_with_its_id_topic_app_and_attempts() {
-        let lines = lines_of_three_deliveries("info,intercom_webhooks::intake=debug");
+        let lines = lines_of_three_deliveries("info,intercom_webhooks::receiving::intake=debug");
         assert_eq!(lines.len(), 3, "{lines:?}");
         assert_eq!(
             lines[2],

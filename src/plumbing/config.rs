@@ -4,11 +4,11 @@ use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::handlers::{NotifySettings, DEFAULT_NOTIFY_RATE_PER_SECOND, DEFAULT_NOTIFY_TOPICS};
-use crate::intake::DEFAULT_MAX_BODY_BYTES;
-use crate::router::TopicPattern;
-use crate::signature::ClientSecrets;
-use crate::worker::WorkerSettings;
+use crate::processing::handlers::{NotifySettings, DEFAULT_NOTIFY_RATE_PER_SECOND, DEFAULT_NOTIFY_TOPICS};
+use crate::processing::router::TopicPattern;
+use crate::processing::worker::WorkerSettings;
+use crate::receiving::intake::DEFAULT_MAX_BODY_BYTES;
+use crate::receiving::signature::ClientSecrets;
 
 /// Why start-up refuses to go on. The message names the variable and what to do.
 #[derive(Debug, thiserror::Error)]

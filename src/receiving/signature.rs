@@ -188,7 +188,7 @@ mod tests {
     /// Vectors computed outside this code, with
     /// `openssl dgst -sha1 -hmac <secret> < file` over each fixture's exact bytes.
     const FIXTURE_SECRET: &str = "test-client-secret";
-    const FIXTURE_VECTORS: &[(&str, &str)] = &include!("../tests/fixtures/signature_vectors.in");
+    const FIXTURE_VECTORS: &[(&str, &str)] = &include!("../../tests/fixtures/signature_vectors.in");
 
     fn secrets(list: &str) -> ClientSecrets {
         ClientSecrets::parse(list).unwrap()

@@ -1,0 +1,12 @@
+//! Processing: the worker takes stored notifications off the queue, claims each id once (`idempotency`),
+//! routes it by topic (`router`) to the handlers (`handler` is the port, `handlers` the built-in ones, over
+//! the typed `models`), and ends each in an outcome; what fails for good lands in the dead letters, which
+//! `dlq` lists and redrives.
+
+pub mod dlq;
+pub mod handler;
+pub mod handlers;
+pub mod idempotency;
+pub mod models;
+pub mod router;
+pub mod worker;
