@@ -62,12 +62,10 @@ pub struct ServeArgs {
     purge_interval: Duration,
 }
 
-/// The worker's settings with `serve`'s options applied. A batch's deadline is the visibility timeout, so
-/// the deadline margin is at most a quarter of it (handlers get the rest); a processed id must be
-/// remembered at least as long as a claim can be held, or a redelivery could run its handlers again.
+/// The worker's settings with `serve`'s options applied. A processed id must be remembered at least as
+/// long as a claim can be held, or a redelivery could run its handlers again.
 fn local_settings(mut settings: WorkerSettings, args: &ServeArgs) -> anyhow::Result<WorkerSettings> {
     settings.visibility_timeout = Duration::from_secs(args.visibility_timeout);
-    settings.deadline_margin = settings.deadline_margin.min(settings.visibility_timeout / 4);
     if let Some(retention) = args.idempotency_retention {
         settings.retention = retention;
     }
