@@ -23,11 +23,12 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// A running `serve` and every JSON log line it has printed.
+/// A running `serve`, every line it has printed, and those that are JSON parsed.
 struct Server {
     child: Child,
     port: u16,
     lines: Arc<Mutex<Vec<Value>>>,
+    text: Arc<Mutex<Vec<String>>>,
 }
 
 impl Server {
@@ -35,11 +36,14 @@ impl Server {
         Self::start_with(db, env, &[])
     }
 
-    /// With extra `serve` options (a visibility timeout of 5 s unless they give one).
+    /// With extra `serve` options (JSON logs and a visibility timeout of 5 s unless they say otherwise).
     fn start_with(db: &Path, env: &[(&str, &str)], options: &[&str]) -> Server {
         let mut options = options.to_vec();
         if !options.contains(&"--visibility-timeout") {
             options.extend(["--visibility-timeout", "5"]);
+        }
+        if !options.contains(&"--log-format") {
+            options.extend(["--log-format", "json"]);
         }
         let options = &options[..];
         let port = free_port();
@@ -47,7 +51,6 @@ impl Server {
         command
             .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--db"])
             .arg(db)
-            .args(["--log-format", "json"])
             .args(options)
             .env("INTERCOM_CLIENT_SECRET", TEST_SECRET)
             .env_remove("NOTIFY_WEBHOOK_URL")
@@ -59,15 +62,22 @@ impl Server {
         let mut child = command.spawn().unwrap();
         let stdout = child.stdout.take().unwrap();
         let lines = Arc::new(Mutex::new(Vec::new()));
-        let sink = lines.clone();
+        let text = Arc::new(Mutex::new(Vec::new()));
+        let (sink, text_sink) = (lines.clone(), text.clone());
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 if let Ok(v) = serde_json::from_str::<Value>(&line) {
                     sink.lock().unwrap().push(v);
                 }
+                text_sink.lock().unwrap().push(line);
             }
         });
-        let server = Server { child, port, lines };
+        let server = Server {
+            child,
+            port,
+            lines,
+            text,
+        };
         server.wait_until("the server answers /healthz", || {
             reqwest::blocking::get(server.url("/healthz")).is_ok_and(|r| r.status().is_success())
         });
@@ -639,20 +649,26 @@ fn with_a_short_retention_a_steady_stream_of_unique_notifications_keeps_the_file
     );
 }
 
+/// `serve` that is expected to refuse to start: fails, and its standard error.
+fn refused_serve(port: u16, db: &Path, options: &[&str]) -> String {
+    let out = Command::new(BIN)
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--db"])
+        .arg(db)
+        .args(options)
+        .env("INTERCOM_CLIENT_SECRET", TEST_SECRET)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "serve started");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 #[test]
 fn a_port_in_use_leaves_no_database_and_a_second_server_on_one_file_is_refused_with_the_holders_pid() {
     let dir = tempfile::tempdir().unwrap();
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
     let unused = dir.path().join("never.db");
-    let out = Command::new(BIN)
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--db"])
-        .arg(&unused)
-        .env("INTERCOM_CLIENT_SECRET", TEST_SECRET)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = refused_serve(port, &unused, &[]);
     assert!(
         stderr.contains(&format!("cannot listen on 127.0.0.1:{port}")),
         "{stderr}"
@@ -664,14 +680,7 @@ fn a_port_in_use_leaves_no_database_and_a_second_server_on_one_file_is_refused_w
 
     let db = dir.path().join("shared.db");
     let first = Server::start(&db, &[]);
-    let out = Command::new(BIN)
-        .args(["serve", "--listen", &format!("127.0.0.1:{}", free_port()), "--db"])
-        .arg(&db)
-        .env("INTERCOM_CLIENT_SECRET", TEST_SECRET)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = refused_serve(free_port(), &db, &[]);
     assert!(
         stderr.contains(&format!("another serve (PID {}) is using", first.child.id())),
         "{stderr}"
@@ -692,41 +701,25 @@ fn a_port_in_use_leaves_no_database_and_a_second_server_on_one_file_is_refused_w
 #[test]
 fn text_logs_redirected_to_a_file_are_short_lines_without_colour() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let mut child = Command::new(BIN)
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--db"])
-        .arg(dir.path().join("db.sqlite"))
-        .args(["--log-format", "text"])
-        .env("INTERCOM_CLIENT_SECRET", TEST_SECRET)
-        .env_remove("NO_COLOR")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let lines = Arc::new(Mutex::new(Vec::<String>::new()));
-    let sink = lines.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            sink.lock().unwrap().push(line);
-        }
+    // NO_COLOR empty allows colour: the pipe alone must turn it off.
+    let server = Server::start_with(
+        &dir.path().join("db.sqlite"),
+        &[("NO_COLOR", "")],
+        &["--log-format", "text"],
+    );
+    assert_eq!(
+        raw_post(server.port, &fixture("conversation_user_created.json")).unwrap(),
+        "HTTP/1.1 200 OK"
+    );
+    server.wait_until("the outcome line", || {
+        server
+            .text
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains(" processed "))
     });
-    let started = Instant::now();
-    while raw_post(port, &fixture("conversation_user_created.json")).is_err() {
-        assert!(started.elapsed() < Duration::from_secs(30), "serve did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    while !lines.lock().unwrap().iter().any(|l| l.contains(" processed ")) {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "{:?}",
-            lines.lock().unwrap()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    let lines = lines.lock().unwrap().clone();
+    let lines = server.text.lock().unwrap().clone();
     assert!(lines.iter().all(|l| !l.contains('\u{1b}')), "{lines:?}");
     let outcome = lines.iter().find(|l| l.contains(" processed ")).unwrap();
     assert!(
@@ -744,15 +737,11 @@ fn text_logs_redirected_to_a_file_are_short_lines_without_colour() {
 #[test]
 fn an_idempotency_retention_shorter_than_the_visibility_timeout_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(BIN)
-        .args(["serve", "--listen", &format!("127.0.0.1:{}", free_port()), "--db"])
-        .arg(dir.path().join("db.sqlite"))
-        .args(["--idempotency-retention", "500ms", "--visibility-timeout", "30"])
-        .env("INTERCOM_CLIENT_SECRET", TEST_SECRET)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = refused_serve(
+        free_port(),
+        &dir.path().join("db.sqlite"),
+        &["--idempotency-retention", "500ms", "--visibility-timeout", "30"],
+    );
     assert!(
         stderr.contains("the idempotency retention (500ms) must be at least the visibility timeout (30 s)"),
         "{stderr}"
