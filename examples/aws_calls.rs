@@ -16,7 +16,7 @@ use aws_smithy_runtime_api::client::interceptors::Intercept;
 use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 use aws_smithy_types::config_bag::ConfigBag;
 use intercom_webhooks::aws::dynamodb::DynamoStore;
-use intercom_webhooks::aws::sqs::{SqsDeadLetters, SqsQueue};
+use intercom_webhooks::aws::sqs::{SqsDeadLetterQueue, SqsQueue};
 use intercom_webhooks::aws::{load_config, CallBudget};
 use intercom_webhooks::plumbing::clock::SystemClock;
 use intercom_webhooks::plumbing::metrics::Metrics;
@@ -143,7 +143,7 @@ async fn main() -> anyhow::Result<()> {
     let clock = Arc::new(SystemClock);
     let worker = Worker::new(
         Arc::new(DynamoStore::new(dynamo.clone(), &table, clock.clone())),
-        Arc::new(SqsDeadLetters::new(sqs.clone(), &dlq_url)),
+        Arc::new(SqsDeadLetterQueue::new(sqs.clone(), &dlq_url)),
         intercom_webhooks::processing::handlers::default_router(None)?,
         clock,
         Arc::new(Metrics::new()),

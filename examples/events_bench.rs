@@ -8,7 +8,9 @@
 //! Prints, for each, the throughput as a fraction of the limit, the share of requests answered 429, and
 //! the events lost or delivered twice. Run it with `bench/events.sh` (see there for the options).
 
-#[path = "../tests/events_support/mod.rs"]
+// The example uses part of the mock the tests share.
+#[allow(dead_code)]
+#[path = "../tests/it/support/events_api.rs"]
 mod events_support;
 
 use std::collections::HashSet;

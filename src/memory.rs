@@ -12,7 +12,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::plumbing::clock::Clock;
-use crate::processing::dlq::DeadLetterEntry;
+use crate::processing::dead_letters::DeadLetter;
 use crate::processing::idempotency::{
     Claim, ClaimOutcome, IdempotencyStore, Lease, StoreError, StoredRecord, COMPLETED, IN_PROGRESS,
 };
@@ -32,7 +32,7 @@ struct QueueState {
     next_seq: u64,
     /// By sequence number: received in the order sent.
     messages: BTreeMap<u64, Queued>,
-    dead_letters: Vec<DeadLetterEntry>,
+    dead_letters: Vec<DeadLetter>,
 }
 
 struct Queued {
@@ -55,7 +55,7 @@ impl MemoryQueue {
     }
 
     /// The dead letters, oldest first.
-    pub fn dead_letters(&self) -> Vec<DeadLetterEntry> {
+    pub fn dead_letters(&self) -> Vec<DeadLetter> {
         self.state().dead_letters.clone()
     }
 
@@ -77,7 +77,7 @@ impl MemoryQueue {
 impl QueueState {
     fn bury(&mut self, message_id: String, message: &Message, reason: &str, receive_count: u32, now: i64) {
         let stored = message.with_reason(reason, now);
-        self.dead_letters.push(DeadLetterEntry {
+        self.dead_letters.push(DeadLetter {
             id: message_id,
             notification_id: stored.attribute(attr::NOTIFICATION_ID).map(str::to_owned),
             topic: stored.attribute(attr::TOPIC).map(str::to_owned),

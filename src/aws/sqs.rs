@@ -5,8 +5,6 @@ use aws_sdk_sqs::error::DisplayErrorContext;
 use aws_sdk_sqs::types::MessageAttributeValue;
 use aws_sdk_sqs::Client;
 
-use std::sync::atomic::AtomicUsize;
-use std::sync::Arc;
 use std::time::Duration;
 
 use aws_sdk_sqs::types::MessageSystemAttributeName;
@@ -17,12 +15,12 @@ use crate::receiving::queue::{DeadLetterQueue, Delivery, Message, Queue, QueueCo
 
 /// One SQS queue used as a dead-letter queue (the worker needs only this).
 #[derive(Clone, Debug)]
-pub struct SqsDeadLetters {
+pub struct SqsDeadLetterQueue {
     client: Client,
     url: String,
 }
 
-impl SqsDeadLetters {
+impl SqsDeadLetterQueue {
     pub fn new(client: Client, url: impl Into<String>) -> Self {
         Self {
             client,
@@ -36,7 +34,7 @@ impl SqsDeadLetters {
 }
 
 #[async_trait]
-impl DeadLetterQueue for SqsDeadLetters {
+impl DeadLetterQueue for SqsDeadLetterQueue {
     async fn dead_letter(&self, message: &Message, reason: &str) -> Result<(), QueueError> {
         send_message(
             &self.client,
@@ -52,10 +50,8 @@ impl DeadLetterQueue for SqsDeadLetters {
 pub struct SqsQueue {
     client: Client,
     queue_url: String,
-    dead_letters: SqsDeadLetters,
+    dead_letters: SqsDeadLetterQueue,
     dead_letter_scan: ScanSettings,
-    /// How many messages the last `dlq` command read.
-    scanned: Arc<AtomicUsize>,
 }
 
 impl SqsQueue {
@@ -65,11 +61,10 @@ impl SqsQueue {
         dead_letter_queue_url: impl Into<String>,
     ) -> Self {
         Self {
-            dead_letters: SqsDeadLetters::new(client.clone(), dead_letter_queue_url),
+            dead_letters: SqsDeadLetterQueue::new(client.clone(), dead_letter_queue_url),
             client,
             queue_url: queue_url.into(),
             dead_letter_scan: ScanSettings::default(),
-            scanned: Arc::default(),
         }
     }
 
@@ -81,10 +76,6 @@ impl SqsQueue {
 
     pub(crate) fn dead_letter_scan(&self) -> ScanSettings {
         self.dead_letter_scan
-    }
-
-    pub(crate) fn scanned_count(&self) -> &AtomicUsize {
-        &self.scanned
     }
 
     pub fn client(&self) -> &Client {

@@ -1,4 +1,4 @@
-//! The SQS adapter of [`DeadLetterStore`]. SQS cannot be browsed, so every command scans: it receives
+//! The SQS adapter of [`DeadLetters`]. SQS cannot be browsed, so every command scans: it receives
 //! every message of the dead-letter queue, keeps them hidden while it works, and makes them visible again
 //! at the end; redrive sends each chosen message to the main queue first and deletes it from the
 //! dead-letter queue second.
@@ -8,7 +8,6 @@
 //! received before the hold runs out, so that no message shows up twice or slips to another reader.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -16,7 +15,9 @@ use aws_sdk_sqs::types::{ChangeMessageVisibilityBatchRequestEntry, MessageSystem
 use tokio::time::Instant;
 
 use super::sqs::SqsQueue;
-use crate::processing::dlq::{DeadLetterEntry, DeadLetterStore, Filter, RedriveReport, MAX_RECEIVES_REASON};
+use crate::processing::dead_letters::{
+    DeadLetter, DeadLetters, Filter, RedriveReport, Scanned, MAX_RECEIVES_REASON,
+};
 use crate::receiving::queue::{attr, Queue, QueueError};
 
 /// How a command goes through the dead-letter queue.
@@ -48,7 +49,7 @@ const SCAN_LIMIT: usize = 10_000;
 const BATCH: usize = 10;
 
 struct Held {
-    entry: DeadLetterEntry,
+    entry: DeadLetter,
     receipt: String,
     /// When SQS makes the message visible again unless the hold is renewed.
     hold_ends: Instant,
@@ -119,7 +120,7 @@ impl<'q, Q: HoldingQueue> Scan<'q, Q> {
         self.held.len()
     }
 
-    fn entries(&self) -> impl Iterator<Item = &DeadLetterEntry> {
+    fn entries(&self) -> impl Iterator<Item = &DeadLetter> {
         self.held.iter().map(|h| &h.entry)
     }
 
@@ -227,7 +228,7 @@ fn held(m: aws_sdk_sqs::types::Message) -> Held {
                 .and_then(|t| t.parse().ok())
         });
     Held {
-        entry: DeadLetterEntry {
+        entry: DeadLetter {
             id: m.message_id.unwrap_or_default(),
             notification_id: attributes.get(attr::NOTIFICATION_ID).cloned(),
             topic: attributes.get(attr::TOPIC).cloned(),
@@ -250,36 +251,40 @@ fn held(m: aws_sdk_sqs::types::Message) -> Held {
     }
 }
 
-impl SqsQueue {
-    async fn scan(&self) -> Result<Scan<'_, Self>, QueueError> {
-        let scan = Scan::run(self, self.dead_letter_scan()).await?;
-        self.scanned_count().store(scan.len(), Ordering::Relaxed);
-        Ok(scan)
-    }
-}
-
 #[async_trait]
-impl DeadLetterStore for SqsQueue {
-    async fn list(&self, filter: &Filter, limit: usize) -> Result<Vec<DeadLetterEntry>, QueueError> {
-        let mut scan = self.scan().await?;
+impl DeadLetters for SqsQueue {
+    async fn list(&self, filter: &Filter, limit: usize) -> Result<Scanned<Vec<DeadLetter>>, QueueError> {
+        let mut scan = Scan::run(self, self.dead_letter_scan()).await?;
         scan.release().await;
-        Ok(scan
+        let found = scan
             .entries()
             .filter(|e| filter.matches(e))
             .take(limit)
             .cloned()
-            .collect())
+            .collect();
+        Ok(Scanned {
+            found,
+            scanned: Some(scan.len()),
+        })
     }
 
-    async fn show(&self, id: &str) -> Result<Option<DeadLetterEntry>, QueueError> {
-        let mut scan = self.scan().await?;
+    async fn show(&self, id: &str) -> Result<Scanned<Option<DeadLetter>>, QueueError> {
+        let mut scan = Scan::run(self, self.dead_letter_scan()).await?;
         scan.release().await;
         let found = scan.entries().find(|e| e.id == id).cloned();
-        Ok(found)
+        Ok(Scanned {
+            found,
+            scanned: Some(scan.len()),
+        })
     }
 
-    async fn redrive(&self, filter: &Filter, max: usize, dry_run: bool) -> Result<RedriveReport, QueueError> {
-        let mut scan = self.scan().await?;
+    async fn redrive(
+        &self,
+        filter: &Filter,
+        max: usize,
+        dry_run: bool,
+    ) -> Result<Scanned<RedriveReport>, QueueError> {
+        let mut scan = Scan::run(self, self.dead_letter_scan()).await?;
         let mut report = RedriveReport::default();
         for i in 0..scan.held.len() {
             let h = &scan.held[i];
@@ -319,11 +324,10 @@ impl DeadLetterStore for SqsQueue {
             }
         }
         scan.release().await;
-        Ok(report)
-    }
-
-    fn scanned(&self) -> Option<usize> {
-        Some(self.scanned_count().load(Ordering::Relaxed))
+        Ok(Scanned {
+            found: report,
+            scanned: Some(scan.len()),
+        })
     }
 }
 
@@ -401,7 +405,7 @@ mod tests {
                         m.visible_at = now + hold;
                         m.receives += 1;
                         batch.push(Held {
-                            entry: DeadLetterEntry {
+                            entry: DeadLetter {
                                 id: m.id.clone(),
                                 notification_id: None,
                                 topic: None,

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use intercom_webhooks::aws::dynamodb::DynamoStore;
-use intercom_webhooks::aws::sqs::SqsDeadLetters;
+use intercom_webhooks::aws::sqs::SqsDeadLetterQueue;
 use intercom_webhooks::aws::ssm::SsmParameters;
 use intercom_webhooks::aws::{emf, lambda_sqs, load_config, CallBudget};
 use intercom_webhooks::plumbing::clock::{Clock, SystemClock};
@@ -39,7 +39,7 @@ async fn main() -> anyhow::Result<()> {
             config.table,
             clock.clone(),
         )),
-        Arc::new(SqsDeadLetters::new(sqs.clone(), config.dead_letter_queue_url)),
+        Arc::new(SqsDeadLetterQueue::new(sqs.clone(), config.dead_letter_queue_url)),
         router,
         clock,
         Arc::new(Metrics::new()),

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 
 use crate::plumbing::clock::unix_ms_now;
-use crate::processing::dlq::{age, parse_time, DeadLetterStore, Filter};
+use crate::processing::dead_letters::{age, parse_time, DeadLetters, Filter};
 use crate::processing::router::TopicPattern;
 
 #[derive(clap::Args, Debug)]
@@ -94,8 +94,9 @@ pub fn run(args: DlqArgs) -> anyhow::Result<ExitCode> {
         let store = backend(&args).await?;
         match args.command {
             DlqCommand::List { filter, limit, json } => {
-                let entries = store.list(&filter.filter()?, limit).await?;
-                report_scan(store.as_ref());
+                let listed = store.list(&filter.filter()?, limit).await?;
+                report_scan(listed.scanned);
+                let entries = listed.found;
                 if json {
                     println!("{}", serde_json::to_string_pretty(&entries)?);
                 } else {
@@ -120,9 +121,9 @@ pub fn run(args: DlqArgs) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::SUCCESS)
             }
             DlqCommand::Show { id } => {
-                let found = store.show(&id).await?;
-                report_scan(store.as_ref());
-                match found {
+                let shown = store.show(&id).await?;
+                report_scan(shown.scanned);
+                match shown.found {
                     Some(entry) => {
                         println!("{}", serde_json::to_string_pretty(&entry)?);
                         Ok(ExitCode::SUCCESS)
@@ -131,8 +132,9 @@ pub fn run(args: DlqArgs) -> anyhow::Result<ExitCode> {
                 }
             }
             DlqCommand::Redrive { filter, max, dry_run } => {
-                let report = store.redrive(&filter.filter()?, max, dry_run).await?;
-                report_scan(store.as_ref());
+                let redriven = store.redrive(&filter.filter()?, max, dry_run).await?;
+                report_scan(redriven.scanned);
+                let report = redriven.found;
                 if dry_run {
                     println!(
                         "would move {}, skipped {} (dry run: nothing moved)",
@@ -155,13 +157,13 @@ pub fn run(args: DlqArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// On SQS every command reads the whole dead-letter queue: say how much it read.
-fn report_scan(store: &dyn DeadLetterStore) {
-    if let Some(count) = store.scanned() {
+fn report_scan(scanned: Option<usize>) {
+    if let Some(count) = scanned {
         eprintln!("scanned {count} message(s) of the dead-letter queue");
     }
 }
 
-async fn backend(args: &DlqArgs) -> anyhow::Result<Box<dyn DeadLetterStore>> {
+async fn backend(args: &DlqArgs) -> anyhow::Result<Box<dyn DeadLetters>> {
     if let Some(path) = &args.db {
         if !path.exists() {
             anyhow::bail!("{} does not exist", path.display());

@@ -10,12 +10,12 @@ use serde::Serialize;
 use super::codec::{decode, encode, Storable};
 use super::db::{new_id, DbError};
 use super::queue::{unavailable, SqliteQueue};
-use crate::processing::dlq::{DeadLetterEntry, DeadLetterStore, Filter, RedriveReport};
+use crate::processing::dead_letters::{DeadLetter, DeadLetters, Filter, RedriveReport, Scanned};
 use crate::receiving::queue::{attr, DeadLetterQueue, Message, QueueError};
 
 /// A message in the dead-letter table.
 #[derive(Clone, Debug, Serialize)]
-pub struct DeadLetter {
+pub struct DeadLetterRow {
     pub seq: i64,
     pub message_id: String,
     pub body: String,
@@ -54,7 +54,7 @@ pub(super) fn insert_dead_letter(
 
 impl SqliteQueue {
     /// Every dead letter, oldest first.
-    pub async fn dead_letters(&self) -> Result<Vec<DeadLetter>, QueueError> {
+    pub async fn dead_letters(&self) -> Result<Vec<DeadLetterRow>, QueueError> {
         self.db()
             .call(|c| {
                 let mut statement = c.prepare(
@@ -62,7 +62,7 @@ impl SqliteQueue {
                      FROM dead_letters ORDER BY seq",
                 )?;
                 let rows = statement.query_map([], |r| {
-                    Ok(DeadLetter {
+                    Ok(DeadLetterRow {
                         seq: r.get(0)?,
                         message_id: r.get(1)?,
                         body: r.get(2)?,
@@ -99,8 +99,8 @@ impl DeadLetterQueue for SqliteQueue {
     }
 }
 
-fn entry(d: DeadLetter) -> DeadLetterEntry {
-    DeadLetterEntry {
+fn entry(d: DeadLetterRow) -> DeadLetter {
+    DeadLetter {
         id: d.message_id,
         notification_id: d.attributes.get(attr::NOTIFICATION_ID).cloned(),
         topic: d.attributes.get(attr::TOPIC).cloned(),
@@ -113,28 +113,35 @@ fn entry(d: DeadLetter) -> DeadLetterEntry {
 }
 
 #[async_trait]
-impl DeadLetterStore for SqliteQueue {
-    async fn list(&self, filter: &Filter, limit: usize) -> Result<Vec<DeadLetterEntry>, QueueError> {
-        Ok(self
-            .dead_letters()
-            .await?
-            .into_iter()
-            .map(entry)
-            .filter(|e| filter.matches(e))
-            .take(limit)
-            .collect())
+impl DeadLetters for SqliteQueue {
+    async fn list(&self, filter: &Filter, limit: usize) -> Result<Scanned<Vec<DeadLetter>>, QueueError> {
+        Ok(Scanned::looked_up(
+            self.dead_letters()
+                .await?
+                .into_iter()
+                .map(entry)
+                .filter(|e| filter.matches(e))
+                .take(limit)
+                .collect(),
+        ))
     }
 
-    async fn show(&self, id: &str) -> Result<Option<DeadLetterEntry>, QueueError> {
-        Ok(self
-            .dead_letters()
-            .await?
-            .into_iter()
-            .map(entry)
-            .find(|e| e.id == id))
+    async fn show(&self, id: &str) -> Result<Scanned<Option<DeadLetter>>, QueueError> {
+        Ok(Scanned::looked_up(
+            self.dead_letters()
+                .await?
+                .into_iter()
+                .map(entry)
+                .find(|e| e.id == id),
+        ))
     }
 
-    async fn redrive(&self, filter: &Filter, max: usize, dry_run: bool) -> Result<RedriveReport, QueueError> {
+    async fn redrive(
+        &self,
+        filter: &Filter,
+        max: usize,
+        dry_run: bool,
+    ) -> Result<Scanned<RedriveReport>, QueueError> {
         let all = self.dead_letters().await?;
         let mut report = RedriveReport::default();
         let mut chosen = Vec::new();
@@ -149,7 +156,7 @@ impl DeadLetterStore for SqliteQueue {
         }
         if dry_run {
             report.would_move = chosen.len();
-            return Ok(report);
+            return Ok(Scanned::looked_up(report));
         }
         // One transaction: the message is back on the queue and gone from the dead letters, or neither.
         let now = self.now_ms();
@@ -171,6 +178,6 @@ impl DeadLetterStore for SqliteQueue {
             .await
             .map_err(unavailable)?;
         report.moved = moved;
-        Ok(report)
+        Ok(Scanned::looked_up(report))
     }
 }

@@ -12,7 +12,7 @@ pub mod server;
 pub mod store;
 
 pub use db::{Db, DbError};
-pub use dead_letters::DeadLetter;
+pub use dead_letters::DeadLetterRow;
 pub use maintenance::{purge, Purged, Retention};
 pub use queue::{QueueStats, SqliteQueue};
 pub use store::SqliteStore;

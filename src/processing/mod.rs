@@ -3,7 +3,7 @@
 //! the typed `models`), and ends each in an outcome; what fails for good lands in the dead letters, which
 //! `dlq` lists and redrives.
 
-pub mod dlq;
+pub mod dead_letters;
 pub mod handler;
 pub mod handlers;
 pub mod idempotency;

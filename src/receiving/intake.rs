@@ -518,7 +518,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_authentic_body_without_an_id_is_dead_lettered_under_its_topic_and_bad_json_as_bad_json() {
-        use crate::processing::dlq::{DeadLetterStore, Filter};
+        use crate::processing::dead_letters::{DeadLetters, Filter};
         use crate::processing::router::TopicPattern;
         let dir = tempfile::tempdir().unwrap();
         let queue = SqliteQueue::new(Db::open(dir.path().join("q.db")).unwrap(), 5);
@@ -536,7 +536,7 @@ mod tests {
             topic: Some(TopicPattern::parse("contact.*").unwrap()),
             ..Filter::default()
         };
-        let found = queue.list(&filter, 10).await.unwrap();
+        let found = queue.list(&filter, 10).await.unwrap().found;
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].topic.as_deref(), Some("contact.created"));
         assert_eq!(found[0].attributes.get("app_id").map(String::as_str), Some("abc"));
@@ -545,7 +545,7 @@ mod tests {
             "{}",
             found[0].reason
         );
-        let all = queue.list(&Filter::default(), 10).await.unwrap();
+        let all = queue.list(&Filter::default(), 10).await.unwrap().found;
         assert!(all[1].reason.starts_with("invalid_json: "), "{}", all[1].reason);
     }
 

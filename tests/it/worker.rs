@@ -1,76 +1,27 @@
 //! The worker against the AWS emulator: DynamoDB idempotency, SQS dead-letter queue and redrive.
 
-mod common;
-
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
-use common::{attr, create_queue, create_table, drain, notification_body, record, unique};
+use crate::support::scripted::Scripted;
+use crate::support::{
+    create_queue, create_table, drain, notification_body, record, string_attribute, unique,
+};
 use intercom_webhooks::aws::dynamodb::DynamoStore;
 use intercom_webhooks::aws::sqs::string_attributes;
-use intercom_webhooks::aws::sqs::SqsDeadLetters;
+use intercom_webhooks::aws::sqs::SqsDeadLetterQueue;
 use intercom_webhooks::plumbing::clock::{Clock, ShiftedClock};
 use intercom_webhooks::plumbing::metrics::Metrics;
-use intercom_webhooks::processing::handler::{Handler, HandlerContext, HandlerError};
+use intercom_webhooks::processing::handler::HandlerError;
 use intercom_webhooks::processing::idempotency::{
     Claim, ClaimOutcome, IdempotencyKey, IdempotencyStore, StoreError,
 };
 use intercom_webhooks::processing::router::Router;
 use intercom_webhooks::processing::worker::{Outcome, Record, Worker, WorkerSettings, PAST_DEADLINE};
 use intercom_webhooks::receiving::notification::Notification;
+use intercom_webhooks::receiving::queue::attr;
 use serde_json::json;
-
-/// What a test handler does on each call, by notification id: fail this many times first, how.
-#[derive(Default)]
-struct Scripted {
-    calls: Mutex<HashMap<String, usize>>,
-    fail_first: Mutex<HashMap<String, (usize, HandlerError)>>,
-    panic_on: Mutex<Vec<String>>,
-    /// Sleeps this long on the first call, by notification id.
-    stall_first: Mutex<HashMap<String, Duration>>,
-}
-
-impl Scripted {
-    fn calls(&self, id: &str) -> usize {
-        self.calls.lock().unwrap().get(id).copied().unwrap_or(0)
-    }
-    fn fail(&self, id: &str, times: usize, error: HandlerError) {
-        self.fail_first.lock().unwrap().insert(id.into(), (times, error));
-    }
-}
-
-#[async_trait]
-impl Handler for Scripted {
-    fn name(&self) -> &str {
-        "scripted"
-    }
-    async fn handle(&self, n: &Notification, _: &HandlerContext) -> Result<(), HandlerError> {
-        let id = n.id.to_string();
-        let call = {
-            let mut calls = self.calls.lock().unwrap();
-            let c = calls.entry(id.clone()).or_default();
-            *c += 1;
-            *c
-        };
-        if self.panic_on.lock().unwrap().contains(&id) {
-            panic!("boom in {id}");
-        }
-        let stall = self.stall_first.lock().unwrap().get(&id).copied();
-        if let (Some(stall), 1) = (stall, call) {
-            tokio::time::sleep(stall).await;
-        }
-        // Give concurrent duplicates a chance to overlap.
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        if let Some((times, error)) = self.fail_first.lock().unwrap().get(&id) {
-            if call <= *times {
-                return Err(error.clone());
-            }
-        }
-        Ok(())
-    }
-}
 
 struct Setup {
     worker: Worker,
@@ -85,20 +36,20 @@ struct Setup {
 }
 
 async fn setup() -> Setup {
-    let sdk = common::aws_config().await;
+    let sdk = crate::support::aws_config().await;
     let dynamo = aws_sdk_dynamodb::Client::new(&sdk);
     let sqs = aws_sdk_sqs::Client::new(&sdk);
     let table = unique("idempotency");
     create_table(&dynamo, &table).await;
     let dlq = create_queue(&sqs, &unique("dlq")).await;
-    let handler = Arc::new(Scripted::default());
+    let handler = Arc::new(Scripted::with_pause(Duration::from_millis(20)));
     let router = Router::new().route("*", handler.clone()).unwrap();
     let clock = Arc::new(ShiftedClock::default());
     let store = Arc::new(DynamoStore::new(dynamo.clone(), &table, clock.clone()));
     let metrics = Arc::new(Metrics::new());
     let worker = Worker::new(
         store.clone(),
-        Arc::new(SqsDeadLetters::new(sqs.clone(), &dlq)),
+        Arc::new(SqsDeadLetterQueue::new(sqs.clone(), &dlq)),
         router,
         clock.clone(),
         metrics.clone(),
@@ -315,15 +266,20 @@ async fn permanent_failures_and_malformed_bodies_go_to_the_dlq_with_their_reason
     assert!(stored(&s, "testapp#notif_perm").await.is_none(), "claim released");
 
     let mut dead = drain(&s.sqs, &s.dlq).await;
-    dead.sort_by_key(|m| attr(m, "reason"));
+    dead.sort_by_key(|m| string_attribute(m, attr::REASON));
     assert_eq!(dead.len(), 2);
     assert_eq!(
-        attr(&dead[0], "reason").unwrap(),
+        string_attribute(&dead[0], attr::REASON).unwrap(),
         "handler scripted: contact has no e-mail"
     );
     assert_eq!(dead[0].body.as_deref().unwrap().as_bytes(), &perm[..]);
-    assert_eq!(attr(&dead[0], "notification_id").as_deref(), Some("notif_perm"));
-    assert!(attr(&dead[1], "reason").unwrap().starts_with("malformed: "));
+    assert_eq!(
+        string_attribute(&dead[0], "notification_id").as_deref(),
+        Some("notif_perm")
+    );
+    assert!(string_attribute(&dead[1], attr::REASON)
+        .unwrap()
+        .starts_with("malformed: "));
     assert_eq!(dead[1].body.as_deref().unwrap().as_bytes(), &malformed[..]);
     assert_eq!(s.metrics.total("dead_lettered"), 2);
 }
@@ -391,7 +347,7 @@ async fn an_unknown_topic_is_acknowledged_and_counted_never_dead_lettered() {
     let router = Router::new().route("conversation.*", s.handler.clone()).unwrap();
     let worker = Worker::new(
         s.store.clone(),
-        Arc::new(SqsDeadLetters::new(s.sqs.clone(), &s.dlq)),
+        Arc::new(SqsDeadLetterQueue::new(s.sqs.clone(), &s.dlq)),
         router,
         s.clock.clone(),
         s.metrics.clone(),
@@ -416,7 +372,7 @@ async fn an_unknown_topic_is_acknowledged_and_counted_never_dead_lettered() {
 #[tokio::test]
 async fn a_record_that_keeps_failing_reaches_the_dlq_after_max_receive_count() {
     let s = setup().await;
-    let (queue, redrive_dlq) = common::create_queue_with_dlq(&s.sqs, "main", 5).await;
+    let (queue, redrive_dlq) = crate::support::create_queue_with_dlq(&s.sqs, "main", 5).await;
     s.handler
         .fail("notif_stuck", usize::MAX, HandlerError::retryable("always down"));
     let b = body("notif_stuck");
@@ -502,7 +458,7 @@ async fn a_record_that_keeps_failing_reaches_the_dlq_after_max_receive_count() {
 fn worker_with_margin(s: &Setup, concurrency: usize) -> Worker {
     Worker::new(
         s.store.clone(),
-        Arc::new(SqsDeadLetters::new(s.sqs.clone(), &s.dlq)),
+        Arc::new(SqsDeadLetterQueue::new(s.sqs.clone(), &s.dlq)),
         Router::new().route("*", s.handler.clone()).unwrap(),
         s.clock.clone(),
         s.metrics.clone(),
@@ -616,7 +572,7 @@ async fn receive_one(sqs: &aws_sdk_sqs::Client, queue: &str, visibility: i32) ->
 async fn on_lambda_a_handlers_retry_delay_hides_the_message_that_long() {
     use intercom_webhooks::aws::lambda_sqs::delay_retries;
     use intercom_webhooks::processing::worker::{BatchResult, RecordError};
-    let sdk = common::aws_config().await;
+    let sdk = crate::support::aws_config().await;
     let sqs = aws_sdk_sqs::Client::new(&sdk);
     let queue = create_queue(&sqs, &unique("delayed")).await;
     for body in ["rate-limited", "failed"] {

@@ -17,7 +17,7 @@ pub const MAX_RECEIVES_REASON: &str = "max receives exceeded";
 
 /// One dead-lettered message.
 #[derive(Clone, Debug, Serialize)]
-pub struct DeadLetterEntry {
+pub struct DeadLetter {
     /// What `dlq show` takes: the SQS message id, or the local message id.
     pub id: String,
     pub notification_id: Option<String>,
@@ -30,7 +30,7 @@ pub struct DeadLetterEntry {
     pub attributes: BTreeMap<String, String>,
 }
 
-impl DeadLetterEntry {
+impl DeadLetter {
     pub fn message(&self) -> Message {
         Message {
             body: self.body.clone(),
@@ -60,7 +60,7 @@ pub struct Filter {
 }
 
 impl Filter {
-    pub fn matches(&self, entry: &DeadLetterEntry) -> bool {
+    pub fn matches(&self, entry: &DeadLetter) -> bool {
         if let Some(pattern) = &self.topic {
             if !entry.topic.as_deref().is_some_and(|t| pattern.matches(t)) {
                 return false;
@@ -92,20 +92,35 @@ pub struct RedriveReport {
     pub would_move: usize,
 }
 
-/// A dead-letter queue an operator can inspect and redrive.
-#[async_trait]
-pub trait DeadLetterStore: Send + Sync {
-    /// Matching dead letters, oldest first, at most `limit`. Never consumes them.
-    async fn list(&self, filter: &Filter, limit: usize) -> Result<Vec<DeadLetterEntry>, QueueError>;
-    /// One dead letter by id.
-    async fn show(&self, id: &str) -> Result<Option<DeadLetterEntry>, QueueError>;
-    /// Moves up to `max` matching dead letters back to the main queue.
-    async fn redrive(&self, filter: &Filter, max: usize, dry_run: bool) -> Result<RedriveReport, QueueError>;
-    /// How many messages the last command read, for stores that answer by reading the whole queue
-    /// (SQS); `None` for stores that look messages up.
-    fn scanned(&self) -> Option<usize> {
-        None
+/// An answer and how many messages were read to give it: SQS has no lookup, so every command reads the
+/// whole dead-letter queue (`Some(count)`); the SQLite table is queried (`None`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Scanned<T> {
+    pub found: T,
+    pub scanned: Option<usize>,
+}
+
+impl<T> Scanned<T> {
+    /// An answer from a store that looks messages up rather than reading them all.
+    pub fn looked_up(found: T) -> Self {
+        Self { found, scanned: None }
     }
+}
+
+/// The dead letters an operator can inspect and redrive.
+#[async_trait]
+pub trait DeadLetters: Send + Sync {
+    /// Matching dead letters, oldest first, at most `limit`. Never consumes them.
+    async fn list(&self, filter: &Filter, limit: usize) -> Result<Scanned<Vec<DeadLetter>>, QueueError>;
+    /// One dead letter by id.
+    async fn show(&self, id: &str) -> Result<Scanned<Option<DeadLetter>>, QueueError>;
+    /// Moves up to `max` matching dead letters back to the main queue.
+    async fn redrive(
+        &self,
+        filter: &Filter,
+        max: usize,
+        dry_run: bool,
+    ) -> Result<Scanned<RedriveReport>, QueueError>;
 }
 
 /// Parses `--since` / `--until`: an RFC 3339 time (`2026-11-29T10:00:00Z`), Unix seconds, or a duration
@@ -150,8 +165,8 @@ pub fn age(now_ms: i64, at_ms: Option<i64>) -> String {
 mod tests {
     use super::*;
 
-    fn entry(topic: &str, at: i64) -> DeadLetterEntry {
-        DeadLetterEntry {
+    fn entry(topic: &str, at: i64) -> DeadLetter {
+        DeadLetter {
             id: "1".into(),
             notification_id: Some("notif_1".into()),
             topic: Some(topic.into()),

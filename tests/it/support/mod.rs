@@ -1,6 +1,8 @@
 //! Shared helpers for the integration tests: fixtures, a recording queue, and access to the AWS
 //! emulator that the test command starts.
-#![allow(dead_code)]
+
+pub mod events_api;
+pub mod scripted;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -17,13 +19,31 @@ pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// Where the captured notifications are.
+pub fn fixtures_dir() -> PathBuf {
+    root().join("events/notifications")
+}
+
+pub fn fixture_path(name: &str) -> PathBuf {
+    fixtures_dir().join(name)
+}
+
 pub fn fixture(name: &str) -> Vec<u8> {
-    std::fs::read(root().join("events/notifications").join(name)).unwrap()
+    std::fs::read(fixture_path(name)).unwrap()
+}
+
+/// A port nothing listens on at the moment, on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Every captured notification: (file name, exact bytes), sorted by name.
 pub fn fixtures() -> Vec<(String, Vec<u8>)> {
-    let mut all: Vec<_> = std::fs::read_dir(root().join("events/notifications"))
+    let mut all: Vec<_> = std::fs::read_dir(fixtures_dir())
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|x| x == "json"))
@@ -231,8 +251,23 @@ pub async fn drain(sqs: &aws_sdk_sqs::Client, url: &str) -> Vec<aws_sdk_sqs::typ
     }
 }
 
-pub fn attr(m: &aws_sdk_sqs::types::Message, name: &str) -> Option<String> {
+pub fn string_attribute(m: &aws_sdk_sqs::types::Message, name: &str) -> Option<String> {
     m.message_attributes.as_ref()?.get(name)?.string_value.clone()
+}
+
+/// Every item of a (small) table on the emulator: one page of `Scan`, which moto does not split below 1 MB.
+pub async fn scan_items(
+    dynamo: &aws_sdk_dynamodb::Client,
+    table: &str,
+) -> Vec<std::collections::HashMap<String, aws_sdk_dynamodb::types::AttributeValue>> {
+    dynamo
+        .scan()
+        .table_name(table)
+        .send()
+        .await
+        .unwrap()
+        .items
+        .unwrap_or_default()
 }
 
 /// Creates an idempotency table in the emulator shaped like the SAM template's.

@@ -1,14 +1,12 @@
 //! Component tests: the real HTTP application in-process, with a recording queue.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use crate::support::{fixture, fixtures, sign, RecordingQueue, TEST_SECRET};
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use axum::Router;
-use common::{fixture, fixtures, sign, RecordingQueue, TEST_SECRET};
 use http_body_util::BodyExt;
 use intercom_webhooks::receiving::intake::{Intake, DEFAULT_MAX_BODY_BYTES};
 use intercom_webhooks::receiving::queue::{attr, QueueError};
@@ -296,7 +294,7 @@ async fn function_url_events_plain_and_base64() {
             ("content-type".to_string(), "application/json".to_string()),
             ("x-hub-signature".to_string(), sign(&body)),
         ]);
-        let event = common::function_url_event("POST", "/", &headers, Some(&body), base64);
+        let event = crate::support::function_url_event("POST", "/", &headers, Some(&body), base64);
         let request = lambda_http::request::from_str(&event.to_string()).unwrap();
         let response = app.clone().oneshot(request).await.unwrap();
         assert_eq!(response.status(), StatusCode::OK, "base64: {base64}");

@@ -1,23 +1,22 @@
 //! Dead-letter inspection and redrive against both backends: SQS on the AWS emulator and the local
 //! SQLite file. Redriven notifications are then processed once.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{create_queue, create_table, drain, notification_body, unique};
+use crate::support::{create_queue, create_table, drain, notification_body, unique};
 use intercom_webhooks::aws::dynamodb::DynamoStore;
 use intercom_webhooks::aws::sqs::SqsQueue;
 use intercom_webhooks::aws::sqs_dlq::ScanSettings;
 use intercom_webhooks::local::{Db, SqliteQueue, SqliteStore};
 use intercom_webhooks::plumbing::clock::{unix_ms_now, SystemClock};
 use intercom_webhooks::plumbing::metrics::Metrics;
-use intercom_webhooks::processing::dlq::{DeadLetterStore, Filter, RedriveReport, MAX_RECEIVES_REASON};
+use intercom_webhooks::processing::dead_letters::{DeadLetters, Filter, RedriveReport, MAX_RECEIVES_REASON};
 use intercom_webhooks::processing::idempotency::IdempotencyStore;
 use intercom_webhooks::processing::router::TopicPattern;
 use intercom_webhooks::processing::worker::{Outcome, Worker, WorkerSettings};
 use intercom_webhooks::receiving::notification::Envelope;
+use intercom_webhooks::receiving::queue::attr;
 use intercom_webhooks::receiving::queue::{DeadLetterQueue, Message, Queue, QueueConsumer};
 use serde_json::json;
 
@@ -64,15 +63,15 @@ fn topic(pattern: &str) -> Filter {
     }
 }
 
-async fn contract(store: &dyn DeadLetterStore, dlq: &dyn DeadLetterQueue) {
+async fn contract(store: &dyn DeadLetters, dlq: &dyn DeadLetterQueue) {
     let cutoff = seed(dlq).await;
 
     // Listing filters and never consumes.
-    let all = store.list(&Filter::default(), 100).await.unwrap();
+    let all = store.list(&Filter::default(), 100).await.unwrap().found;
     assert_eq!(all.len(), 3);
-    let again = store.list(&Filter::default(), 100).await.unwrap();
+    let again = store.list(&Filter::default(), 100).await.unwrap().found;
     assert_eq!(again.len(), 3, "listing does not consume");
-    let conversations = store.list(&topic("conversation.*"), 100).await.unwrap();
+    let conversations = store.list(&topic("conversation.*"), 100).await.unwrap().found;
     let mut ids: Vec<_> = conversations
         .iter()
         .filter_map(|e| e.notification_id.clone())
@@ -83,7 +82,7 @@ async fn contract(store: &dyn DeadLetterStore, dlq: &dyn DeadLetterQueue) {
         since_ms: Some(cutoff),
         ..topic("conversation.*")
     };
-    let recent = store.list(&recent, 100).await.unwrap();
+    let recent = store.list(&recent, 100).await.unwrap().found;
     assert_eq!(recent.len(), 1);
     assert_eq!(recent[0].notification_id.as_deref(), Some("notif_c2"));
     assert_eq!(recent[0].reason, "handler notify: 400");
@@ -91,24 +90,25 @@ async fn contract(store: &dyn DeadLetterStore, dlq: &dyn DeadLetterQueue) {
         until_ms: Some(cutoff),
         ..Filter::default()
     };
-    assert_eq!(store.list(&old, 100).await.unwrap().len(), 1);
+    assert_eq!(store.list(&old, 100).await.unwrap().found.len(), 1);
     assert_eq!(
-        store.list(&Filter::default(), 2).await.unwrap().len(),
+        store.list(&Filter::default(), 2).await.unwrap().found.len(),
         2,
         "--limit"
     );
 
     // Show.
-    let shown = store.show(&recent[0].id).await.unwrap().unwrap();
+    let shown = store.show(&recent[0].id).await.unwrap().found.unwrap();
     assert_eq!(shown.topic.as_deref(), Some("conversation.user.replied"));
     assert!(shown.body.contains("notif_c2"));
-    assert!(store.show("no-such-id").await.unwrap().is_none());
+    assert!(store.show("no-such-id").await.unwrap().found.is_none());
 
     // Dry run: nothing moves.
     let report = store
         .redrive(&topic("conversation.*"), usize::MAX, true)
         .await
-        .unwrap();
+        .unwrap()
+        .found;
     assert_eq!(
         report,
         RedriveReport {
@@ -117,7 +117,7 @@ async fn contract(store: &dyn DeadLetterStore, dlq: &dyn DeadLetterQueue) {
             ..RedriveReport::default()
         }
     );
-    assert_eq!(store.list(&Filter::default(), 100).await.unwrap().len(), 3);
+    assert_eq!(store.list(&Filter::default(), 100).await.unwrap().found.len(), 3);
 }
 
 async fn redriven_are_processed_once<Q>(
@@ -125,7 +125,7 @@ async fn redriven_are_processed_once<Q>(
     store: Arc<dyn IdempotencyStore>,
     dead: Arc<dyn DeadLetterQueue>,
 ) where
-    Q: Queue + QueueConsumer + DeadLetterStore,
+    Q: Queue + QueueConsumer + DeadLetters,
 {
     // Only the recent conversation moves.
     let report = queue
@@ -138,9 +138,10 @@ async fn redriven_are_processed_once<Q>(
             false,
         )
         .await
-        .unwrap();
+        .unwrap()
+        .found;
     assert_eq!((report.moved, report.skipped, report.failed), (1, 2, 0));
-    let left = queue.list(&Filter::default(), 100).await.unwrap();
+    let left = queue.list(&Filter::default(), 100).await.unwrap().found;
     assert_eq!(left.len(), 2);
     assert!(left
         .iter()
@@ -150,7 +151,7 @@ async fn redriven_are_processed_once<Q>(
     let deliveries = queue.receive(10, Duration::from_secs(30)).await.unwrap();
     assert_eq!(deliveries.len(), 1);
     assert_eq!(
-        deliveries[0].record.message.attribute("reason"),
+        deliveries[0].record.message.attribute(attr::REASON),
         None,
         "dead-letter bookkeeping dropped"
     );
@@ -174,7 +175,7 @@ async fn redriven_are_processed_once<Q>(
     assert_eq!(again.outcomes[0].1, Outcome::Duplicate);
 
     // --max bounds the move.
-    let report = queue.redrive(&Filter::default(), 1, false).await.unwrap();
+    let report = queue.redrive(&Filter::default(), 1, false).await.unwrap().found;
     assert_eq!((report.moved, report.skipped), (1, 1));
 }
 
@@ -189,7 +190,7 @@ async fn sqlite_dead_letters() {
 
 #[tokio::test]
 async fn sqs_dead_letters() {
-    let sdk = common::aws_config().await;
+    let sdk = crate::support::aws_config().await;
     let sqs = aws_sdk_sqs::Client::new(&sdk);
     let dynamo = aws_sdk_dynamodb::Client::new(&sdk);
     let main = create_queue(&sqs, &unique("dlq-main")).await;
@@ -209,7 +210,7 @@ async fn sqs_dead_letters() {
 /// A redrive whose sends fail loses nothing: every message stays in the dead-letter queue.
 #[tokio::test]
 async fn an_interrupted_sqs_redrive_loses_nothing() {
-    let sdk = common::aws_config().await;
+    let sdk = crate::support::aws_config().await;
     let sqs = aws_sdk_sqs::Client::new(&sdk);
     let dlq = create_queue(&sqs, &unique("dlq")).await;
     let broken = on_the_emulator(SqsQueue::new(sqs.clone(), format!("{}-deleted", dlq), &dlq));
@@ -217,20 +218,21 @@ async fn an_interrupted_sqs_redrive_loses_nothing() {
     let report = broken
         .redrive(&Filter::default(), usize::MAX, false)
         .await
-        .unwrap();
+        .unwrap()
+        .found;
     assert_eq!((report.moved, report.failed), (0, 3));
-    assert_eq!(broken.list(&Filter::default(), 100).await.unwrap().len(), 3);
+    assert_eq!(broken.list(&Filter::default(), 100).await.unwrap().found.len(), 3);
 }
 
 /// Messages SQS itself moved after maxReceiveCount carry no reason attribute: listed as such.
 #[tokio::test]
 async fn messages_moved_by_sqs_redrive_show_max_receives_exceeded() {
-    let sdk = common::aws_config().await;
+    let sdk = crate::support::aws_config().await;
     let sqs = aws_sdk_sqs::Client::new(&sdk);
     let dlq = create_queue(&sqs, &unique("dlq")).await;
     let queue = on_the_emulator(SqsQueue::new(sqs.clone(), &dlq, &dlq));
     queue.send(&message("notif_m", "ticket.created")).await.unwrap();
-    let listed = queue.list(&Filter::default(), 10).await.unwrap();
+    let listed = queue.list(&Filter::default(), 10).await.unwrap().found;
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].reason, MAX_RECEIVES_REASON);
     assert_eq!(listed[0].topic.as_deref(), Some("ticket.created"));
@@ -242,7 +244,7 @@ async fn messages_moved_by_sqs_redrive_show_max_receives_exceeded() {
 /// every one.
 #[tokio::test]
 async fn a_long_sqs_scan_lists_each_message_once_and_counts_them() {
-    let sdk = common::aws_config().await;
+    let sdk = crate::support::aws_config().await;
     let sqs = aws_sdk_sqs::Client::new(&sdk);
     let main = create_queue(&sqs, &unique("dlq-main")).await;
     let dlq = create_queue(&sqs, &unique("dlq")).await;
@@ -260,7 +262,9 @@ async fn a_long_sqs_scan_lists_each_message_once_and_counts_them() {
         expected.push(id);
     }
 
-    let listed = queue.list(&Filter::default(), 100).await.unwrap();
+    let answer = queue.list(&Filter::default(), 100).await.unwrap();
+    assert_eq!(answer.scanned, Some(35));
+    let listed = answer.found;
     let mut ids: Vec<String> = listed.iter().filter_map(|e| e.notification_id.clone()).collect();
     ids.sort();
     assert_eq!(ids, expected, "every message exactly once");
@@ -269,23 +273,24 @@ async fn a_long_sqs_scan_lists_each_message_once_and_counts_them() {
         "no message was received twice during the scan: {:?}",
         listed.iter().map(|e| e.receive_count).collect::<Vec<_>>()
     );
-    assert_eq!(queue.scanned(), Some(35));
 
-    let report = queue
+    let redriven = queue
         .redrive(&Filter::default(), usize::MAX, false)
         .await
         .unwrap();
+    assert_eq!(redriven.scanned, Some(35));
+    let report = redriven.found;
     assert_eq!((report.moved, report.skipped, report.failed), (35, 0, 0));
-    assert_eq!(queue.scanned(), Some(35));
     assert_eq!(drain(&sqs, &main).await.len(), 35);
-    assert!(queue.list(&Filter::default(), 100).await.unwrap().is_empty());
-    assert_eq!(queue.scanned(), Some(0));
+    let after = queue.list(&Filter::default(), 100).await.unwrap();
+    assert!(after.found.is_empty());
+    assert_eq!(after.scanned, Some(0));
 }
 
 /// The command line reports on stderr how many messages it read; stdout keeps its format.
 #[tokio::test]
 async fn dlq_commands_on_sqs_report_how_many_messages_they_scanned() {
-    let sdk = common::aws_config().await;
+    let sdk = crate::support::aws_config().await;
     let sqs = aws_sdk_sqs::Client::new(&sdk);
     let main = create_queue(&sqs, &unique("dlq-main")).await;
     let dlq = create_queue(&sqs, &unique("dlq")).await;

@@ -4,14 +4,13 @@
 //! Function URL; the messages that land in SQS are turned into an SQS event and handed to the worker with
 //! `cargo lambda invoke`.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{create_queue, create_table, fixture, sign, unique, TEST_SECRET};
+use crate::support::{create_queue, create_table, fixture, free_port, sign, unique, TEST_SECRET};
+use intercom_webhooks::receiving::queue::attr;
 use serde_json::{json, Value};
 
 /// Kills the child processes when the test ends, however it ends.
@@ -24,14 +23,6 @@ impl Drop for Processes {
             let _ = child.wait();
         }
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn wait_for_port(port: u16) {
@@ -120,7 +111,7 @@ fn sqs_event(messages: &[aws_sdk_sqs::types::Message]) -> Value {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn receiver_and_worker_under_the_lambda_emulator() {
-    let sdk = common::aws_config().await;
+    let sdk = crate::support::aws_config().await;
     let sqs = aws_sdk_sqs::Client::new(&sdk);
     let dynamo = aws_sdk_dynamodb::Client::new(&sdk);
     let queue = create_queue(&sqs, &unique("lambda-notifications")).await;
@@ -258,14 +249,7 @@ async fn receiver_and_worker_under_the_lambda_emulator() {
     assert!(failures.len() <= 1, "{answer}");
 
     // The table holds one COMPLETED record per notification.
-    let items = dynamo
-        .scan()
-        .table_name(&table)
-        .send()
-        .await
-        .unwrap()
-        .items
-        .unwrap_or_default();
+    let items = crate::support::scan_items(&dynamo, &table).await;
     assert_eq!(items.len(), 2, "{items:?}");
     assert!(items.iter().all(|i| i["status"].as_s().unwrap() == "COMPLETED"));
     let mut keys: Vec<String> = items.iter().map(|i| i["pk"].as_s().unwrap().clone()).collect();
@@ -278,9 +262,9 @@ async fn receiver_and_worker_under_the_lambda_emulator() {
         ]
     );
     // The malformed record went to the DLQ with its reason.
-    let dead = common::drain(&sqs, &dlq).await;
+    let dead = crate::support::drain(&sqs, &dlq).await;
     assert_eq!(dead.len(), 1);
-    assert!(common::attr(&dead[0], "reason")
+    assert!(crate::support::string_attribute(&dead[0], attr::REASON)
         .unwrap()
         .starts_with("malformed: "));
 

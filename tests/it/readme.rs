@@ -1,12 +1,12 @@
 //! The README's list of built-in handlers and their topics is generated from the router, so it cannot
-//! drift from the code. `UPDATE_README=1 cargo test --test readme` rewrites it.
+//! drift from the code. `UPDATE_README=1 cargo test --test it readme::` rewrites it.
 
 use std::time::Duration;
 
 use intercom_webhooks::processing::handlers::{default_router, NotifySettings, DEFAULT_NOTIFY_TOPICS};
 
 const START: &str =
-    "<!-- built-in handlers: generated from the router by tests/readme.rs (UPDATE_README=1 cargo test --test readme) -->\n";
+    "<!-- built-in handlers: generated from the router by tests/it/readme.rs (UPDATE_README=1 cargo test --test it readme::) -->\n";
 const END: &str = "<!-- end of built-in handlers -->\n";
 
 /// The table the README holds between the two markers.
@@ -54,7 +54,7 @@ fn the_readme_lists_every_built_in_handler_with_the_topics_the_router_gives_it()
     assert_eq!(
         &readme[start..end],
         expected,
-        "the README's handler list differs from the router: run UPDATE_README=1 cargo test --test readme"
+        "the README's handler list differs from the router: run UPDATE_README=1 cargo test --test it readme::"
     );
     for topic in ["contact.deleted", "ticket.created", "conversation.admin.replied"] {
         assert!(readme[start..end].contains(&format!("`{topic}`")), "{topic}");

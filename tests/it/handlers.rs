@@ -1,15 +1,13 @@
 //! Built-in handlers: routing of every real fixture, the notify handler against a mock chat webhook
 //! (escaping, pacing, `Retry-After`), and the Lambda SQS event translation.
 
-mod common;
-
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{create_queue, create_table, fixture, fixtures, record, unique};
+use crate::support::{create_queue, create_table, fixture, fixtures, record, unique};
 use intercom_webhooks::aws::dynamodb::DynamoStore;
 use intercom_webhooks::aws::lambda_sqs;
-use intercom_webhooks::aws::sqs::SqsDeadLetters;
+use intercom_webhooks::aws::sqs::SqsDeadLetterQueue;
 use intercom_webhooks::local::{Db, SqliteQueue, SqliteStore};
 use intercom_webhooks::plumbing::clock::{unix_ms_now, SystemClock};
 use intercom_webhooks::plumbing::metrics::Metrics;
@@ -81,7 +79,7 @@ async fn the_worker_runs_every_fixture_through_the_builtin_handlers() {
         .respond_with(ResponseTemplate::new(200))
         .mount(&chat)
         .await;
-    let sdk = common::aws_config().await;
+    let sdk = crate::support::aws_config().await;
     let dynamo = aws_sdk_dynamodb::Client::new(&sdk);
     let sqs = aws_sdk_sqs::Client::new(&sdk);
     let table = unique("idem");
@@ -91,7 +89,7 @@ async fn the_worker_runs_every_fixture_through_the_builtin_handlers() {
     let clock = Arc::new(SystemClock);
     let worker = Worker::new(
         Arc::new(DynamoStore::new(dynamo.clone(), &table, clock.clone())),
-        Arc::new(SqsDeadLetters::new(sqs.clone(), &dlq)),
+        Arc::new(SqsDeadLetterQueue::new(sqs.clone(), &dlq)),
         default_router(Some(settings(format!("{}/hook", chat.uri())))).unwrap(),
         clock,
         metrics.clone(),
@@ -141,14 +139,7 @@ async fn the_worker_runs_every_fixture_through_the_builtin_handlers() {
     expected.push(("handler_latency_ms_count{}".to_owned(), 9));
     expected.sort();
     assert_eq!(counters, expected);
-    let items = dynamo
-        .scan()
-        .table_name(&table)
-        .send()
-        .await
-        .unwrap()
-        .items
-        .unwrap_or_default();
+    let items = crate::support::scan_items(&dynamo, &table).await;
     assert_eq!(items.len(), 9, "{items:?}");
     assert!(
         items
@@ -156,7 +147,7 @@ async fn the_worker_runs_every_fixture_through_the_builtin_handlers() {
             .all(|item| item["status"].as_s().is_ok_and(|s| s == "COMPLETED")),
         "{items:?}"
     );
-    assert!(common::drain(&sqs, &dlq).await.is_empty());
+    assert!(crate::support::drain(&sqs, &dlq).await.is_empty());
     let posts = chat.received_requests().await.unwrap();
     let mut texts: Vec<String> = posts
         .iter()

@@ -1,24 +1,19 @@
 //! `intercom-webhooks sign` and `send` run as child processes: where the client secret may come from.
 
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
+use crate::support::fixture_path;
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
 const BIN: &str = env!("CARGO_BIN_EXE_intercom-webhooks");
 /// `openssl dgst -sha1 -hmac test-client-secret` of every fixture.
-const VECTORS: &[(&str, &str)] = &include!("fixtures/signature_vectors.in");
+const VECTORS: &[(&str, &str)] = &include!("../fixtures/signature_vectors.in");
 const VECTOR_SECRET: &str = "test-client-secret";
 const REFUSAL: &str = "--secret is not accepted: a secret on the command line shows in the process list \
      and the shell history; set INTERCOM_CLIENT_SECRET or pass --secret-file PATH";
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("events/notifications")
-        .join(name)
-}
 
 /// Runs the command with `INTERCOM_CLIENT_SECRET` set to `secret`, or removed.
 fn run(args: &[&str], secret: Option<&str>) -> Output {
@@ -46,7 +41,7 @@ fn write(dir: &Path, name: &str, content: &str) -> String {
 
 #[test]
 fn a_secret_on_the_command_line_is_refused() {
-    let ping = fixture("ping.json");
+    let ping = fixture_path("ping.json");
     let ping = ping.to_str().unwrap();
     // Something listening, to see that `send` connects to nobody.
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -96,7 +91,7 @@ fn a_secret_file_signs_as_the_variable_does() {
     let file = write(dir.path(), "secret", &format!("  {VECTOR_SECRET}\n"));
     assert_eq!(VECTORS.len(), 10);
     for (name, hex) in VECTORS {
-        let path = fixture(name);
+        let path = fixture_path(name);
         let path = path.to_str().unwrap();
         let expected = format!("sha1={hex}\n");
 
@@ -116,7 +111,7 @@ fn a_secret_file_signs_as_the_variable_does() {
         &format!("{VECTOR_SECRET}, the-previous-secret\n"),
     );
     let (name, hex) = VECTORS[0];
-    let path = fixture(name);
+    let path = fixture_path(name);
     let output = run(
         &["sign", path.to_str().unwrap(), "--secret-file", &rotating],
         Some("another-secret"),
@@ -128,7 +123,7 @@ fn a_secret_file_signs_as_the_variable_does() {
 #[test]
 fn an_empty_or_missing_secret_file_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
-    let ping = fixture("ping.json");
+    let ping = fixture_path("ping.json");
     let ping = ping.to_str().unwrap();
     for content in ["", "\n", "  \n\t\n"] {
         let file = write(dir.path(), "empty", content);
@@ -183,7 +178,7 @@ async fn send_signs_with_the_secret_file() {
         .await;
     let dir = tempfile::tempdir().unwrap();
     let file = write(dir.path(), "secret", &format!("{VECTOR_SECRET}\n"));
-    let ping = fixture("ping.json");
+    let ping = fixture_path("ping.json");
     let url = format!("{}/webhooks/intercom", server.uri());
     let args: Vec<String> = vec![
         "send".into(),
@@ -220,7 +215,7 @@ async fn send_signs_with_the_secret_file() {
 
 #[test]
 fn a_url_without_a_scheme_says_what_to_write() {
-    let ping = fixture("ping.json");
+    let ping = fixture_path("ping.json");
     let out = run(
         &[
             "send",

@@ -2,17 +2,15 @@
 //! processes nothing twice. (Handler errors and panics, and a worker dying between claim and complete, are in
 //! tests/worker.rs; `serve` killed under load is in tests/serve.rs.)
 
-mod common;
-
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::support::{fixture, notification_body, sign, TEST_SECRET};
 use async_trait::async_trait;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use common::{fixture, notification_body, sign, TEST_SECRET};
 use intercom_webhooks::local::{Db, SqliteQueue, SqliteStore};
 use intercom_webhooks::plumbing::clock::{unix_ms_now, SystemClock};
 use intercom_webhooks::plumbing::metrics::Metrics;

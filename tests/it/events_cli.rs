@@ -1,7 +1,5 @@
 //! `intercom-webhooks events` run as a child process against a mock Intercom over HTTP.
 
-mod events_support;
-
 use std::path::Path;
 use std::process::{Command, Output};
 use std::sync::Arc;
@@ -11,7 +9,7 @@ use serde_json::{json, Value};
 use wiremock::matchers::{header, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
-use events_support::{WindowLimiter, TOKEN};
+use crate::support::events_api::{WindowLimiter, TOKEN};
 
 /// Runs the command with only the given token in the environment (none of the INTERCOM_* variables of
 /// the calling shell).

@@ -2,15 +2,13 @@
 //! `NOTIFY_WEBHOOK_URL_PARAMETER`), on the AWS emulator: SecureString parameters and Secrets Manager
 //! secrets through their SSM reference name.
 
-mod common;
-
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use crate::support::{create_queue, drain, fixture, sign, unique, TEST_SECRET};
 use aws_sdk_ssm::types::ParameterType;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use common::{create_queue, drain, fixture, sign, unique, TEST_SECRET};
 use intercom_webhooks::aws::sqs::SqsQueue;
 use intercom_webhooks::aws::ssm::SsmParameters;
 use intercom_webhooks::plumbing::config::{
@@ -28,7 +26,7 @@ struct Emulator {
 }
 
 async fn emulator() -> Emulator {
-    let sdk = common::aws_config().await;
+    let sdk = crate::support::aws_config().await;
     let ssm = aws_sdk_ssm::Client::new(&sdk);
     Emulator {
         parameters: SsmParameters::new(ssm.clone()),
@@ -64,7 +62,7 @@ impl Emulator {
 /// it is not a dependency). The emulator routes by the credential scope and does not check signatures.
 async fn create_secret(name: &str, value: &str) {
     let response = reqwest::Client::new()
-        .post(common::aws_endpoint())
+        .post(crate::support::aws_endpoint())
         .header("content-type", "application/x-amz-json-1.1")
         .header("x-amz-target", "secretsmanager.CreateSecret")
         .header(

@@ -1,13 +1,11 @@
 //! One behavioural suite per port, run against every adapter: in memory, SQLite, and SQS / DynamoDB on
 //! the AWS emulator. A difference found here is a bug in one adapter.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::{create_table, drain, unique};
 use async_trait::async_trait;
-use common::{create_table, drain, unique};
 use intercom_webhooks::aws::dynamodb::DynamoStore;
 use intercom_webhooks::aws::sqs::SqsQueue;
 use intercom_webhooks::local::{Db, SqliteQueue, SqliteStore};
@@ -130,7 +128,7 @@ async fn idempotency_contract_sqlite() {
 
 #[tokio::test]
 async fn idempotency_contract_dynamodb() {
-    let sdk = common::aws_config().await;
+    let sdk = crate::support::aws_config().await;
     let dynamo = aws_sdk_dynamodb::Client::new(&sdk);
     let table = unique("contract");
     create_table(&dynamo, &table).await;
@@ -181,7 +179,12 @@ impl DeadLetters for SqsDeadLetterReader {
         drain(&self.0, &self.1)
             .await
             .into_iter()
-            .map(|m| (m.body.clone().unwrap_or_default(), common::attr(&m, attr::REASON)))
+            .map(|m| {
+                (
+                    m.body.clone().unwrap_or_default(),
+                    crate::support::string_attribute(&m, attr::REASON),
+                )
+            })
             .collect()
     }
 }
@@ -299,9 +302,9 @@ async fn queue_contract_sqlite() {
 
 #[tokio::test]
 async fn queue_contract_sqs() {
-    let sdk = common::aws_config().await;
+    let sdk = crate::support::aws_config().await;
     let sqs = aws_sdk_sqs::Client::new(&sdk);
-    let (main, dlq) = common::create_queue_with_dlq(&sqs, "contract", 3).await;
+    let (main, dlq) = crate::support::create_queue_with_dlq(&sqs, "contract", 3).await;
     let queue = Arc::new(SqsQueue::new(sqs.clone(), &main, &dlq));
     queue_contract(queue, Arc::new(SqsDeadLetterReader(sqs, dlq)), 3, Time::Real).await;
 }

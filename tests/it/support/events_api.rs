@@ -2,7 +2,6 @@
 //! Intercom does: a fixed number of requests per window, windows aligned to the wall clock, the
 //! `X-RateLimit-*` headers on every answer and 429 past the limit. Shared by the bulk tests, the CLI
 //! tests and `examples/events_bench.rs`.
-#![allow(dead_code)]
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -43,6 +42,10 @@ pub struct Received {
     pub user_id: String,
     pub status: u16,
     /// The index of the window it fell in (Unix ms / window length).
+    #[allow(
+        dead_code,
+        reason = "read by examples/events_bench.rs, which shares this mock"
+    )]
     pub window: u64,
 }
 

@@ -2,14 +2,12 @@
 //! acknowledge or retry each message), with time moved on a shifted clock instead of waited for. The same
 //! cases against DynamoDB and SQS on the emulator are in `worker.rs`.
 
-mod common;
-
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::support::notification_body;
+use crate::support::scripted::Scripted;
 use async_trait::async_trait;
-use common::notification_body;
 use intercom_webhooks::memory::{MemoryQueue, MemoryStore};
 use intercom_webhooks::plumbing::clock::{Clock, ShiftedClock};
 use intercom_webhooks::plumbing::metrics::Metrics;
@@ -26,50 +24,6 @@ const VISIBILITY: Duration = Duration::from_secs(30);
 /// How long a retried message stays hidden in these tests.
 const RETRY_DELAY: Duration = Duration::from_secs(1);
 const DAY_MS: i64 = 86_400_000;
-
-/// What the test handler does, by notification id: fail this many times first and how, or panic.
-#[derive(Default)]
-struct Scripted {
-    calls: Mutex<HashMap<String, usize>>,
-    fail_first: Mutex<HashMap<String, (usize, HandlerError)>>,
-    panic_on: Mutex<Vec<String>>,
-}
-
-impl Scripted {
-    fn calls(&self, id: &str) -> usize {
-        self.calls.lock().unwrap().get(id).copied().unwrap_or(0)
-    }
-    fn fail(&self, id: &str, times: usize, error: HandlerError) {
-        self.fail_first.lock().unwrap().insert(id.into(), (times, error));
-    }
-}
-
-#[async_trait]
-impl Handler for Scripted {
-    fn name(&self) -> &str {
-        "scripted"
-    }
-    async fn handle(&self, n: &Notification, _: &HandlerContext) -> Result<(), HandlerError> {
-        let id = n.id.to_string();
-        let call = {
-            let mut calls = self.calls.lock().unwrap();
-            let c = calls.entry(id.clone()).or_default();
-            *c += 1;
-            *c
-        };
-        if self.panic_on.lock().unwrap().contains(&id) {
-            panic!("boom in {id}");
-        }
-        // Lets the other records of the batch run meanwhile.
-        tokio::task::yield_now().await;
-        if let Some((times, error)) = self.fail_first.lock().unwrap().get(&id) {
-            if call <= *times {
-                return Err(error.clone());
-            }
-        }
-        Ok(())
-    }
-}
 
 struct Setup {
     clock: Arc<ShiftedClock>,

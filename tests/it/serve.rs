@@ -1,27 +1,17 @@
 //! End to end: `intercom-webhooks serve` as a child process with a temporary database, fed by
 //! `intercom-webhooks send` and by concurrent signed POSTs, killed with SIGKILL and restarted.
 
-mod common;
-
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{fixture, root, sign, TEST_SECRET};
+use crate::support::{fixture, fixtures_dir, free_port, sign, TEST_SECRET};
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_intercom-webhooks");
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A running `serve`, every line it has printed, and those that are JSON parsed.
 struct Server {
@@ -144,10 +134,6 @@ fn send(args: &[&str]) -> (bool, String) {
         .output()
         .unwrap();
     (out.status.success(), String::from_utf8(out.stdout).unwrap())
-}
-
-fn fixtures_dir() -> PathBuf {
-    root().join("events/notifications")
 }
 
 #[test]

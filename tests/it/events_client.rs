@@ -1,8 +1,6 @@
 //! The Data Events client against a mock Intercom over real HTTP: the request's shape checked against
 //! the OpenAPI description, how each answer is handled, and what is retried.
 
-mod events_support;
-
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -16,7 +14,7 @@ use serde_json::{json, Value};
 use wiremock::matchers::{header, method, path};
 use wiremock::{Mock, MockServer, Request, ResponseTemplate};
 
-use events_support::{unix_ms, TOKEN};
+use crate::support::events_api::{unix_ms, TOKEN};
 
 /// `components.schemas.create_data_event_request`, verbatim from Intercom's OpenAPI description
 /// (`tests/fixtures/openapi/api.intercom.io.2.15.yaml`; checked against that file).

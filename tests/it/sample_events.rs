@@ -1,14 +1,13 @@
 //! The sample Lambda events in `events/` (for `sam local invoke -e` and `cargo lambda invoke
 //! --data-file`) are generated from the fixtures and signed with the test secret. This test fails when a
-//! file has drifted; regenerate them all with `UPDATE_EVENTS=1 cargo test --test sample_events`.
-
-mod common;
+//! file has drifted; regenerate them all with `UPDATE_EVENTS=1 cargo test --test it
+//! sample_events::`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use crate::support::{fixture, function_url_event, root, sign, RecordingQueue, TEST_SECRET};
 use axum::http::StatusCode;
-use common::{fixture, function_url_event, root, sign, RecordingQueue, TEST_SECRET};
 use intercom_webhooks::aws::lambda_sqs;
 use intercom_webhooks::local::{Db, SqliteQueue, SqliteStore};
 use intercom_webhooks::plumbing::clock::SystemClock;
@@ -123,7 +122,7 @@ fn sample_events_match_the_fixtures_and_the_test_secret() {
     assert!(
         stale.is_empty(),
         "{stale:?} differ from what the fixtures and the test secret {TEST_SECRET:?} give; \
-         regenerate with UPDATE_EVENTS=1 cargo test --test sample_events"
+         regenerate with UPDATE_EVENTS=1 cargo test --test it sample_events::"
     );
 }
 

@@ -1,8 +1,6 @@
 //! `track_all` against a mock Intercom that enforces a rate limit per 10-second window and answers 429
 //! past it: every event delivered once, failures reported, the limit and the concurrency respected.
 
-mod events_support;
-
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -14,7 +12,7 @@ use intercom_webhooks::events::{
 use wiremock::matchers::method;
 use wiremock::{Mock, MockServer, Request, ResponseTemplate};
 
-use events_support::{unix_ms, Log, Received, WindowLimiter, TOKEN};
+use crate::support::events_api::{unix_ms, Log, Received, WindowLimiter, TOKEN};
 
 const WINDOW: Duration = Duration::from_secs(10);
 

@@ -3,14 +3,12 @@
 //! unauthenticated was stored, that authentic-but-bad bodies went to the dead-letter table, and that the
 //! application still answers afterwards.
 
-mod common;
-
 use std::sync::Arc;
 
+use crate::support::{fixture, sign, TEST_SECRET};
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use axum::Router;
-use common::{fixture, sign, TEST_SECRET};
 use intercom_webhooks::local::{Db, QueueStats, SqliteQueue};
 use intercom_webhooks::receiving::intake::{Intake, DEFAULT_MAX_BODY_BYTES};
 use intercom_webhooks::receiving::signature::ClientSecrets;

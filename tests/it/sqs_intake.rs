@@ -1,21 +1,20 @@
 //! Integration tests: the HTTP application storing into SQS on the AWS emulator (moto_server).
 
-mod common;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::support::{create_queue, drain, fixture, sign, string_attribute, unique, TEST_SECRET};
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use common::{attr, create_queue, drain, fixture, sign, unique, TEST_SECRET};
 use intercom_webhooks::aws::sqs::SqsQueue;
 use intercom_webhooks::aws::{load_config, CallBudget};
 use intercom_webhooks::receiving::intake::{Intake, DEFAULT_MAX_BODY_BYTES};
+use intercom_webhooks::receiving::queue::attr;
 use intercom_webhooks::receiving::signature::ClientSecrets;
 use tower::ServiceExt;
 
 async fn setup() -> (aws_sdk_sqs::Client, String, String, axum::Router) {
-    let sdk = common::aws_config().await;
+    let sdk = crate::support::aws_config().await;
     let sqs = aws_sdk_sqs::Client::new(&sdk);
     let queue = create_queue(&sqs, &unique("notifications")).await;
     let dlq = create_queue(&sqs, &unique("dead-letters")).await;
@@ -52,11 +51,20 @@ async fn a_notification_lands_in_sqs_with_its_raw_body_and_four_attributes() {
         "exact bytes, pretty-printing kept"
     );
     let envelope: serde_json::Value = serde_json::from_slice(&body).unwrap();
-    assert_eq!(attr(m, "topic").as_deref(), envelope["topic"].as_str());
-    assert_eq!(attr(m, "notification_id").as_deref(), envelope["id"].as_str());
-    assert_eq!(attr(m, "app_id").as_deref(), envelope["app_id"].as_str());
     assert_eq!(
-        attr(m, "delivery_attempts"),
+        string_attribute(m, attr::TOPIC).as_deref(),
+        envelope["topic"].as_str()
+    );
+    assert_eq!(
+        string_attribute(m, attr::NOTIFICATION_ID).as_deref(),
+        envelope["id"].as_str()
+    );
+    assert_eq!(
+        string_attribute(m, attr::APP_ID).as_deref(),
+        envelope["app_id"].as_str()
+    );
+    assert_eq!(
+        string_attribute(m, attr::DELIVERY_ATTEMPTS),
         Some(envelope["delivery_attempts"].to_string())
     );
     assert!(drain(&sqs, &dlq).await.is_empty());
@@ -76,11 +84,18 @@ async fn an_unparsable_authentic_body_lands_in_the_dead_letter_queue_with_its_re
     assert!(drain(&sqs, &queue).await.is_empty());
     let mut dead = drain(&sqs, &dlq).await;
     assert_eq!(dead.len(), 2);
-    dead.sort_by_key(|m| attr(m, "body_encoding"));
+    dead.sort_by_key(|m| string_attribute(m, "body_encoding"));
     assert_eq!(dead[0].body.as_deref().unwrap().as_bytes(), body);
-    assert!(attr(&dead[0], "reason").unwrap().starts_with("invalid_json"));
-    assert_eq!(attr(&dead[1], "body_encoding").as_deref(), Some("base64"));
-    assert!(attr(&dead[1], "reason").unwrap().starts_with("invalid_json"));
+    assert!(string_attribute(&dead[0], attr::REASON)
+        .unwrap()
+        .starts_with("invalid_json"));
+    assert_eq!(
+        string_attribute(&dead[1], "body_encoding").as_deref(),
+        Some("base64")
+    );
+    assert!(string_attribute(&dead[1], attr::REASON)
+        .unwrap()
+        .starts_with("invalid_json"));
 }
 
 #[tokio::test]

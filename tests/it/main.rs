@@ -1,0 +1,23 @@
+//! The integration tests, one binary with a module per suite. Shared helpers live in `support`.
+
+mod support;
+
+mod bad_input;
+mod cli;
+mod contract;
+mod dlq;
+mod events_bulk;
+mod events_cli;
+mod events_client;
+mod faults;
+mod handlers;
+mod intake;
+mod lambda_e2e;
+mod properties;
+mod readme;
+mod sample_events;
+mod secret_parameters;
+mod serve;
+mod sqs_intake;
+mod worker;
+mod worker_logic;
