@@ -144,7 +144,7 @@ async fn main() -> anyhow::Result<()> {
     let worker = Worker::new(
         Arc::new(DynamoStore::new(dynamo.clone(), &table, clock.clone())),
         Arc::new(SqsDeadLetterQueue::new(sqs.clone(), &dlq_url)),
-        intercom_webhooks::processing::handlers::default_router(None)?,
+        intercom_webhooks::processing::handlers::default_router(None, None)?,
         clock,
         Arc::new(Metrics::new()),
         WorkerSettings::default(),

@@ -25,7 +25,7 @@ async fn main() -> anyhow::Result<()> {
         .await
         .and_then(|env| env.parse(WorkerLambdaConfig::from_env))
         .context("the worker cannot start")?;
-    let router = handlers::default_router(config.worker.notify).context("invalid handler routes")?;
+    let router = handlers::default_router(config.worker.notify, None).context("invalid handler routes")?;
     let sqs = aws_sdk_sqs::Client::new(&sdk);
     let queue_url = Arc::new(config.queue_url);
     if queue_url.is_none() {

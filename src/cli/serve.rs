@@ -57,6 +57,10 @@ pub struct ServeArgs {
     /// Dead letters older than this are deleted.
     #[arg(long, default_value = "14days", value_parser = duration)]
     dead_letter_retention: Duration,
+    /// Do not keep the mirror (the newest version of every conversation, contact, ticket and company) in
+    /// the database file. State handlers then run for every notification.
+    #[arg(long)]
+    no_mirror: bool,
     /// How often expired idempotency records and old dead letters are purged.
     #[arg(long, default_value = "60s", value_parser = duration)]
     purge_interval: Duration,
@@ -94,7 +98,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let (secrets, worker) = runtime.block_on(configuration())?;
     telemetry::init_local(args.log_format);
     let settings = local_settings(worker.settings, &args)?;
-    let routes = default_router(worker.notify).context("invalid NOTIFY_TOPICS")?;
+    // The mirror's handler is added by `serve`, which opens the database.
+    let routes = default_router(worker.notify, None).context("invalid NOTIFY_TOPICS")?;
     let options = ServeOptions {
         listen: args.listen,
         db: args.db,
@@ -104,6 +109,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         pollers: args.pollers as usize,
         worker: settings,
         routes,
+        mirror: !args.no_mirror,
         limits: ConnectionLimits {
             header_read_timeout: args.header_read_timeout,
             body_read_timeout: args.body_read_timeout,

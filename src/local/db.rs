@@ -55,6 +55,23 @@ CREATE TABLE IF NOT EXISTS idempotency (
     claimed_at             INTEGER,
     completed_at           INTEGER
 );
+CREATE TABLE IF NOT EXISTS mirror (
+    type            TEXT    NOT NULL,
+    id              TEXT    NOT NULL,
+    app_id          TEXT    NOT NULL,
+    version_ms      INTEGER NOT NULL,
+    tiebreak_ms     INTEGER NOT NULL,
+    deleted         INTEGER NOT NULL,
+    truncated       INTEGER NOT NULL,
+    notification_id TEXT    NOT NULL,
+    item            BLOB,
+    UNIQUE (type, id, app_id)
+);
+CREATE INDEX IF NOT EXISTS mirror_by_version ON mirror (type, version_ms);
+CREATE TABLE IF NOT EXISTS mirror_counters (
+    name  TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
 CREATE INDEX IF NOT EXISTS idempotency_by_expiration ON idempotency (expiration);
 CREATE INDEX IF NOT EXISTS dead_letters_by_time ON dead_letters (dead_lettered_at);
 ";

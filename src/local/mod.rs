@@ -1,4 +1,4 @@
-//! Local adapters: the queue, dead-letter queue and idempotency store in one SQLite file, and the
+//! Local adapters: the queue, dead-letter queue, idempotency store and mirror in one SQLite file, and the
 //! `serve` runner that puts the intake and the worker together on one machine.
 
 mod background;
@@ -6,6 +6,7 @@ mod codec;
 pub mod db;
 pub mod dead_letters;
 pub mod maintenance;
+pub mod mirror;
 mod poller;
 pub mod queue;
 pub mod server;
@@ -14,5 +15,6 @@ pub mod store;
 pub use db::{Db, DbError};
 pub use dead_letters::DeadLetterRow;
 pub use maintenance::{purge, Purged, Retention};
+pub use mirror::SqliteMirror;
 pub use queue::{QueueStats, SqliteQueue};
 pub use store::SqliteStore;

@@ -17,8 +17,10 @@ use tracing::{info, warn};
 use super::background::Background;
 use super::poller::Poller;
 use super::{Db, Retention, SqliteQueue, SqliteStore};
+use crate::local::SqliteMirror;
 use crate::plumbing::clock::{Clock, SystemClock};
 use crate::plumbing::metrics::Metrics;
+use crate::processing::mirror::{MirrorHandler, MIRROR_TOPICS};
 use crate::processing::router::Router as TopicRouter;
 use crate::processing::worker::{Worker, WorkerSettings};
 use crate::receiving::intake::Intake;
@@ -35,6 +37,8 @@ pub struct ServeOptions {
     pub pollers: usize,
     pub worker: WorkerSettings,
     pub routes: TopicRouter,
+    /// Keep the mirror in the database file, with its handler routed ahead of `routes`.
+    pub mirror: bool,
     pub limits: ConnectionLimits,
     pub retention: Retention,
 }
@@ -111,10 +115,19 @@ pub async fn serve(
     let queue = SqliteQueue::new(db.clone(), options.max_receives).with_clock(clock.clone());
     let wake = Arc::new(Notify::new());
     let metrics = Arc::new(Metrics::new());
+    let routes = if options.mirror {
+        let mirror =
+            MirrorHandler::new(Arc::new(SqliteMirror::new(db.clone()))).with_metrics(metrics.clone());
+        TopicRouter::new()
+            .route_all(MIRROR_TOPICS, Arc::new(mirror))?
+            .then(options.routes)
+    } else {
+        options.routes
+    };
     let worker = Arc::new(Worker::new(
         Arc::new(SqliteStore::new(db.clone()).with_clock(clock.clone())),
         Arc::new(queue.clone()),
-        options.routes,
+        routes,
         clock.clone(),
         metrics.clone(),
         options.worker,
@@ -368,6 +381,7 @@ mod tests {
             pollers: 2,
             worker: WorkerSettings::default(),
             routes: TopicRouter::new(),
+            mirror: true,
             limits: ConnectionLimits::default(),
             retention: Retention::default(),
         };

@@ -71,6 +71,34 @@ fn after(delay: &Option<Duration>) -> String {
     }
 }
 
+/// Which notifications about an object a handler wants.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wants {
+    /// Every notification, in whatever order they arrive (an event handler: a log line, a chat post).
+    Every,
+    /// Only the newest version of an object (a state handler: a CRM sync). The worker skips it for a
+    /// notification the mirror finds stale; with no mirror configured, it runs for every notification.
+    Newest,
+}
+
+/// Whether a notification carries the newest version of its object, as the mirror found it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Freshness {
+    /// As new as or newer than any version delivered before.
+    Newest,
+    /// A newer version (or the object's deletion) was delivered before.
+    Stale,
+    /// Not a versioned object (no `updated_at`, or not a mirrored type): nothing to compare.
+    Unversioned,
+}
+
+/// The handler that decides freshness (the mirror): it records the notification's version and says
+/// whether it was the newest. The worker runs it before every other handler.
+#[async_trait]
+pub trait Versions: Send + Sync {
+    async fn record(&self, notification: &Notification) -> Result<Freshness, HandlerError>;
+}
+
 /// Acts on notifications. Handlers must tolerate being called again for the same notification after a
 /// failure (the claim is released and the message retried); a completed notification is never handed
 /// to them twice within the retention window.
@@ -78,6 +106,17 @@ fn after(delay: &Option<Duration>) -> String {
 pub trait Handler: Send + Sync {
     /// A short name for logs and metrics.
     fn name(&self) -> &str;
+
+    /// Every notification (the default), or only the newest version of each object.
+    fn wants(&self) -> Wants {
+        Wants::Every
+    }
+
+    /// `Some` for the handler that decides freshness (the mirror); the worker calls its
+    /// [`Versions::record`] instead of [`Handler::handle`].
+    fn versions(&self) -> Option<&dyn Versions> {
+        None
+    }
 
     async fn handle(&self, notification: &Notification, context: &HandlerContext)
         -> Result<(), HandlerError>;

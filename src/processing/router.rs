@@ -93,6 +93,12 @@ impl Router {
         Ok(self)
     }
 
+    /// These routes, then `later`'s.
+    pub fn then(mut self, later: Router) -> Self {
+        self.routes.extend(later.routes);
+        self
+    }
+
     /// The handlers for `topic`, in registration order, each once.
     pub fn handlers_for(&self, topic: &str) -> Vec<Arc<dyn Handler>> {
         let mut found: Vec<Arc<dyn Handler>> = Vec::new();

@@ -12,7 +12,7 @@ use tracing::{field, info, warn, Instrument};
 
 use crate::plumbing::clock::Clock;
 use crate::plumbing::metrics::Metrics;
-use crate::processing::handler::{HandlerContext, HandlerError};
+use crate::processing::handler::{Freshness, HandlerContext, HandlerError, Wants};
 use crate::processing::idempotency::{
     payload_hash, Claim, ClaimOutcome, IdempotencyKey, IdempotencyStore, StoreError,
 };
@@ -36,6 +36,9 @@ pub enum Outcome {
     DeadLettered,
     /// No handler matches the topic: acknowledged and counted.
     Ignored,
+    /// The mirror holds a newer version of the object (or its deletion): the event handlers ran, the
+    /// state handlers were skipped; the record is COMPLETED.
+    Stale,
 }
 
 /// Why a record did not end `processed`, `duplicate` or `ignored`. Typed until the edge: the outcome
@@ -101,6 +104,7 @@ impl Outcome {
             Outcome::Retry => "retry",
             Outcome::DeadLettered => "dead_lettered",
             Outcome::Ignored => "ignored",
+            Outcome::Stale => "stale",
         }
     }
 
@@ -411,36 +415,47 @@ impl Worker {
             deadline_ms: cutoff.at_ms,
         };
         let run_handlers = async {
-            for handler in handlers {
-                let run = AssertUnwindSafe(handler.handle(notification, &context)).catch_unwind();
-                let result = run.await.unwrap_or_else(|panic| {
-                    let what = panic
-                        .downcast_ref::<&str>()
-                        .map(|s| (*s).to_owned())
-                        .or_else(|| panic.downcast_ref::<String>().cloned())
-                        .unwrap_or_else(|| "a panic".to_owned());
-                    Err(HandlerError::retryable(format!("handler panicked: {what}")))
-                });
-                if let Err(error) = result {
-                    warn!(handler = handler.name(), %error, "handler failed");
-                    return Some(RecordError::Handler {
-                        handler: handler.name().to_owned(),
-                        error,
-                    });
+            // The mirror first: its verdict decides whether the state handlers run.
+            let mut freshness = Freshness::Unversioned;
+            for handler in handlers.iter().filter(|h| h.versions().is_some()) {
+                let Some(versions) = handler.versions() else {
+                    continue;
+                };
+                let run = AssertUnwindSafe(versions.record(notification)).catch_unwind();
+                match run.await.unwrap_or_else(|panic| Err(panicked(panic))) {
+                    Ok(found) => {
+                        if found != Freshness::Unversioned {
+                            freshness = found;
+                        }
+                    }
+                    Err(error) => return Err(handler_failed(handler.name(), error)),
                 }
             }
-            None
+            let stale = freshness == Freshness::Stale;
+            if stale {
+                info!("a newer version of the object was delivered before: state handlers skipped");
+            }
+            for handler in handlers.iter().filter(|h| h.versions().is_none()) {
+                if stale && handler.wants() == Wants::Newest {
+                    continue;
+                }
+                let run = AssertUnwindSafe(handler.handle(notification, &context)).catch_unwind();
+                if let Err(error) = run.await.unwrap_or_else(|panic| Err(panicked(panic))) {
+                    return Err(handler_failed(handler.name(), error));
+                }
+            }
+            Ok(stale)
         };
-        let failure = match tokio::time::timeout_at(cutoff.at, run_handlers).await {
-            Ok(failure) => failure,
+        let ran = match tokio::time::timeout_at(cutoff.at, run_handlers).await {
+            Ok(ran) => ran,
             Err(_) => {
                 self.release_by(&lease, cutoff.lease_end).await;
                 return RecordEnd::past_deadline();
             }
         };
 
-        match failure {
-            None => {
+        match ran {
+            Ok(stale) => {
                 let expiration =
                     self.clock.now_ms().div_euclid(1000) + self.settings.retention.as_secs() as i64;
                 match self.store.complete(&lease, expiration).await {
@@ -451,9 +466,9 @@ impl Worker {
                     // The effects happened; acknowledging keeps them from happening again for this message.
                     Err(error) => warn!(%error, "handled, but the record could not be marked completed"),
                 }
-                RecordEnd::new(Outcome::Processed)
+                RecordEnd::new(if stale { Outcome::Stale } else { Outcome::Processed })
             }
-            Some(
+            Err(
                 error @ RecordError::Handler {
                     error: HandlerError::Permanent(_),
                     ..
@@ -465,7 +480,7 @@ impl Worker {
                 self.release(&lease).await;
                 RecordEnd::because(outcome, error)
             }
-            Some(error) => {
+            Err(error) => {
                 self.release_by(&lease, cutoff.lease_end).await;
                 RecordEnd::because(Outcome::Retry, error)
             }
@@ -508,6 +523,24 @@ impl Worker {
     }
 }
 
+/// A handler's panic as a retryable failure.
+fn panicked(panic: Box<dyn std::any::Any + Send>) -> HandlerError {
+    let what = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic".to_owned());
+    HandlerError::retryable(format!("handler panicked: {what}"))
+}
+
+fn handler_failed(handler: &str, error: HandlerError) -> RecordError {
+    warn!(handler, %error, "handler failed");
+    RecordError::Handler {
+        handler: handler.to_owned(),
+        error,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::lease_end;
@@ -539,7 +572,7 @@ mod log_tests {
         let worker = Worker::new(
             Arc::new(SqliteStore::new(db.clone())),
             Arc::new(SqliteQueue::new(db, 5)),
-            crate::processing::handlers::default_router(None).unwrap(),
+            crate::processing::handlers::default_router(None, None).unwrap(),
             Arc::new(SystemClock),
             Arc::new(Metrics::new()),
             WorkerSettings::default(),
@@ -569,7 +602,7 @@ mod log_tests {
     fn the_outcome_line_carries_delivery_attempts_as_a_number() {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(dir.path().join("w.db")).unwrap();
-        let router = crate::processing::handlers::default_router(None).unwrap();
+        let router = crate::processing::handlers::default_router(None, None).unwrap();
         let worker = Worker::new(
             Arc::new(SqliteStore::new(db.clone())),
             Arc::new(SqliteQueue::new(db, 5)),

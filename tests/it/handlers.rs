@@ -41,7 +41,7 @@ fn context() -> HandlerContext {
 
 #[test]
 fn every_fixture_routes_to_the_right_builtin_handlers() {
-    let router = default_router(Some(settings("http://127.0.0.1:9/hook".into()))).unwrap();
+    let router = default_router(Some(settings("http://127.0.0.1:9/hook".into())), None).unwrap();
     let expected: &[(&str, &[&str])] = &[
         ("contact_deleted.json", &["summary"]),
         ("contact_user_created.json", &["summary"]),
@@ -67,7 +67,7 @@ fn every_fixture_routes_to_the_right_builtin_handlers() {
         assert_eq!(names, *handlers, "{file}");
     }
     // Without a notify URL there is no notify handler.
-    let plain = default_router(None).unwrap();
+    let plain = default_router(None, None).unwrap();
     assert_eq!(plain.handlers_for("conversation.user.created").len(), 1);
 }
 
@@ -90,7 +90,7 @@ async fn the_worker_runs_every_fixture_through_the_builtin_handlers() {
     let worker = Worker::new(
         Arc::new(DynamoStore::new(dynamo.clone(), &table, clock.clone())),
         Arc::new(SqsDeadLetterQueue::new(sqs.clone(), &dlq)),
-        default_router(Some(settings(format!("{}/hook", chat.uri())))).unwrap(),
+        default_router(Some(settings(format!("{}/hook", chat.uri()))), None).unwrap(),
         clock,
         metrics.clone(),
         WorkerSettings::default(),

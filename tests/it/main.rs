@@ -13,6 +13,7 @@ mod faults;
 mod handlers;
 mod intake;
 mod lambda_e2e;
+mod mirror;
 mod properties;
 mod readme;
 mod sample_events;

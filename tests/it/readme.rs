@@ -17,7 +17,7 @@ fn generated() -> String {
         timeout: Duration::from_secs(5),
         rate_per_second: 1.0,
     };
-    let router = default_router(Some(notify)).unwrap();
+    let router = default_router(Some(notify), None).unwrap();
     let quoted = |patterns: &[String]| {
         patterns
             .iter()

@@ -8,6 +8,7 @@ pub mod summary;
 
 use std::sync::Arc;
 
+use crate::processing::mirror::{MirrorHandler, MIRROR_TOPICS};
 use crate::processing::router::{PatternError, Router};
 
 pub use notify::{
@@ -15,16 +16,26 @@ pub use notify::{
 };
 pub use summary::{printable_line, summarize, SummaryHandler, SUMMARY_TOPICS};
 
-/// The router with the built-in handlers: the summary log line for the common topics, and the chat
-/// notification when `notify` is configured.
-pub fn default_router(notify: Option<NotifySettings>) -> Result<Router, PatternError> {
-    let mut router = Router::new().route_all(SUMMARY_TOPICS.iter().copied(), Arc::new(SummaryHandler))?;
+/// The router with the built-in handlers: the mirror when one is configured (first: its verdict decides
+/// whether state handlers run), the summary log line for the common topics, and the chat notification
+/// when `notify` is configured.
+pub fn default_router(
+    notify: Option<NotifySettings>,
+    mirror: Option<MirrorHandler>,
+) -> Result<Router, PatternError> {
+    let mut router = Router::new();
+    if let Some(mirror) = mirror {
+        router = router.route_all(MIRROR_TOPICS, Arc::new(mirror))?;
+    }
+    router = router.route_all(SUMMARY_TOPICS.iter().copied(), Arc::new(SummaryHandler))?;
     if let Some(settings) = notify {
         let topics = settings.topics.clone();
         let handler = Arc::new(NotifyHandler::new(settings));
         router = router.route_all(topics.iter().map(String::as_str), handler)?;
     }
     // Register your own handlers here, e.g.:
-    // router = router.route("contact.*.tag.created", Arc::new(MyCrmSync::new(...)))?;
+    // router = router.route("contact.*", Arc::new(MyCrmSync::new(...)))?;
+    // A handler that keeps state elsewhere (a CRM sync) returns `Wants::Newest` from `wants()`: the
+    // worker then skips it for a notification the mirror finds stale.
     Ok(router)
 }

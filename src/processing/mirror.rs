@@ -1,0 +1,574 @@
+//! The mirror: per object (app, type, id), the newest version Intercom ever delivered, kept by one
+//! conditional write that refuses to go backwards. Intercom neither orders nor deduplicates deliveries,
+//! retries a failed one a minute later and delays deliveries by up to two hours after a 429, so an older
+//! version of an object regularly arrives after a newer one; writing what arrives would go back in time.
+//!
+//! A version is the item's `updated_at` as an instant (Unix seconds in conversations and tickets,
+//! ISO-8601 with milliseconds in newer contacts and companies), ties broken by the notification's
+//! `created_at`. A deletion leaves a tombstone versioned by the deletion notification's `created_at`, so
+//! an older update never resurrects the object. An item without `updated_at` is not a version and never
+//! overwrites one; an item that is not a whole object of a mirrored type (a `contact_tag` on the tag
+//! topics, a `user` on `visitor.signed_up`) is not mirrored.
+//!
+//! The [`Mirror`] port has a SQLite adapter (`serve`) and a DynamoDB one (the worker Lambda). The
+//! [`MirrorHandler`] applies each notification; its verdict also decides whether the state handlers
+//! ([`crate::processing::handler::Wants::Newest`]) run.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::plumbing::metrics::Metrics;
+use crate::processing::handler::{Freshness, Handler, HandlerContext, HandlerError, Versions, Wants};
+use crate::receiving::notification::Notification;
+
+/// The object types the mirror keeps (`contact` covers users and leads).
+pub const MIRRORED_TYPES: [&str; 4] = ["conversation", "contact", "ticket", "company"];
+
+/// The topics the mirror handler is routed: every topic of a mirrored type, whatever its action.
+pub const MIRROR_TOPICS: [&str; 4] = ["conversation.*", "contact.*", "ticket.*", "company.*"];
+
+/// The most a stored item may take, compressed. DynamoDB limits an item to 400 KB with its key and
+/// attribute names; this leaves room for them.
+pub const MAX_STORED_ITEM_BYTES: usize = 350_000;
+
+/// An object's identity: the app it belongs to (empty when the notification names none), its type, its id.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct MirrorKey {
+    pub app_id: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub id: String,
+}
+
+impl fmt::Display for MirrorKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}/{}", self.app_id, self.kind, self.id)
+    }
+}
+
+/// Which of two deliveries of an object is newer: the object's own time (`updated_at`, or the deletion's
+/// time for a tombstone) in Unix ms, then the notification's `created_at` in Unix ms.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct Version {
+    pub at_ms: i64,
+    pub tiebreak_ms: i64,
+}
+
+/// What a notification asks of the mirror.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Extracted {
+    /// A version (or a tombstone) to apply.
+    Write(MirrorWrite),
+    /// A whole object of a mirrored type without `updated_at`: not a version, never written.
+    Unversioned(MirrorKey),
+    /// Not a whole object of a mirrored type.
+    NotMirrored,
+}
+
+/// One conditional write: the object's newest version if `version` is newer than the stored one.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MirrorWrite {
+    pub key: MirrorKey,
+    pub version: Version,
+    pub deleted: bool,
+    /// The notification that carried it.
+    pub notification_id: String,
+    /// The item as JSON, LZ4-compressed (`None` for a tombstone).
+    pub item: Option<Vec<u8>>,
+    /// The item did not fit in [`MAX_STORED_ITEM_BYTES`]: only its identity, version and the fields
+    /// that fit are kept.
+    pub truncated: bool,
+}
+
+/// What a conditional write did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Applied {
+    /// The version was newer (or the object new): stored.
+    Written,
+    /// The stored version is the same: nothing changed.
+    Unchanged,
+    /// The stored version is newer: refused.
+    Stale,
+}
+
+/// One mirrored object as stored.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MirrorEntry {
+    pub key: MirrorKey,
+    pub version: Version,
+    pub deleted: bool,
+    pub truncated: bool,
+    pub notification_id: String,
+    /// The item (`null` for a tombstone).
+    pub item: Value,
+}
+
+impl MirrorEntry {
+    /// What `mirror get` and `mirror list` print.
+    pub fn to_json(&self) -> Value {
+        serde_json::json!({
+            "type": self.key.kind,
+            "id": self.key.id,
+            "app_id": self.key.app_id,
+            "updated_at": rfc3339(self.version.at_ms),
+            "deleted": self.deleted,
+            "truncated": self.truncated,
+            "notification_id": self.notification_id,
+            "item": self.item,
+        })
+    }
+}
+
+/// Objects and tombstones per type, and how many stale deliveries were refused.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct MirrorStats {
+    pub types: BTreeMap<String, TypeStats>,
+    pub stale_refused: u64,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct TypeStats {
+    /// Objects kept, tombstones included.
+    pub objects: u64,
+    pub tombstones: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MirrorError {
+    #[error("mirror unavailable: {0}")]
+    Unavailable(String),
+    #[error("stored mirror entry {0} cannot be read: {1}")]
+    Corrupt(String, String),
+}
+
+/// Where the mirror is kept.
+#[async_trait]
+pub trait Mirror: Send + Sync {
+    /// Stores `write` if its version is newer than the stored one (or nothing is stored), in one
+    /// conditional write; counts a refusal as a stale delivery.
+    async fn apply(&self, write: &MirrorWrite) -> Result<Applied, MirrorError>;
+    /// The object of `kind` and `id`, in every app that has one.
+    async fn get(&self, kind: &str, id: &str) -> Result<Vec<MirrorEntry>, MirrorError>;
+    /// Objects of `kind`, newest first, with a version at or after `since_ms`, at most `limit`.
+    async fn list(
+        &self,
+        kind: &str,
+        since_ms: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<MirrorEntry>, MirrorError>;
+    async fn stats(&self) -> Result<MirrorStats, MirrorError>;
+}
+
+/// What the notification asks of the mirror: a write, an unversioned object, or nothing.
+pub fn extract(notification: &Notification) -> Extracted {
+    let item = notification.item();
+    let topic = notification.topic().as_str();
+    let kind = match item.get("type").and_then(Value::as_str) {
+        Some(kind) if MIRRORED_TYPES.contains(&kind) => kind,
+        _ => return Extracted::NotMirrored,
+    };
+    let created_ms = notification.envelope.created_at.map(|s| s.saturating_mul(1000));
+    let deletion = topic.ends_with(".deleted") || item.get("deleted").and_then(Value::as_bool) == Some(true);
+    // `conversation.deleted` names its object `conversation_id`, `contact.deleted` `id`.
+    let id = [format!("{kind}_id"), "id".to_owned()]
+        .iter()
+        .find_map(|field| item.get(field.as_str()).and_then(id_text));
+    let Some(id) = id else {
+        return Extracted::NotMirrored;
+    };
+    let key = MirrorKey {
+        app_id: notification
+            .app_id()
+            .map(|a| a.as_str().to_owned())
+            .unwrap_or_default(),
+        kind: kind.to_owned(),
+        id,
+    };
+    let notification_id = notification.id.as_str().to_owned();
+    if deletion {
+        // A tombstone is as new as the deletion; without a time there is nothing to compare.
+        let Some(at_ms) = created_ms else {
+            return Extracted::Unversioned(key);
+        };
+        return Extracted::Write(MirrorWrite {
+            key,
+            version: Version {
+                at_ms,
+                tiebreak_ms: at_ms,
+            },
+            deleted: true,
+            notification_id,
+            item: None,
+            truncated: false,
+        });
+    }
+    let Some(at_ms) = item.get("updated_at").and_then(instant_ms) else {
+        return Extracted::Unversioned(key);
+    };
+    let (stored, truncated) = stored_item(item);
+    Extracted::Write(MirrorWrite {
+        key,
+        version: Version {
+            at_ms,
+            tiebreak_ms: created_ms.unwrap_or(0),
+        },
+        deleted: false,
+        notification_id,
+        item: Some(stored),
+        truncated,
+    })
+}
+
+fn id_text(value: &Value) -> Option<String> {
+    match value {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// An `updated_at` as Unix ms: whole or fractional Unix seconds, or an RFC 3339 time with any offset.
+pub fn instant_ms(value: &Value) -> Option<i64> {
+    match value {
+        Value::Number(n) => {
+            if let Some(seconds) = n.as_i64() {
+                seconds.checked_mul(1000)
+            } else {
+                n.as_f64()
+                    .filter(|s| s.is_finite() && s.abs() < 1e14)
+                    .map(|s| (s * 1000.0).round() as i64)
+            }
+        }
+        Value::String(text) => {
+            let text = text.trim();
+            if let Ok(seconds) = text.parse::<i64>() {
+                return seconds.checked_mul(1000);
+            }
+            text.parse::<jiff::Timestamp>().ok().map(|t| t.as_millisecond())
+        }
+        _ => None,
+    }
+}
+
+/// Unix ms as an RFC 3339 time in UTC (`2026-01-10T04:22:28.238Z`).
+pub fn rfc3339(ms: i64) -> String {
+    jiff::Timestamp::from_millisecond(ms)
+        .map(|t| t.to_string())
+        .unwrap_or_else(|_| ms.to_string())
+}
+
+/// The item compressed, and whether it had to be cut to fit [`MAX_STORED_ITEM_BYTES`].
+fn stored_item(item: &Value) -> (Vec<u8>, bool) {
+    let whole = serde_json::to_vec(item).unwrap_or_default();
+    let compressed = lz4_flex::compress_prepend_size(&whole);
+    if compressed.len() <= MAX_STORED_ITEM_BYTES {
+        return (compressed, false);
+    }
+    (
+        lz4_flex::compress_prepend_size(&truncate(item, MAX_STORED_ITEM_BYTES)),
+        true,
+    )
+}
+
+/// The fields that identify and version the object, then the others smallest first while the JSON stays
+/// within `budget` bytes uncompressed (so compressed too), marked `"truncated": true`.
+fn truncate(item: &Value, budget: usize) -> Vec<u8> {
+    const KEEP: [&str; 6] = [
+        "type",
+        "id",
+        "conversation_id",
+        "updated_at",
+        "created_at",
+        "state",
+    ];
+    let Value::Object(fields) = item else {
+        return b"{\"truncated\":true}".to_vec();
+    };
+    let mut kept = Map::new();
+    kept.insert("truncated".into(), Value::Bool(true));
+    for name in KEEP {
+        if let Some(value) = fields.get(name) {
+            kept.insert(name.into(), value.clone());
+        }
+    }
+    let mut size = serde_json::to_vec(&kept).map(|v| v.len()).unwrap_or(0);
+    let mut rest: Vec<(&String, &Value, usize)> = fields
+        .iter()
+        .filter(|(name, _)| !kept.contains_key(name.as_str()))
+        .map(|(name, value)| {
+            let bytes = serde_json::to_vec(value)
+                .map(|v| v.len())
+                .unwrap_or(usize::MAX / 2);
+            (name, value, bytes + name.len() + 4)
+        })
+        .collect();
+    rest.sort_by_key(|(_, _, bytes)| *bytes);
+    for (name, value, bytes) in rest {
+        if size + bytes > budget {
+            break;
+        }
+        size += bytes;
+        kept.insert(name.clone(), value.clone());
+    }
+    serde_json::to_vec(&Value::Object(kept)).unwrap_or_default()
+}
+
+/// A stored item back as JSON.
+pub fn decode_item(key: &MirrorKey, stored: &[u8]) -> Result<Value, MirrorError> {
+    let json = lz4_flex::decompress_size_prepended(stored)
+        .map_err(|e| MirrorError::Corrupt(key.to_string(), e.to_string()))?;
+    serde_json::from_slice(&json).map_err(|e| MirrorError::Corrupt(key.to_string(), e.to_string()))
+}
+
+/// The built-in state handler: applies each notification to the mirror. The worker runs it before the
+/// other handlers; its verdict skips the state handlers for a stale notification.
+pub struct MirrorHandler {
+    mirror: Arc<dyn Mirror>,
+    metrics: Option<Arc<Metrics>>,
+}
+
+impl MirrorHandler {
+    pub fn new(mirror: Arc<dyn Mirror>) -> Self {
+        Self {
+            mirror,
+            metrics: None,
+        }
+    }
+
+    /// Counts writes by result (`mirror_writes{result=written|unchanged|stale}`) and truncated items.
+    pub fn with_metrics(self, metrics: Arc<Metrics>) -> Self {
+        Self {
+            metrics: Some(metrics),
+            ..self
+        }
+    }
+
+    fn count(&self, name: &str, labels: &[(&str, &str)]) {
+        if let Some(metrics) = &self.metrics {
+            metrics.incr(name, labels);
+        }
+    }
+}
+
+#[async_trait]
+impl Versions for MirrorHandler {
+    async fn record(&self, notification: &Notification) -> Result<Freshness, HandlerError> {
+        let write = match extract(notification) {
+            Extracted::Write(write) => write,
+            Extracted::Unversioned(_) | Extracted::NotMirrored => return Ok(Freshness::Unversioned),
+        };
+        let applied = self
+            .mirror
+            .apply(&write)
+            .await
+            .map_err(|e| HandlerError::retryable(e.to_string()))?;
+        let result = match applied {
+            Applied::Written => "written",
+            Applied::Unchanged => "unchanged",
+            Applied::Stale => "stale",
+        };
+        self.count("mirror_writes", &[("type", &write.key.kind), ("result", result)]);
+        if write.truncated && applied == Applied::Written {
+            self.count("mirror_truncated", &[("type", &write.key.kind)]);
+            tracing::warn!(key = %write.key, "item too large for the mirror: kept its identity, version and the fields that fit");
+        }
+        Ok(match applied {
+            Applied::Written | Applied::Unchanged => Freshness::Newest,
+            Applied::Stale => Freshness::Stale,
+        })
+    }
+}
+
+#[async_trait]
+impl Handler for MirrorHandler {
+    fn name(&self) -> &str {
+        "mirror"
+    }
+
+    fn wants(&self) -> Wants {
+        Wants::Newest
+    }
+
+    fn versions(&self) -> Option<&dyn Versions> {
+        Some(self)
+    }
+
+    async fn handle(&self, notification: &Notification, _: &HandlerContext) -> Result<(), HandlerError> {
+        self.record(notification).await.map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn notification(topic: &str, created_at: i64, item: Value) -> Notification {
+        let body = serde_json::json!({
+            "type": "notification_event", "app_id": "abc", "id": "notif_1", "topic": topic,
+            "created_at": created_at, "data": {"type": "notification_event_data", "item": item},
+        });
+        Notification::parse(&serde_json::to_vec(&body).unwrap()).unwrap()
+    }
+
+    fn write(n: &Notification) -> MirrorWrite {
+        match extract(n) {
+            Extracted::Write(w) => w,
+            other => panic!("expected a write, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn versions_in_either_shape_compare_as_instants() {
+        assert_eq!(
+            instant_ms(&serde_json::json!(1553291389)),
+            Some(1_553_291_389_000)
+        );
+        assert_eq!(
+            instant_ms(&serde_json::json!(1553291389.5)),
+            Some(1_553_291_389_500)
+        );
+        assert_eq!(
+            instant_ms(&serde_json::json!("1553291389")),
+            Some(1_553_291_389_000)
+        );
+        assert_eq!(
+            instant_ms(&serde_json::json!("2026-01-10T04:22:28.238+00:00")),
+            Some(1_768_018_948_238)
+        );
+        assert_eq!(
+            instant_ms(&serde_json::json!("2026-01-10T05:22:28.238+01:00")),
+            Some(1_768_018_948_238)
+        );
+        assert_eq!(
+            instant_ms(&serde_json::json!("2026-01-10T04:22:28Z")),
+            Some(1_768_018_948_000)
+        );
+        for bad in [
+            serde_json::json!("yesterday"),
+            serde_json::json!(null),
+            serde_json::json!(true),
+        ] {
+            assert_eq!(instant_ms(&bad), None, "{bad}");
+        }
+        assert_eq!(rfc3339(1_768_018_948_238), "2026-01-10T04:22:28.238Z");
+    }
+
+    #[test]
+    fn a_conversation_is_versioned_by_updated_at_then_created_at() {
+        let n = notification(
+            "conversation.admin.replied",
+            1553291112,
+            serde_json::json!({"type": "conversation", "id": "215", "updated_at": 1553291111}),
+        );
+        let w = write(&n);
+        assert_eq!(
+            w.key,
+            MirrorKey {
+                app_id: "abc".into(),
+                kind: "conversation".into(),
+                id: "215".into()
+            }
+        );
+        assert_eq!(
+            w.version,
+            Version {
+                at_ms: 1_553_291_111_000,
+                tiebreak_ms: 1_553_291_112_000
+            }
+        );
+        assert!(!w.deleted && !w.truncated);
+        let item = decode_item(&w.key, w.item.as_ref().unwrap()).unwrap();
+        assert_eq!(item["id"], "215");
+    }
+
+    #[test]
+    fn deletions_leave_tombstones_at_the_deletion_time() {
+        let contact = notification(
+            "contact.deleted",
+            1768019869,
+            serde_json::json!({"type": "contact", "id": "6961", "external_id": "1", "deleted": true}),
+        );
+        let w = write(&contact);
+        assert!(w.deleted && w.item.is_none());
+        assert_eq!(w.key.id, "6961");
+        assert_eq!(w.version.at_ms, 1_768_019_869_000);
+        let conversation = notification(
+            "conversation.deleted",
+            1768019869,
+            serde_json::json!({"type": "conversation", "conversation_id": "215"}),
+        );
+        let w = write(&conversation);
+        assert!(w.deleted);
+        assert_eq!((w.key.kind.as_str(), w.key.id.as_str()), ("conversation", "215"));
+    }
+
+    #[test]
+    fn what_is_not_a_whole_versioned_object_is_not_written() {
+        let tag = notification(
+            "contact.lead.tag.created",
+            1,
+            serde_json::json!({"type": "contact_tag", "contact": {"type": "contact", "id": "1"}}),
+        );
+        assert_eq!(extract(&tag), Extracted::NotMirrored);
+        let visitor = notification(
+            "visitor.signed_up",
+            1,
+            serde_json::json!({"type": "user", "id": "9", "updated_at": 5}),
+        );
+        assert_eq!(extract(&visitor), Extracted::NotMirrored);
+        let unversioned = notification(
+            "ticket.created",
+            1,
+            serde_json::json!({"type": "ticket", "id": "7"}),
+        );
+        assert!(matches!(extract(&unversioned), Extracted::Unversioned(k) if k.id == "7"));
+    }
+
+    #[test]
+    fn an_item_too_large_keeps_its_identity_version_and_what_fits() {
+        // Random hex, which LZ4 cannot shrink: about 770 KB in 400 parts.
+        let parts: Vec<Value> = (0..400)
+            .map(|_| {
+                let text: String = (0..60)
+                    .map(|_| uuid::Uuid::new_v4().simple().to_string())
+                    .collect();
+                serde_json::json!({"type": "conversation_part", "body": text})
+            })
+            .collect();
+        let item = serde_json::json!({
+            "type": "conversation", "id": "big", "updated_at": 1700000000, "state": "open",
+            "title": "small field", "conversation_parts": {"conversation_parts": parts},
+        });
+        let w = write(&notification("conversation.user.replied", 1700000001, item));
+        assert!(w.truncated);
+        assert!(w.item.as_ref().unwrap().len() <= MAX_STORED_ITEM_BYTES);
+        let kept = decode_item(&w.key, w.item.as_ref().unwrap()).unwrap();
+        assert_eq!(kept["id"], "big");
+        assert_eq!(kept["updated_at"], 1700000000);
+        assert_eq!(kept["title"], "small field");
+        assert_eq!(kept["truncated"], true);
+        assert!(kept.get("conversation_parts").is_none());
+    }
+
+    #[test]
+    fn versions_order_by_time_then_notification() {
+        let older = Version {
+            at_ms: 1000,
+            tiebreak_ms: 5000,
+        };
+        let newer = Version {
+            at_ms: 2000,
+            tiebreak_ms: 0,
+        };
+        let tie_later = Version {
+            at_ms: 1000,
+            tiebreak_ms: 6000,
+        };
+        assert!(older < newer && older < tie_later && tie_later < newer);
+    }
+}
