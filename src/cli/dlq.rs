@@ -3,8 +3,9 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 
+use crate::plumbing::clock::parse_time;
 use crate::plumbing::clock::unix_ms_now;
-use crate::processing::dead_letters::{age, parse_time, DeadLetters, Filter};
+use crate::processing::dead_letters::{age, DeadLetters, Filter};
 use crate::processing::router::TopicPattern;
 
 #[derive(clap::Args, Debug)]

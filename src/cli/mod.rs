@@ -3,6 +3,7 @@
 
 mod dlq;
 mod events;
+mod mirror;
 mod send;
 mod serve;
 mod sign;
@@ -31,6 +32,9 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Inspect dead-lettered notifications and send them back for processing (SQS or the local file).
     Dlq(dlq::DlqArgs),
+    /// Read the mirror: the newest version of every conversation, contact, ticket and company (the local
+    /// file or DynamoDB).
+    Mirror(mirror::MirrorArgs),
     /// Sign JSON files as Intercom would and POST them to a receiver.
     Send(send::SendArgs),
     /// Print the X-Hub-Signature header value for a file's exact bytes.
@@ -44,6 +48,7 @@ pub fn main() -> ExitCode {
         Command::Serve(args) => serve::run(args),
         Command::Send(args) => send::run(args),
         Command::Dlq(args) => dlq::run(args),
+        Command::Mirror(args) => mirror::run(args),
         Command::Sign(args) => sign::run(args),
     };
     match result {

@@ -174,8 +174,9 @@ pub fn extract(notification: &Notification) -> Extracted {
     };
     let created_ms = notification.envelope.created_at.map(|s| s.saturating_mul(1000));
     let deletion = topic.ends_with(".deleted") || item.get("deleted").and_then(Value::as_bool) == Some(true);
-    // `conversation.deleted` names its object `conversation_id`, `contact.deleted` `id`.
-    let id = [format!("{kind}_id"), "id".to_owned()]
+    // `conversation.deleted` names its object `conversation_id` only; a ticket's `ticket_id` is its
+    // number shown to people, not its id.
+    let id = ["id".to_owned(), format!("{kind}_id")]
         .iter()
         .find_map(|field| item.get(field.as_str()).and_then(id_text));
     let Some(id) = id else {
@@ -521,6 +522,12 @@ mod tests {
             serde_json::json!({"type": "user", "id": "9", "updated_at": 5}),
         );
         assert_eq!(extract(&visitor), Extracted::NotMirrored);
+        let ticket = notification(
+            "ticket.created",
+            1,
+            serde_json::json!({"type": "ticket", "id": "215", "ticket_id": "3", "updated_at": 5}),
+        );
+        assert_eq!(write(&ticket).key.id, "215", "the id, not the ticket number");
         let unversioned = notification(
             "ticket.created",
             1,

@@ -1,9 +1,11 @@
 //! The README's list of built-in handlers and their topics is generated from the router, so it cannot
 //! drift from the code. `UPDATE_README=1 cargo test --test it readme::` rewrites it.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use intercom_webhooks::processing::handlers::{default_router, NotifySettings, DEFAULT_NOTIFY_TOPICS};
+use intercom_webhooks::processing::mirror::MirrorHandler;
 
 const START: &str =
     "<!-- built-in handlers: generated from the router by tests/it/readme.rs (UPDATE_README=1 cargo test --test it readme::) -->\n";
@@ -17,7 +19,10 @@ fn generated() -> String {
         timeout: Duration::from_secs(5),
         rate_per_second: 1.0,
     };
-    let router = default_router(Some(notify), None).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let db = intercom_webhooks::local::Db::open(dir.path().join("readme.db")).unwrap();
+    let mirror = MirrorHandler::new(Arc::new(intercom_webhooks::local::SqliteMirror::new(db)));
+    let router = default_router(Some(notify), Some(mirror)).unwrap();
     let quoted = |patterns: &[String]| {
         patterns
             .iter()
@@ -28,6 +33,10 @@ fn generated() -> String {
     let mut table = String::from("| handler | on | topics |\n|---|---|---|\n");
     for (name, patterns) in router.by_handler() {
         let row = match name.as_str() {
+            "mirror" => format!(
+                "| `mirror` | `serve` (unless `--no-mirror`); the worker Lambda when `MIRROR_TABLE` is set | {} (whole objects of type conversation, contact, ticket, company) |\n",
+                quoted(&patterns)
+            ),
             "notify" => format!(
                 "| `notify` | when `NOTIFY_WEBHOOK_URL` is set | `NOTIFY_TOPICS`; by default {} |\n",
                 quoted(&patterns)

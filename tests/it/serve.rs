@@ -151,13 +151,16 @@ fn every_fixture_is_handled_once_and_a_resend_is_all_duplicates() {
     let first = server.outcomes();
     // Three fixtures are versions of one conversation; sent in file-name order, the closed one (the
     // newest) comes first and the two replies are older: the mirror finds them stale.
-    let older: Vec<String> = ["conversation_admin_replied.json", "conversation_user_replied.json"]
-        .iter()
-        .map(|name| {
-            let body: Value = serde_json::from_slice(&fixture(name)).unwrap();
-            body["id"].as_str().unwrap().to_owned()
-        })
-        .collect();
+    let older: Vec<String> = [
+        "conversation_admin_replied.json",
+        "conversation_user_replied.json",
+    ]
+    .iter()
+    .map(|name| {
+        let body: Value = serde_json::from_slice(&fixture(name)).unwrap();
+        body["id"].as_str().unwrap().to_owned()
+    })
+    .collect();
     assert!(
         first
             .iter()
@@ -746,4 +749,130 @@ fn an_idempotency_retention_shorter_than_the_visibility_timeout_is_refused() {
         stderr.contains("the idempotency retention (500ms) must be at least the visibility timeout (30 s)"),
         "{stderr}"
     );
+}
+
+/// `intercom-webhooks mirror …` against `serve`'s file: (exit success, stdout, stderr).
+fn mirror_cli(db: &Path, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(BIN)
+        .arg("mirror")
+        .args(args)
+        .arg("--db")
+        .arg(db)
+        .env_remove("MIRROR_TABLE")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+/// `fixture` delivered again with a new notification id and its item's `updated_at` moved back by
+/// `seconds` (kept in the fixture's own shape: Unix seconds or ISO-8601).
+fn older_version(name: &str, seconds: i64, marker: &str) -> Vec<u8> {
+    let mut value: Value = serde_json::from_slice(&fixture(name)).unwrap();
+    value["id"] = format!("notif_older_{marker}").into();
+    let item = &mut value["data"]["item"];
+    item["updated_at"] = match &item["updated_at"] {
+        Value::Number(n) => (n.as_i64().unwrap() - seconds).into(),
+        Value::String(s) => {
+            let at: jiff::Timestamp = s.parse().unwrap();
+            (at - jiff::SignedDuration::from_secs(seconds)).to_string().into()
+        }
+        other => panic!("{name}: updated_at is {other}"),
+    };
+    item["older_marker"] = marker.into();
+    serde_json::to_vec_pretty(&value).unwrap()
+}
+
+#[test]
+fn the_mirror_keeps_the_newest_versions_and_older_deliveries_end_stale() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db.sqlite");
+    let server = Server::start(&db, &[]);
+    let (ok, out) = send(&[
+        fixtures_dir().to_str().unwrap(),
+        "--url",
+        &server.url("/webhooks/intercom"),
+    ]);
+    assert!(ok, "{out}");
+    server.wait_until("9 outcomes", || server.outcomes().len() == 9);
+
+    // Older versions of a conversation (Unix seconds), a ticket (seconds), a contact (ISO-8601), with new ids.
+    let older = [
+        ("conversation_user_created.json", "conv"),
+        ("ticket_created.json", "ticket"),
+        ("contact_user_created.json", "contact"),
+    ];
+    for (name, marker) in older {
+        let status = raw_post(server.port, &older_version(name, 60, marker)).unwrap();
+        assert!(status.contains("200"), "{name}: {status}");
+    }
+    server.wait_until("12 outcomes", || server.outcomes().len() == 12);
+    let late = &server.outcomes()[9..];
+    assert!(late.iter().all(|(_, o)| o == "stale"), "{late:?}");
+
+    // The mirror shows the delivered versions, not the older ones that came later.
+    for (name, kind, id_field) in [
+        ("conversation_user_created.json", "conversation", "id"),
+        ("ticket_created.json", "ticket", "id"),
+        ("contact_user_created.json", "contact", "id"),
+        ("conversation_admin_closed.json", "conversation", "id"),
+    ] {
+        let delivered: Value = serde_json::from_slice(&fixture(name)).unwrap();
+        let item = &delivered["data"]["item"];
+        let id = item[id_field].as_str().unwrap();
+        let (ok, out, err) = mirror_cli(&db, &["get", kind, id]);
+        assert!(ok, "{name}: {err}");
+        let got: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(got["item"], *item, "{name}");
+        assert_eq!((got["type"].as_str(), got["id"].as_str()), (Some(kind), Some(id)));
+        assert_eq!(got["app_id"], delivered["app_id"]);
+        assert_eq!(
+            (got["deleted"].as_bool(), got["truncated"].as_bool()),
+            (Some(false), Some(false))
+        );
+        assert!(got["updated_at"].as_str().unwrap().ends_with('Z'), "{got}");
+    }
+
+    // The deleted contact is a tombstone; an unknown id exits 1 with a message.
+    let deleted: Value = serde_json::from_slice(&fixture("contact_deleted.json")).unwrap();
+    let (ok, out, _) = mirror_cli(
+        &db,
+        &["get", "contacts", deleted["data"]["item"]["id"].as_str().unwrap()],
+    );
+    assert!(ok);
+    let got: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (got["deleted"].as_bool(), got["item"].is_null()),
+        (Some(true), true)
+    );
+    let (ok, _, err) = mirror_cli(&db, &["get", "ticket", "no-such-ticket"]);
+    assert!(!ok);
+    assert!(err.contains("no ticket no-such-ticket in the mirror"), "{err}");
+
+    // list: newest first, JSON lines; stats: per type and the three refused.
+    let (ok, out, err) = mirror_cli(&db, &["list", "conversation"]);
+    assert!(ok, "{err}");
+    let listed: Vec<Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(listed.len(), 2);
+    assert!(listed[0]["updated_at"].as_str() >= listed[1]["updated_at"].as_str());
+    let (ok, out, _) = mirror_cli(
+        &db,
+        &["list", "conversation", "--updated-since", "2019-03-22T21:40:00Z"],
+    );
+    assert!(ok);
+    assert_eq!(
+        out.lines().count(),
+        1,
+        "only the conversation updated after 21:40: {out}"
+    );
+    let (ok, out, _) = mirror_cli(&db, &["stats", "--json"]);
+    assert!(ok);
+    let stats: Value = serde_json::from_str(&out).unwrap();
+    // Two replies older than the closed conversation (fixtures in file-name order) plus the three above.
+    assert_eq!(stats["stale_refused"], 5, "{stats}");
+    assert_eq!(stats["types"]["contact"]["tombstones"], 1, "{stats}");
+    assert_eq!(stats["types"]["ticket"]["objects"], 1, "{stats}");
 }
