@@ -76,6 +76,13 @@ struct Args {
     /// (default: the system's temporary folder).
     #[arg(long)]
     dir: Option<PathBuf>,
+    /// Every request about a new object (the item's id made unique), so that each is a new row in the
+    /// mirror; by default every request is the same conversation, which the mirror finds unchanged.
+    #[arg(long)]
+    fresh_objects: bool,
+    /// Run `serve --no-mirror`.
+    #[arg(long)]
+    no_mirror: bool,
     /// Also print the latency run's p50 / p99 / max for each second of sending.
     #[arg(long)]
     per_second: bool,
@@ -92,7 +99,12 @@ struct Server {
 }
 
 impl Server {
-    fn start(bin: &PathBuf, pollers: Option<u32>, base: Option<&PathBuf>) -> anyhow::Result<Server> {
+    fn start(
+        bin: &PathBuf,
+        pollers: Option<u32>,
+        base: Option<&PathBuf>,
+        extra: Vec<String>,
+    ) -> anyhow::Result<Server> {
         let dir = scratch_dir(base, "latency-probe")?;
         let port = free_port()?;
         let (tx, outcomes) = mpsc::channel();
@@ -102,7 +114,7 @@ impl Server {
             db: &dir.join("serve.db"),
             secret: SECRET,
             pollers,
-            extra: Vec::new(),
+            extra,
             stderr: std::fs::File::create(dir.join("serve.err"))?,
         }
         .spawn(move |line| tx.send(line).is_ok())?;
@@ -257,8 +269,17 @@ fn per_second(sent: &Sent, seen: &HashMap<String, (String, i64)>) {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let template = Arc::new(Template::load(&args.fixture, SECRET)?);
-    let server = Server::start(&args.bin, args.pollers, args.dir.as_ref())?;
+    let mut template = Template::load(&args.fixture, SECRET)?;
+    if args.fresh_objects {
+        template = template.with_fresh_objects()?;
+    }
+    let template = Arc::new(template);
+    let extra = if args.no_mirror {
+        vec!["--no-mirror".to_owned()]
+    } else {
+        Vec::new()
+    };
+    let server = Server::start(&args.bin, args.pollers, args.dir.as_ref(), extra)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
@@ -322,10 +343,12 @@ fn main() -> anyhow::Result<()> {
     println!("### End-to-end latency at a fixed offered rate");
     println!();
     println!(
-        "`serve --pollers {pollers}`, {} offered at {}/s for {} s (open loop, fresh id each), fixture `{}`.",
+        "`serve --pollers {pollers}{}`, {} offered at {}/s for {} s (open loop, fresh id each{}), fixture `{}`.",
+        if args.no_mirror { " --no-mirror" } else { "" },
         run.at.len() + run.skipped,
         args.rate,
         args.duration,
+        if args.fresh_objects { ", a new object each: one mirror insert per notification" } else { ", one object: the mirror finds each version unchanged" },
         args.fixture.display()
     );
     println!(
