@@ -19,6 +19,8 @@ use crate::plumbing::clock::Clock;
 use crate::processing::idempotency::{
     Claim, ClaimOutcome, IdempotencyStore, Lease, StoreError, StoredRecord, COMPLETED, IN_PROGRESS,
 };
+use crate::reconcile::watermark::{self, WatermarkError, Watermarks};
+use crate::reconcile::ObjectType;
 
 const CLAIM_CONDITION: &str =
     "attribute_not_exists(pk) OR #exp < :now OR (#status = :in_progress AND #lease < :now_ms)";
@@ -205,5 +207,46 @@ impl IdempotencyStore for DynamoStore {
             .send()
             .await;
         held(result, lease)
+    }
+}
+
+/// Watermarks are items of the idempotency table (`pk` = `watermark#<app>#<type>`, `until_ms`) without
+/// an `expiration`, so the table's TTL never removes them.
+#[async_trait]
+impl Watermarks for DynamoStore {
+    async fn get(&self, app_id: &str, kind: ObjectType) -> Result<Option<i64>, WatermarkError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", AttributeValue::S(watermark::key(app_id, kind)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| WatermarkError(DisplayErrorContext(&e).to_string()))?;
+        Ok(out.item.and_then(|item| {
+            item.get("until_ms")
+                .and_then(|v| v.as_n().ok())
+                .and_then(|n| n.parse().ok())
+        }))
+    }
+
+    async fn advance(&self, app_id: &str, kind: ObjectType, until_ms: i64) -> Result<(), WatermarkError> {
+        let written = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", AttributeValue::S(watermark::key(app_id, kind)))
+            .update_expression("SET until_ms = :until")
+            .condition_expression("attribute_not_exists(until_ms) OR until_ms < :until")
+            .expression_attribute_values(":until", AttributeValue::N(until_ms.to_string()))
+            .send()
+            .await;
+        match written {
+            Ok(_) => Ok(()),
+            // Already at or past it: a watermark never moves back.
+            Err(e) if e.code() == Some("ConditionalCheckFailedException") => Ok(()),
+            Err(e) => Err(WatermarkError(DisplayErrorContext(&e).to_string())),
+        }
     }
 }

@@ -2,9 +2,10 @@
 
 use async_trait::async_trait;
 use aws_sdk_sqs::error::DisplayErrorContext;
-use aws_sdk_sqs::types::MessageAttributeValue;
+use aws_sdk_sqs::types::{MessageAttributeValue, SendMessageBatchRequestEntry};
 use aws_sdk_sqs::Client;
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use aws_sdk_sqs::types::MessageSystemAttributeName;
@@ -200,19 +201,79 @@ where
     }
 }
 
+/// A message's attributes as SQS takes them. SQS refuses empty values; an empty attribute carries nothing
+/// anyway.
+fn sqs_attributes(message: &Message) -> Result<HashMap<String, MessageAttributeValue>, QueueError> {
+    message
+        .attributes
+        .iter()
+        .filter(|(_, value)| !value.is_empty())
+        .map(|(name, value)| {
+            MessageAttributeValue::builder()
+                .data_type("String")
+                .string_value(value)
+                .build()
+                .map(|v| (name.clone(), v))
+                .map_err(|e| QueueError::Rejected(e.to_string()))
+        })
+        .collect()
+}
+
 async fn send_message(client: &Client, url: &str, message: &Message) -> Result<(), QueueError> {
-    let mut request = client.send_message().queue_url(url).message_body(&message.body);
-    for (name, value) in &message.attributes {
-        // SQS refuses empty attribute values; an empty attribute carries nothing anyway.
-        if value.is_empty() {
-            continue;
+    client
+        .send_message()
+        .queue_url(url)
+        .message_body(&message.body)
+        .set_message_attributes(Some(sqs_attributes(message)?))
+        .send()
+        .await
+        .map(|_| ())
+        .map_err(queue_error)
+}
+
+/// Sends up to 10 messages in one `SendMessageBatch` call: for each message, in order, whether SQS took
+/// it.
+pub async fn send_batch(client: &Client, url: &str, messages: &[Message]) -> Vec<Result<(), QueueError>> {
+    let mut results: Vec<Result<(), QueueError>> = vec![Ok(()); messages.len()];
+    let mut request = client.send_message_batch().queue_url(url);
+    for (i, message) in messages.iter().enumerate() {
+        let entry = sqs_attributes(message).and_then(|attributes| {
+            SendMessageBatchRequestEntry::builder()
+                .id(i.to_string())
+                .message_body(&message.body)
+                .set_message_attributes(Some(attributes))
+                .build()
+                .map_err(|e| QueueError::Rejected(e.to_string()))
+        });
+        match entry {
+            Ok(entry) => request = request.entries(entry),
+            Err(error) => results[i] = Err(error),
         }
-        let value = MessageAttributeValue::builder()
-            .data_type("String")
-            .string_value(value)
-            .build()
-            .map_err(|e| QueueError::Rejected(e.to_string()))?;
-        request = request.message_attributes(name, value);
     }
-    request.send().await.map(|_| ()).map_err(queue_error)
+    if results.iter().all(Result::is_err) {
+        return results;
+    }
+    match request.send().await {
+        Ok(out) => {
+            for failed in out.failed {
+                if let Ok(i) = failed.id.parse::<usize>() {
+                    if let Some(slot) = results.get_mut(i) {
+                        let text = format!("{}: {}", failed.code, failed.message.unwrap_or_default());
+                        *slot = Err(if failed.sender_fault {
+                            QueueError::Rejected(text)
+                        } else {
+                            QueueError::Unavailable(text)
+                        });
+                    }
+                }
+            }
+        }
+        Err(error) => {
+            let error = queue_error(error);
+            for slot in results.iter_mut().filter(|r| r.is_ok()) {
+                *slot = Err(error.clone());
+            }
+        }
+    }
+    results
 }

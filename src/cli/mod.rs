@@ -4,6 +4,7 @@
 mod dlq;
 mod events;
 mod mirror;
+mod reconcile;
 mod send;
 mod serve;
 mod sign;
@@ -35,6 +36,9 @@ enum Command {
     /// Read the mirror: the newest version of every conversation, contact, ticket and company (the local
     /// file or DynamoDB).
     Mirror(mirror::MirrorArgs),
+    /// Fill what Intercom never redelivered: search its API for objects changed in a time range and
+    /// process each as a `<type>.reconciled` notification.
+    Reconcile(reconcile::ReconcileArgs),
     /// Sign JSON files as Intercom would and POST them to a receiver.
     Send(send::SendArgs),
     /// Print the X-Hub-Signature header value for a file's exact bytes.
@@ -49,6 +53,7 @@ pub fn main() -> ExitCode {
         Command::Send(args) => send::run(args),
         Command::Dlq(args) => dlq::run(args),
         Command::Mirror(args) => mirror::run(args),
+        Command::Reconcile(args) => reconcile::run(args),
         Command::Sign(args) => sign::run(args),
     };
     match result {

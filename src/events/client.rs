@@ -120,6 +120,18 @@ impl EventsClientBuilder {
     }
 
     pub fn build(self) -> Result<EventsClient, ClientConfigError> {
+        let (http, version) = self.http_client()?;
+        Ok(EventsClient {
+            http,
+            url: self.endpoint.events_url(),
+            version,
+            retry: self.retry,
+        })
+    }
+
+    /// The HTTP client every request to Intercom's API goes through: the token (marked sensitive), the
+    /// `Intercom-Version` header, JSON, the timeouts. Also used by `reconcile`'s search client.
+    pub(crate) fn http_client(&self) -> Result<(reqwest::Client, String), ClientConfigError> {
         let version = self.version.trim().to_string();
         let version_value = HeaderValue::from_str(&version)
             .ok()
@@ -143,12 +155,15 @@ impl EventsClientBuilder {
             .pool_idle_timeout(Duration::from_secs(60))
             .build()
             .map_err(ClientConfigError::Http)?;
-        Ok(EventsClient {
-            http,
-            url: self.endpoint.events_url(),
-            version,
-            retry: self.retry,
-        })
+        Ok((http, version))
+    }
+
+    pub(crate) fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    pub(crate) fn retry_policy(&self) -> &RetryPolicy {
+        &self.retry
     }
 }
 

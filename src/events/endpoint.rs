@@ -68,12 +68,17 @@ impl Endpoint {
 
     /// `{base}/events`.
     pub fn events_url(&self) -> Url {
+        self.url("events")
+    }
+
+    /// `{base}/{path}` (`path` without a leading slash, e.g. `conversations/search`).
+    pub fn url(&self, path: &str) -> Url {
         let base = match self {
             Endpoint::Region(region) => region.base_url(),
             Endpoint::BaseUrl(url) => url.as_str(),
         };
-        let joined = format!("{}/events", base.trim_end_matches('/'));
-        Url::parse(&joined).expect("a valid base URL with /events appended is valid")
+        let joined = format!("{}/{path}", base.trim_end_matches('/'));
+        Url::parse(&joined).expect("a valid base URL with a path appended is valid")
     }
 }
 

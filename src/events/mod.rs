@@ -15,8 +15,8 @@ mod endpoint;
 mod error;
 mod event;
 mod metadata;
-mod pacer;
-mod retry;
+pub(crate) mod pacer;
+pub(crate) mod retry;
 mod timestamp;
 
 pub use bulk::{BulkOptions, BulkSummary, FailedEvent, Progress, DEFAULT_MAX_IN_FLIGHT};

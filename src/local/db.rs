@@ -68,6 +68,10 @@ CREATE TABLE IF NOT EXISTS mirror (
     UNIQUE (type, id, app_id)
 );
 CREATE INDEX IF NOT EXISTS mirror_by_version ON mirror (type, version_ms);
+CREATE TABLE IF NOT EXISTS watermarks (
+    key      TEXT PRIMARY KEY,
+    until_ms INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS mirror_counters (
     name  TEXT PRIMARY KEY,
     value INTEGER NOT NULL

@@ -12,6 +12,8 @@ use crate::plumbing::clock::{Clock, SystemClock};
 use crate::processing::idempotency::{
     Claim, ClaimOutcome, IdempotencyStore, Lease, StoreError, StoredRecord, COMPLETED, IN_PROGRESS,
 };
+use crate::reconcile::watermark::{self, WatermarkError, Watermarks};
+use crate::reconcile::ObjectType;
 
 #[derive(Clone)]
 pub struct SqliteStore {
@@ -140,5 +142,38 @@ fn held(changed: usize, lease: &Lease) -> Result<(), StoreError> {
         Ok(())
     } else {
         Err(StoreError::LeaseLost(lease.key.clone()))
+    }
+}
+
+/// Watermarks live beside the idempotency records, in their own table of the same file.
+#[async_trait]
+impl Watermarks for SqliteStore {
+    async fn get(&self, app_id: &str, kind: ObjectType) -> Result<Option<i64>, WatermarkError> {
+        let key = watermark::key(app_id, kind);
+        self.db
+            .call(move |c| {
+                Ok(
+                    c.prepare_cached("SELECT until_ms FROM watermarks WHERE key = ?1")?
+                        .query_row([key], |r| r.get(0))
+                        .optional()?,
+                )
+            })
+            .await
+            .map_err(|e| WatermarkError(e.to_string()))
+    }
+
+    async fn advance(&self, app_id: &str, kind: ObjectType, until_ms: i64) -> Result<(), WatermarkError> {
+        let key = watermark::key(app_id, kind);
+        self.db
+            .call_single_write(move |c| {
+                c.prepare_cached(
+                    "INSERT INTO watermarks (key, until_ms) VALUES (?1, ?2)
+                     ON CONFLICT (key) DO UPDATE SET until_ms = max(until_ms, excluded.until_ms)",
+                )?
+                .execute(params![key, until_ms])?;
+                Ok(())
+            })
+            .await
+            .map_err(|e| WatermarkError(e.to_string()))
     }
 }

@@ -12,7 +12,7 @@ use clap::builder::TypedValueParser as _;
 use serde_json::Value;
 
 use crate::events::{
-    AccessToken, BulkOptions, BulkSummary, DataEvent, Endpoint, EventsClient, Region,
+    AccessToken, BulkOptions, BulkSummary, DataEvent, Endpoint, EventsClient, EventsClientBuilder, Region,
     DEFAULT_INTERCOM_VERSION, DEFAULT_MAX_IN_FLIGHT,
 };
 use crate::plumbing::config::Env;
@@ -43,11 +43,11 @@ enum EventsCommand {
 /// Where events go. The access token is read from INTERCOM_ACCESS_TOKEN only, never from an argument,
 /// so that it does not show in the process list or the shell history.
 #[derive(clap::Args, Debug)]
-struct ConnectionArgs {
+pub(crate) struct ConnectionArgs {
     /// The workspace's region: us, eu or au.
     #[arg(long, env = "INTERCOM_REGION", default_value = "us", global = true)]
     region: String,
-    /// Send to this base URL instead of the region's (a proxy or a mock); /events is appended.
+    /// Send to this base URL instead of the region's (a proxy or a mock); the API's paths are appended.
     #[arg(long, value_name = "URL", global = true)]
     base_url: Option<String>,
     /// The Intercom-Version header.
@@ -212,7 +212,16 @@ fn run_bulk(connection: &ConnectionArgs, args: BulkArgs) -> anyhow::Result<ExitC
 }
 
 fn client(connection: &ConnectionArgs) -> anyhow::Result<EventsClient> {
-    let token = Env::process().required(TOKEN_VAR, TOKEN_HINT)?;
+    Ok(api_settings(connection, TOKEN_HINT)?.build()?)
+}
+
+/// The token (from INTERCOM_ACCESS_TOKEN; `hint` says what it needs), endpoint and version of a client of
+/// Intercom's API.
+pub(crate) fn api_settings(
+    connection: &ConnectionArgs,
+    hint: &'static str,
+) -> anyhow::Result<EventsClientBuilder> {
+    let token = Env::process().required(TOKEN_VAR, hint)?;
     let token = AccessToken::new(token).with_context(|| format!("{TOKEN_VAR} is invalid"))?;
     let endpoint = match &connection.base_url {
         Some(url) => Endpoint::base_url(url)?,
@@ -223,9 +232,7 @@ fn client(connection: &ConnectionArgs) -> anyhow::Result<EventsClient> {
                 .context("INTERCOM_REGION / --region is invalid")?,
         ),
     };
-    Ok(EventsClient::builder(token, endpoint)
-        .intercom_version(&connection.intercom_version)
-        .build()?)
+    Ok(EventsClient::builder(token, endpoint).intercom_version(&connection.intercom_version))
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
