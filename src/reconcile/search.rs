@@ -280,3 +280,72 @@ pub fn identity(object: &Value) -> Option<(String, i64)> {
     };
     Some((id, instant_ms(&object["updated_at"])?))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The start of the day holding `t` (Unix s) in a zone `offset_s` east of UTC.
+    fn day_start(t: i64, offset_s: i64) -> i64 {
+        (t + offset_s).div_euclid(DAY_SECONDS) * DAY_SECONDS - offset_s
+    }
+
+    /// Intercom's documented date semantics for one filter.
+    fn matches(filter: &Value, updated_at_s: i64, offset_s: i64) -> bool {
+        let value = filter["value"].as_i64().unwrap();
+        match filter["operator"].as_str().unwrap() {
+            ">" => updated_at_s >= day_start(value, offset_s) + DAY_SECONDS,
+            "<" => updated_at_s < day_start(value, offset_s),
+            other => panic!("unexpected operator {other}"),
+        }
+    }
+
+    #[test]
+    fn the_widened_query_holds_every_instant_of_the_window_in_every_time_zone() {
+        let windows = [
+            (1_700_000_000_000, 1_700_000_600_000),
+            (1_700_006_399_000, 1_700_092_800_000),
+            (1_768_018_948_238, 1_768_019_000_001),
+            (1_767_225_599_999, 1_767_225_600_000),
+        ];
+        for (since_ms, until_ms) in windows {
+            let window = Window { since_ms, until_ms };
+            let body = query(&window, 150, None);
+            let filters = body["query"]["value"].as_array().unwrap();
+            assert_eq!(body["query"]["operator"], "AND");
+            for offset_s in (-12 * 3600..=14 * 3600).step_by(1800) {
+                let first = since_ms.div_euclid(1000);
+                let last = until_ms.div_euclid(1000);
+                for t in [first, first + 1, (first + last) / 2, last - 1, last] {
+                    let in_window = window.contains(t * 1000) || window.contains(t * 1000 + 999);
+                    if in_window {
+                        assert!(
+                            filters.iter().all(|f| matches(f, t, offset_s)),
+                            "{t} in {window:?} missed at offset {offset_s}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn pagination_is_the_largest_page_and_the_cursor() {
+        let window = Window { since_ms: 0, until_ms: 1_000 };
+        let first = query(&window, MAX_PER_PAGE, None);
+        assert_eq!(first["pagination"], json!({"per_page": 150}));
+        let next = query(&window, MAX_PER_PAGE, Some("abc"));
+        assert_eq!(next["pagination"], json!({"per_page": 150, "starting_after": "abc"}));
+    }
+
+    #[test]
+    fn identities_need_an_id_and_a_version() {
+        assert_eq!(identity(&json!({"id": "1", "updated_at": 5})), Some(("1".into(), 5_000)));
+        assert_eq!(
+            identity(&json!({"id": 7, "updated_at": "2026-01-10T04:22:28.238+00:00"})),
+            Some(("7".into(), 1_768_018_948_238))
+        );
+        assert_eq!(identity(&json!({"id": "1"})), None);
+        assert_eq!(identity(&json!({"updated_at": 5})), None);
+    }
+}
