@@ -15,7 +15,11 @@ It proves, by reading the template and by evaluating its conditions and rules fo
   Parameter Store parameter, each environment variable set only when its template parameter is given, and
   the Rules allow exactly one client secret source and at most one webhook URL source;
 - the function that reads a parameter may call exactly ssm:GetParameter on exactly that parameter's ARN, in a
-  statement that exists only when the parameter is given; no other statement anywhere grants ssm actions.
+  statement that exists only when the parameter is given; no other statement anywhere grants ssm actions;
+- the mirror table exists exactly when EnableMirror is "true", is on-demand, encrypted and point-in-time
+  recoverable, and has the key and index src/aws/mirror.rs uses; the worker gets MIRROR_TABLE from it and may
+  call exactly PutItem, GetItem and UpdateItem on exactly that table, in a statement that exists only with
+  it; no other statement anywhere names the table or grants dynamodb actions on every resource.
 
 Prints one line per check and a last line `N passed, M failed`; exits 1 when any check failed.
 """
@@ -209,6 +213,54 @@ def ssm_statements(node, path, found, under_if=None):
             return
         for k, v in node.items():
             ssm_statements(v, f"{path}.{k}", found, under_if)
+
+
+def iam_statements(node, path, found, under_if=None):
+    """Every IAM statement under node: (path, statement, (condition, branch taken, other branch) or None)."""
+    if isinstance(node, list):
+        for i, x in enumerate(node):
+            iam_statements(x, f"{path}[{i}]", found, under_if)
+    elif isinstance(node, dict):
+        parts = if_parts(node)
+        if parts is not None:
+            cond, a, b = parts
+            iam_statements(a, f"{path}(if {cond})", found, (cond, True, b))
+            iam_statements(b, f"{path}(unless {cond})", found, (cond, False, a))
+            return
+        if "Effect" in node and ("Action" in node or "NotAction" in node):
+            found.append((path, node, under_if))
+            return
+        for k, v in node.items():
+            iam_statements(v, f"{path}.{k}", found, under_if)
+
+
+def names_resource(node, name):
+    """Whether node refers to resource `name` (Ref, GetAtt in either form, or ${name...} in a Sub)."""
+    if isinstance(node, list):
+        return any(names_resource(x, name) for x in node)
+    if isinstance(node, dict):
+        if node.get("Ref") == name:
+            return True
+        att = node.get("Fn::GetAtt")
+        if (isinstance(att, list) and att and att[0] == name) or (isinstance(att, str) and att.split(".")[0] == name):
+            return True
+        sub = node.get("Fn::Sub")
+        text = sub[0] if isinstance(sub, list) and sub else sub
+        if isinstance(text, str) and re.search(r"\$\{%s[.}]" % re.escape(name), text):
+            return True
+        return any(names_resource(v, name) for v in node.values())
+    return False
+
+
+def arn_of(value, name):
+    return value in ({"Fn::GetAtt": [name, "Arn"]}, {"Fn::GetAtt": f"{name}.Arn"})
+
+
+def same_condition(t, cond, other, param, values):
+    """Conditions cond and other agree for every value of param in values."""
+    for v in values:
+        a, b = t.cond(cond, **{param: v}), t.cond(other, **{param: v})
+        expect(a == b, f"condition {cond} is {a} but {other} is {b} when {param}={v!r}")
 
 
 def check_ssm_grant(t, found, role, function, param, sid_hint):
@@ -480,6 +532,113 @@ def checks(t):
                        f"{name} attaches {arn}")
 
     yield "no other function, role or policy is granted any ssm action", no_other_ssm
+
+    # ---------------------------------------------------------------- 7. mirror
+
+    MIRROR_ACTIONS = {"dynamodb:PutItem", "dynamodb:GetItem", "dynamodb:UpdateItem"}
+
+    def mirror_condition():
+        p = t.param("EnableMirror")
+        expect(p.get("Type") == "String", "EnableMirror is not a String")
+        expect(str(p.get("Default")) == "true", f"EnableMirror defaults to {p.get('Default')!r}, not \"true\"")
+        expect(sorted(str(v) for v in p.get("AllowedValues") or []) == ["false", "true"],
+               f"EnableMirror allows {p.get('AllowedValues')!r}, expected exactly \"true\" and \"false\"")
+        r = t.resource("MirrorTable", "AWS::DynamoDB::Table")
+        expect("Condition" in r, "MirrorTable is not conditional")
+        tied_to(t, r["Condition"], "EnableMirror", ["true"], ["false"])
+        return r["Condition"]
+
+    def mirror_table():
+        mirror_condition()
+        props = t.props("MirrorTable")
+        expect(props.get("BillingMode") == "PAY_PER_REQUEST",
+               f"MirrorTable's BillingMode is {props.get('BillingMode')!r}, not PAY_PER_REQUEST (on demand)")
+        expect("ProvisionedThroughput" not in props, "MirrorTable has ProvisionedThroughput")
+        sse = props.get("SSESpecification") or {}
+        expect(str(sse.get("SSEEnabled")).lower() == "true", "MirrorTable's SSESpecification.SSEEnabled is not true")
+        pitr = props.get("PointInTimeRecoverySpecification") or {}
+        expect(str(pitr.get("PointInTimeRecoveryEnabled")).lower() == "true",
+               "MirrorTable's PointInTimeRecoverySpecification.PointInTimeRecoveryEnabled is not true")
+        # The shape src/aws/mirror.rs reads and writes (and tests/it/support creates on the emulator).
+        keys = lambda schema: [(k.get("AttributeName"), k.get("KeyType")) for k in schema or []]
+        expect(keys(props.get("KeySchema")) == [("pk", "HASH"), ("app_id", "RANGE")],
+               f"MirrorTable's KeySchema is {keys(props.get('KeySchema'))}, expected pk HASH, app_id RANGE")
+        attributes = {a.get("AttributeName"): a.get("AttributeType") for a in props.get("AttributeDefinitions") or []}
+        expect(attributes == {"pk": "S", "app_id": "S", "type": "S", "version_ms": "N"},
+               f"MirrorTable's AttributeDefinitions are {attributes}, expected pk S, app_id S, type S, version_ms N")
+        indexes = props.get("GlobalSecondaryIndexes") or []
+        expect([i.get("IndexName") for i in indexes] == ["by_type"],
+               f"MirrorTable's indexes are {[i.get('IndexName') for i in indexes]}, expected exactly by_type")
+        (index,) = indexes
+        expect(keys(index.get("KeySchema")) == [("type", "HASH"), ("version_ms", "RANGE")],
+               f"by_type's KeySchema is {keys(index.get('KeySchema'))}, expected type HASH, version_ms RANGE")
+        expect((index.get("Projection") or {}).get("ProjectionType") == "KEYS_ONLY", "by_type is not KEYS_ONLY")
+        expect("ProvisionedThroughput" not in index, "by_type has ProvisionedThroughput")
+
+    yield ("MirrorTable (only when EnableMirror is \"true\", the default): on demand, SSE, point-in-time recovery, "
+           "key pk + app_id, keys-only index by_type on type + version_ms", mirror_table)
+
+    def mirror_grant():
+        table_cond = mirror_condition()
+        worker_role = t.props("WorkerFunction").get("Role")
+        expect(arn_of(worker_role, "WorkerFunctionRole"), "WorkerFunction does not run as WorkerFunctionRole")
+        statements = []
+        for name, r in t.resources.items():
+            iam_statements(r.get("Properties", {}), name, statements)
+        naming = [s for s in statements if names_resource(s[1], "MirrorTable")]
+        expect(len(naming) == 1, f"{len(naming)} IAM statements name MirrorTable, expected exactly 1 (the worker's): "
+                                 f"{[s[0] for s in naming]}")
+        path, stmt, under_if = naming[0]
+        expect(path.startswith("WorkerFunctionRole."), f"{path}: the MirrorTable statement is not the worker role's")
+        expect(under_if is not None and under_if[1] and under_if[2] == NO_VALUE,
+               f"{path}: the statement is not inside !If [condition, statement, !Ref AWS::NoValue]")
+        same_condition(t, under_if[0], table_cond, "EnableMirror", ["true", "false"])
+        expect(stmt.get("Effect") == "Allow", f"{path}: Effect is {stmt.get('Effect')!r}")
+        action = stmt.get("Action")
+        actions = action if isinstance(action, list) else [action]
+        expect(len(actions) == len(set(actions)) and set(actions) == MIRROR_ACTIONS,
+               f"{path}: Action is {action!r}, expected exactly {sorted(MIRROR_ACTIONS)}")
+        resource = stmt.get("Resource")
+        resources = resource if isinstance(resource, list) else [resource]
+        expect(len(resources) == 1 and arn_of(resources[0], "MirrorTable"),
+               f"{path}: Resource is {resource!r}, expected exactly !GetAtt MirrorTable.Arn")
+        extra = set(stmt) - {"Sid", "Effect", "Action", "Resource"}
+        expect(not extra, f"{path}: unexpected keys {sorted(extra)}")
+        # Nothing reaches the table another way: no dynamodb grant on every resource, no NotResource.
+        for p, s, _ in statements:
+            acts = s.get("Action", s.get("NotAction"))
+            acts = acts if isinstance(acts, list) else [acts]
+            dynamo = "NotAction" in s or any(isinstance(a, str) and (a == "*" or a.lower().startswith("dynamodb:"))
+                                             for a in acts)
+            if not dynamo:
+                continue
+            res = s.get("Resource", s.get("NotResource"))
+            res = res if isinstance(res, list) else [res]
+            expect("NotResource" not in s and not any(isinstance(x, str) and "*" in x for x in res),
+                   f"{p}: grants dynamodb actions on {res!r}")
+
+    yield ("WorkerFunctionRole: exactly dynamodb:PutItem, GetItem and UpdateItem on exactly MirrorTable, only with "
+           "the table; no other statement names it or grants dynamodb actions on every resource", mirror_grant)
+
+    def mirror_env():
+        table_cond = mirror_condition()
+        env = function_env(t, "WorkerFunction")
+        parts = if_parts(env.get("MIRROR_TABLE"))
+        expect(parts is not None, f"worker MIRROR_TABLE is {env.get('MIRROR_TABLE')!r}, expected "
+                                  "!If [condition, !Ref MirrorTable, !Ref AWS::NoValue]")
+        cond, then, otherwise = parts
+        expect(then == {"Ref": "MirrorTable"}, f"MIRROR_TABLE is {then!r} when set, not !Ref MirrorTable")
+        expect(otherwise == NO_VALUE, f"MIRROR_TABLE is {otherwise!r} without the mirror, not !Ref AWS::NoValue")
+        same_condition(t, cond, table_cond, "EnableMirror", ["true", "false"])
+        expect("MIRROR_TABLE" not in function_env(t, "ReceiverFunction"), "the receiver gets MIRROR_TABLE")
+        output = (t.data.get("Outputs") or {}).get("MirrorTableName")
+        expect(output is not None, "no output MirrorTableName")
+        expect(output.get("Value") == {"Ref": "MirrorTable"}, f"MirrorTableName is {output.get('Value')!r}")
+        expect("Condition" in output, "output MirrorTableName is not conditional")
+        same_condition(t, output["Condition"], table_cond, "EnableMirror", ["true", "false"])
+
+    yield ("worker: MIRROR_TABLE is !Ref MirrorTable exactly when the table exists (the receiver gets none); output "
+           "MirrorTableName with it", mirror_env)
 
 
 def main():

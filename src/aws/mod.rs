@@ -1,10 +1,11 @@
-//! AWS adapters for the ports: SQS for [`crate::receiving::queue::Queue`], DynamoDB for the idempotency store, SSM
-//! Parameter Store for secrets.
+//! AWS adapters for the ports: SQS for [`crate::receiving::queue::Queue`], DynamoDB for the idempotency store
+//! and the mirror, SSM Parameter Store for secrets.
 //! The domain never sees an SDK type; everything AWS-specific stays in this module.
 
 pub mod dynamodb;
 pub mod emf;
 pub mod lambda_sqs;
+pub mod mirror;
 pub mod sqs;
 pub mod sqs_dlq;
 pub mod ssm;

@@ -6,12 +6,14 @@ use std::sync::Arc;
 use anyhow::Context;
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use intercom_webhooks::aws::dynamodb::DynamoStore;
+use intercom_webhooks::aws::mirror::DynamoMirror;
 use intercom_webhooks::aws::sqs::SqsDeadLetterQueue;
 use intercom_webhooks::aws::ssm::SsmParameters;
 use intercom_webhooks::aws::{emf, lambda_sqs, load_config, CallBudget};
 use intercom_webhooks::plumbing::clock::{Clock, SystemClock};
 use intercom_webhooks::plumbing::config::{Env, WorkerLambdaConfig, NOTIFY_WEBHOOK_URL};
 use intercom_webhooks::plumbing::{metrics::Metrics, telemetry};
+use intercom_webhooks::processing::mirror::MirrorHandler;
 use intercom_webhooks::processing::{handlers, worker::Worker};
 use lambda_runtime::{service_fn, LambdaEvent};
 
@@ -25,7 +27,21 @@ async fn main() -> anyhow::Result<()> {
         .await
         .and_then(|env| env.parse(WorkerLambdaConfig::from_env))
         .context("the worker cannot start")?;
-    let router = handlers::default_router(config.worker.notify, None).context("invalid handler routes")?;
+    let metrics = Arc::new(Metrics::new());
+    let mirror = match config.mirror_table {
+        Some(table) => Some(
+            MirrorHandler::new(Arc::new(DynamoMirror::new(
+                aws_sdk_dynamodb::Client::new(&sdk),
+                table,
+            )))
+            .with_metrics(metrics.clone()),
+        ),
+        None => {
+            tracing::info!("MIRROR_TABLE is not set: the mirror is off, and state handlers run for every notification, stale ones included");
+            None
+        }
+    };
+    let router = handlers::default_router(config.worker.notify, mirror).context("invalid handler routes")?;
     let sqs = aws_sdk_sqs::Client::new(&sdk);
     let queue_url = Arc::new(config.queue_url);
     if queue_url.is_none() {
@@ -42,7 +58,7 @@ async fn main() -> anyhow::Result<()> {
         Arc::new(SqsDeadLetterQueue::new(sqs.clone(), config.dead_letter_queue_url)),
         router,
         clock,
-        Arc::new(Metrics::new()),
+        metrics,
         config.worker.settings,
     ));
     let handler = service_fn(move |event: LambdaEvent<SqsEvent>| {

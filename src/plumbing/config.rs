@@ -352,6 +352,9 @@ pub struct WorkerLambdaConfig {
     /// The notifications queue: where a handler's retry delay is applied (optional; without it, a record
     /// to retry comes back after the queue's visibility timeout).
     pub queue_url: Option<String>,
+    /// The DynamoDB mirror table (optional; without it the worker keeps no mirror, and state handlers run
+    /// for every notification, stale ones included).
+    pub mirror_table: Option<String>,
     pub worker: WorkerConfig,
 }
 
@@ -367,6 +370,7 @@ impl WorkerLambdaConfig {
                 "set it to the URL of the dead-letter SQS queue",
             )?,
             queue_url: env.optional("QUEUE_URL"),
+            mirror_table: env.optional("MIRROR_TABLE").map(|t| t.trim().to_owned()),
             worker: WorkerConfig::from_env(env)?,
         })
     }
@@ -688,5 +692,21 @@ mod tests {
             err.to_string().starts_with("IDEMPOTENCY_TABLE is not set"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn worker_lambda_mirror_table_is_optional() {
+        let base = [("IDEMPOTENCY_TABLE", "t"), ("DEAD_LETTER_QUEUE_URL", "d")];
+        let config = WorkerLambdaConfig::from_env(&env(&base)).unwrap();
+        assert_eq!(config.mirror_table, None);
+        let config =
+            WorkerLambdaConfig::from_env(&env(&[&base[..], &[("MIRROR_TABLE", " ")]].concat())).unwrap();
+        assert_eq!(config.mirror_table, None, "blank counts as unset");
+        let config =
+            WorkerLambdaConfig::from_env(&env(
+                &[&base[..], &[("MIRROR_TABLE", "stack-MirrorTable-1")]].concat()
+            ))
+            .unwrap();
+        assert_eq!(config.mirror_table.as_deref(), Some("stack-MirrorTable-1"));
     }
 }

@@ -1,15 +1,19 @@
 //! Lambda-level end to end: the real `receiver` and `worker` binaries run under the Lambda runtime
 //! emulator (`cargo lambda watch`), against SQS, DynamoDB and SSM on the AWS emulator (the receiver reads
-//! its client secret from a SecureString parameter, as deployed). Deliveries go through the emulated
-//! Function URL; the messages that land in SQS are turned into an SQS event and handed to the worker with
-//! `cargo lambda invoke`.
+//! its client secret from a SecureString parameter, as deployed; the worker keeps the mirror in DynamoDB).
+//! Deliveries go through the emulated Function URL; the messages that land in SQS are turned into an SQS
+//! event and handed to the worker with `cargo lambda invoke`.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::support::{create_queue, create_table, fixture, free_port, sign, unique, TEST_SECRET};
+use crate::support::{
+    create_mirror_table, create_queue, create_table, fixture, free_port, sign, unique, TEST_SECRET,
+};
+use intercom_webhooks::aws::mirror::DynamoMirror;
+use intercom_webhooks::processing::mirror::Mirror;
 use intercom_webhooks::receiving::queue::attr;
 use serde_json::{json, Value};
 
@@ -118,6 +122,8 @@ async fn receiver_and_worker_under_the_lambda_emulator() {
     let dlq = create_queue(&sqs, &unique("lambda-dead-letters")).await;
     let table = unique("lambda-idempotency");
     create_table(&dynamo, &table).await;
+    let mirror_table = unique("lambda-mirror");
+    create_mirror_table(&dynamo, &mirror_table).await;
 
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
@@ -157,6 +163,7 @@ async fn receiver_and_worker_under_the_lambda_emulator() {
     let worker_env = BTreeMap::from([
         ("DEAD_LETTER_QUEUE_URL", dlq.clone()),
         ("IDEMPOTENCY_TABLE", table.clone()),
+        ("MIRROR_TABLE", mirror_table.clone()),
     ]);
     processes.0.push(function(
         "receiver",
@@ -261,6 +268,14 @@ async fn receiver_and_worker_under_the_lambda_emulator() {
             "i6wc9ipe#notif_3ac27816-d27c-45fd-a65a-bbaf021cf780"
         ]
     );
+    // The mirror holds both conversations, as delivered.
+    let mirror = DynamoMirror::new(dynamo.clone(), &mirror_table);
+    for (id, body) in [("21321941764", &created), ("21322009097", &replied)] {
+        let found = mirror.get("conversation", id).await.unwrap();
+        let delivered: Value = serde_json::from_slice(body).unwrap();
+        assert_eq!(found.len(), 1, "{id}: {found:?}");
+        assert_eq!(found[0].item, delivered["data"]["item"], "{id}");
+    }
     // The malformed record went to the DLQ with its reason.
     let dead = crate::support::drain(&sqs, &dlq).await;
     assert_eq!(dead.len(), 1);

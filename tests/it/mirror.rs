@@ -1,19 +1,21 @@
-//! The mirror: one behavioural suite run against every adapter (out-of-order versions, ties, tombstones,
-//! racing writers, every fixture), and the worker's use of it (`stale` outcomes, state handlers skipped).
+//! The mirror: one behavioural suite run against every adapter, SQLite and DynamoDB on the AWS emulator
+//! (out-of-order versions, ties, tombstones, several apps, racing writers, listing across pages, every
+//! fixture), and the worker's use of it (`stale` outcomes, state handlers skipped).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use intercom_webhooks::aws::mirror::DynamoMirror;
 use intercom_webhooks::local::{Db, SqliteMirror};
 use intercom_webhooks::processing::handler::{Handler, HandlerContext, HandlerError, Wants};
 use intercom_webhooks::processing::mirror::{
-    extract, Applied, Extracted, Mirror, MirrorHandler, MirrorKey, MirrorWrite,
+    extract, Applied, Extracted, Mirror, MirrorEntry, MirrorHandler, MirrorKey, MirrorStats, MirrorWrite,
 };
 use intercom_webhooks::receiving::notification::Notification;
 use serde_json::{json, Value};
 
-use crate::support::fixtures;
+use crate::support::{create_mirror_table, fixtures, scan_items, unique};
 
 /// A notification about `kind`/`id` whose item was updated at `updated_at` (any shape), created at
 /// `created_at` (Unix seconds).
@@ -178,6 +180,25 @@ pub async fn contract(mirror: Arc<dyn Mirror>, prefix: &str) {
         assert_eq!(mirror.apply(&tombstone).await.unwrap(), Applied::Unchanged);
     }
 
+    // One object in several apps, one of them unnamed: `get` finds it in each, ordered by app.
+    let multi = id("multi");
+    for app in ["app-b", "", "app-a"] {
+        let mut w = write_of(&versioned(
+            "company",
+            &multi,
+            json!(1_700_000_000),
+            1_700_000_001,
+            &format!("in-{app}"),
+        ));
+        w.key.app_id = app.to_owned();
+        assert_eq!(mirror.apply(&w).await.unwrap(), Applied::Written, "{app:?}");
+    }
+    let found = mirror.get("company", &multi).await.unwrap();
+    let apps: Vec<&str> = found.iter().map(|e| e.key.app_id.as_str()).collect();
+    assert_eq!(apps, ["", "app-a", "app-b"]);
+    assert_eq!(found[0].item["marker"], "in-");
+    assert!(mirror.get("company", &id("absent")).await.unwrap().is_empty());
+
     // Racing writers with different versions: the newest always wins.
     for round in 0..5 {
         let r = id(&format!("race{round}"));
@@ -273,6 +294,56 @@ pub async fn every_fixture(mirror: Arc<dyn Mirror>) {
     }
 }
 
+/// Listing many objects of a type, on a mirror that holds no company yet: newest first across pages,
+/// ties on `updated_at` cut at the limit by the notification's time, bounded, from a time on.
+pub async fn listing(mirror: Arc<dyn Mirror>) {
+    // 150 companies in groups of ten sharing an `updated_at`, each with its own notification time.
+    let base = 1_600_000_000;
+    for i in 0..150 {
+        let w = write_of(&versioned(
+            "company",
+            &format!("co{i}"),
+            json!(base + i / 10),
+            base + 1000 + i,
+            &format!("m{i}"),
+        ));
+        assert_eq!(mirror.apply(&w).await.unwrap(), Applied::Written);
+    }
+    let ids = |entries: Vec<MirrorEntry>| -> Vec<String> { entries.into_iter().map(|e| e.key.id).collect() };
+    let newest = |n: i64| -> Vec<String> { (150 - n..150).rev().map(|i| format!("co{i}")).collect() };
+    for limit in [1, 7, 10, 125, 150] {
+        let listed = ids(mirror.list("company", None, limit).await.unwrap());
+        assert_eq!(listed, newest(limit as i64), "limit {limit}");
+    }
+    assert_eq!(
+        ids(mirror.list("company", None, 1000).await.unwrap()),
+        newest(150)
+    );
+    assert!(mirror.list("company", None, 0).await.unwrap().is_empty());
+    let since = ids(mirror
+        .list("company", Some((base + 10) * 1000), 1000)
+        .await
+        .unwrap());
+    assert_eq!(since, newest(50));
+    let since = ids(mirror
+        .list("company", Some((base + 10) * 1000), 15)
+        .await
+        .unwrap());
+    assert_eq!(since, newest(15));
+    let entry = mirror.list("company", None, 1).await.unwrap().remove(0);
+    assert_eq!(entry.item["marker"], "m149");
+    assert!(mirror.list("ticket", None, 10).await.unwrap().is_empty());
+}
+
+/// What [`every_fixture`] leaves in an empty mirror: conversation (2 objects), contact (created +
+/// deleted), ticket.
+fn assert_fixture_counts(stats: &MirrorStats) {
+    assert_eq!(stats.types["conversation"].objects, 2, "{stats:?}");
+    assert_eq!(stats.types["contact"].objects, 2, "{stats:?}");
+    assert_eq!(stats.types["contact"].tombstones, 1, "{stats:?}");
+    assert_eq!(stats.types["ticket"].objects, 1, "{stats:?}");
+}
+
 fn sqlite_mirror(dir: &tempfile::TempDir) -> Arc<dyn Mirror> {
     Arc::new(SqliteMirror::new(Db::open(dir.path().join("mirror.db")).unwrap()))
 }
@@ -288,12 +359,67 @@ async fn sqlite_mirror_keeps_every_fixture() {
     let dir = tempfile::tempdir().unwrap();
     let mirror = sqlite_mirror(&dir);
     every_fixture(mirror.clone()).await;
-    let stats = mirror.stats().await.unwrap();
-    // conversation (2 objects), contact (created + deleted), ticket.
-    assert_eq!(stats.types["conversation"].objects, 2, "{stats:?}");
-    assert_eq!(stats.types["contact"].objects, 2, "{stats:?}");
-    assert_eq!(stats.types["contact"].tombstones, 1, "{stats:?}");
-    assert_eq!(stats.types["ticket"].objects, 1, "{stats:?}");
+    assert_fixture_counts(&mirror.stats().await.unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_mirror_listing() {
+    let dir = tempfile::tempdir().unwrap();
+    listing(sqlite_mirror(&dir)).await;
+}
+
+/// A mirror on a new table in the AWS emulator, and the table's client and name.
+async fn dynamo_mirror() -> (Arc<dyn Mirror>, aws_sdk_dynamodb::Client, String) {
+    let sdk = crate::support::aws_config().await;
+    let dynamo = aws_sdk_dynamodb::Client::new(&sdk);
+    let table = unique("mirror");
+    create_mirror_table(&dynamo, &table).await;
+    (Arc::new(DynamoMirror::new(dynamo.clone(), &table)), dynamo, table)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamodb_mirror_contract() {
+    let (mirror, dynamo, table) = dynamo_mirror().await;
+    contract(mirror.clone(), "dynamo").await;
+    // The table's shape, which other readers of the table rely on.
+    let mut counters = 0;
+    for item in scan_items(&dynamo, &table).await {
+        let text = |name: &str| item.get(name).and_then(|v| v.as_s().ok()).cloned();
+        if text("pk").as_deref() == Some("#counters") {
+            counters += 1;
+            assert_eq!(text("app_id").as_deref(), Some("stale_refused"));
+            let count: u64 = item["count"].as_n().unwrap().parse().unwrap();
+            assert_eq!(count, mirror.stats().await.unwrap().stale_refused);
+            continue;
+        }
+        let (kind, id) = (text("type").unwrap(), text("id").unwrap());
+        assert_eq!(text("pk").unwrap(), format!("{kind}#{id}"), "{item:?}");
+        assert!(!text("app_id").unwrap().is_empty(), "{item:?}");
+        assert!(text("notification_id").is_some(), "{item:?}");
+        for number in ["version_ms", "tiebreak_ms"] {
+            assert!(item[number].as_n().is_ok(), "{number}: {item:?}");
+        }
+        let deleted = *item["deleted"].as_bool().unwrap();
+        assert!(item["truncated"].as_bool().is_ok(), "{item:?}");
+        assert_eq!(item.contains_key("item"), !deleted, "{item:?}");
+        if !deleted {
+            assert!(item["item"].as_b().is_ok(), "{item:?}");
+        }
+    }
+    assert_eq!(counters, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamodb_mirror_keeps_every_fixture() {
+    let (mirror, _, _) = dynamo_mirror().await;
+    every_fixture(mirror.clone()).await;
+    assert_fixture_counts(&mirror.stats().await.unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamodb_mirror_listing() {
+    let (mirror, _, _) = dynamo_mirror().await;
+    listing(mirror).await;
 }
 
 /// A state handler that counts its calls by marker.

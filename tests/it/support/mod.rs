@@ -298,6 +298,56 @@ pub async fn create_table(dynamo: &aws_sdk_dynamodb::Client, name: &str) {
         .unwrap();
 }
 
+/// Creates a mirror table in the emulator shaped like the SAM template's `MirrorTable` (its shape is
+/// checked by scripts/check-template.py): key `pk` + `app_id`, index `by_type` on `type` + `version_ms`,
+/// keys only.
+pub async fn create_mirror_table(dynamo: &aws_sdk_dynamodb::Client, name: &str) {
+    use aws_sdk_dynamodb::types::{
+        AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection,
+        ProjectionType, ScalarAttributeType,
+    };
+    let attribute = |name: &str, kind: ScalarAttributeType| {
+        AttributeDefinition::builder()
+            .attribute_name(name)
+            .attribute_type(kind)
+            .build()
+            .unwrap()
+    };
+    let key = |name: &str, kind: KeyType| {
+        KeySchemaElement::builder()
+            .attribute_name(name)
+            .key_type(kind)
+            .build()
+            .unwrap()
+    };
+    dynamo
+        .create_table()
+        .table_name(name)
+        .billing_mode(BillingMode::PayPerRequest)
+        .attribute_definitions(attribute("pk", ScalarAttributeType::S))
+        .attribute_definitions(attribute("app_id", ScalarAttributeType::S))
+        .attribute_definitions(attribute("type", ScalarAttributeType::S))
+        .attribute_definitions(attribute("version_ms", ScalarAttributeType::N))
+        .key_schema(key("pk", KeyType::Hash))
+        .key_schema(key("app_id", KeyType::Range))
+        .global_secondary_indexes(
+            GlobalSecondaryIndex::builder()
+                .index_name(intercom_webhooks::aws::mirror::BY_TYPE_INDEX)
+                .key_schema(key("type", KeyType::Hash))
+                .key_schema(key("version_ms", KeyType::Range))
+                .projection(
+                    Projection::builder()
+                        .projection_type(ProjectionType::KeysOnly)
+                        .build(),
+                )
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+}
+
 /// A notification body like the fixtures, with a chosen id, topic and item.
 pub fn notification_body(id: &str, topic: &str, item: serde_json::Value) -> Vec<u8> {
     serde_json::to_vec_pretty(&serde_json::json!({

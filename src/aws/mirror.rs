@@ -1,0 +1,463 @@
+//! The DynamoDB adapter of the [`Mirror`] port (the worker Lambda's). One item per object: partition key
+//! `pk` = `{type}#{id}` and sort key `app_id` (`#none` when the notification named no app), so one Query
+//! finds an object in every app; then `type`, `id`, `version_ms`, `tiebreak_ms`, `deleted`, `truncated`,
+//! `notification_id` and `item` (the LZ4-compressed JSON as the domain hands it over; absent for a
+//! tombstone). A global secondary index `by_type` (`type`, `version_ms`, keys only) lists a type newest
+//! first. The count of refused stale deliveries is the item `#counters` / `stale_refused` (attribute
+//! `count`), which has no `type` and so stays out of the index.
+//!
+//! Every version is written by one conditional `PutItem` that refuses anything not newer than the stored
+//! version, so concurrent workers converge on the newest version whatever the order.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_sdk_dynamodb::error::DisplayErrorContext;
+use aws_sdk_dynamodb::operation::put_item::PutItemError;
+use aws_sdk_dynamodb::primitives::Blob;
+use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes, ReturnValuesOnConditionCheckFailure};
+use aws_sdk_dynamodb::Client;
+use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
+use aws_smithy_runtime_api::client::result::SdkError;
+
+use crate::processing::mirror::{
+    decode_item, Applied, Mirror, MirrorEntry, MirrorError, MirrorKey, MirrorStats, MirrorWrite, Version,
+};
+
+/// The index that lists a type by version.
+pub const BY_TYPE_INDEX: &str = "by_type";
+
+/// The counter item of refused stale writes.
+const COUNTERS_PK: &str = "#counters";
+const STALE_REFUSED: &str = "stale_refused";
+const COUNT: &str = "count";
+
+/// The sort key of an object whose notification named no app: DynamoDB refuses an empty key, and no
+/// Intercom app id starts with `#`.
+const NO_APP: &str = "#none";
+
+/// Newer than the stored version (time, then tiebreak), or nothing stored. DynamoDB has no tuple
+/// comparison, hence the spelled-out lexicographic order.
+const NEWER_CONDITION: &str =
+    "attribute_not_exists(pk) OR #version < :version OR (#version = :version AND #tiebreak < :tiebreak)";
+
+/// The most keys one `BatchGetItem` takes.
+const BATCH_GET_KEYS: usize = 100;
+
+/// Rounds of `BatchGetItem` in a row that may return nothing (throttled) before a listing gives up.
+const FRUITLESS_BATCH_ROUNDS: u32 = 6;
+
+type Item = HashMap<String, AttributeValue>;
+
+#[derive(Clone)]
+pub struct DynamoMirror {
+    client: Client,
+    table: String,
+}
+
+impl fmt::Debug for DynamoMirror {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DynamoMirror")
+            .field("table", &self.table)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DynamoMirror {
+    pub fn new(client: Client, table: impl Into<String>) -> Self {
+        Self {
+            client,
+            table: table.into(),
+        }
+    }
+
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    /// The stored version of `key`, read consistently. Used when a refused write came back without the
+    /// old item.
+    async fn stored_version(&self, key: &MirrorKey) -> Result<Option<Version>, MirrorError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(pk(&key.kind, &key.id)))
+            .key("app_id", s(app_sort_key(&key.app_id)))
+            .projection_expression("#version, #tiebreak")
+            .expression_attribute_names("#version", "version_ms")
+            .expression_attribute_names("#tiebreak", "tiebreak_ms")
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(unavailable)?;
+        out.item.as_ref().map(|item| version_of(key, item)).transpose()
+    }
+
+    /// Counts one refused stale delivery.
+    async fn count_stale(&self) -> Result<(), MirrorError> {
+        self.client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(COUNTERS_PK))
+            .key("app_id", s(STALE_REFUSED))
+            .update_expression("ADD #n :one")
+            .expression_attribute_names("#n", COUNT)
+            .expression_attribute_values(":one", n(1))
+            .send()
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    /// The keys of the `limit` newest objects of `kind` (at or after `since_ms`) by the index, plus any
+    /// tied on time with the last of them: the index does not hold `tiebreak_ms`, so which of those ties
+    /// come first is decided once the items are read.
+    async fn newest_keys(
+        &self,
+        kind: &str,
+        since_ms: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<Item>, MirrorError> {
+        let mut keys: Vec<Item> = Vec::new();
+        let mut boundary: Option<i64> = None;
+        let mut start: Option<Item> = None;
+        loop {
+            // One more than still wanted, to see whether the next key ties with the last one wanted.
+            let page = limit.saturating_sub(keys.len()).saturating_add(1).clamp(16, 1000) as i32;
+            let mut query = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .index_name(BY_TYPE_INDEX)
+                .scan_index_forward(false)
+                .limit(page)
+                .set_exclusive_start_key(start.take())
+                .expression_attribute_names("#type", "type")
+                .expression_attribute_values(":type", s(kind));
+            query = match since_ms {
+                Some(since) => query
+                    .key_condition_expression("#type = :type AND #version >= :since")
+                    .expression_attribute_names("#version", "version_ms")
+                    .expression_attribute_values(":since", n(since)),
+                None => query.key_condition_expression("#type = :type"),
+            };
+            let out = query.send().await.map_err(unavailable)?;
+            for index_item in out.items.unwrap_or_default() {
+                let version_ms = number(&index_item, "version_ms");
+                if keys.len() >= limit && (boundary.is_none() || version_ms != boundary) {
+                    return Ok(keys);
+                }
+                let (Some(pk), Some(app_id)) = (index_item.get("pk"), index_item.get("app_id")) else {
+                    continue;
+                };
+                keys.push(HashMap::from([
+                    ("pk".to_owned(), pk.clone()),
+                    ("app_id".to_owned(), app_id.clone()),
+                ]));
+                if keys.len() == limit {
+                    boundary = version_ms;
+                }
+            }
+            match out.last_evaluated_key {
+                Some(next) if !next.is_empty() => start = Some(next),
+                _ => return Ok(keys),
+            }
+        }
+    }
+
+    /// The items of `keys`, consistently read, in no particular order; retries what DynamoDB leaves
+    /// unprocessed (past 16 MB of answer, or throttled).
+    async fn items(&self, keys: Vec<Item>) -> Result<Vec<Item>, MirrorError> {
+        let mut found = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(BATCH_GET_KEYS) {
+            let mut pending = Some(
+                KeysAndAttributes::builder()
+                    .set_keys(Some(chunk.to_vec()))
+                    .consistent_read(true)
+                    .build()
+                    .map_err(|e| MirrorError::Unavailable(e.to_string()))?,
+            );
+            let mut fruitless = 0;
+            while let Some(request) = pending.take() {
+                let out = self
+                    .client
+                    .batch_get_item()
+                    .request_items(&self.table, request)
+                    .send()
+                    .await
+                    .map_err(unavailable)?;
+                let got = out
+                    .responses
+                    .and_then(|mut r| r.remove(&self.table))
+                    .unwrap_or_default();
+                pending = out
+                    .unprocessed_keys
+                    .and_then(|mut u| u.remove(&self.table))
+                    .filter(|k| !k.keys().is_empty());
+                if got.is_empty() && pending.is_some() {
+                    // Nothing came back: throttled. Back off as DynamoDB asks, a bounded number of times.
+                    fruitless += 1;
+                    if fruitless > FRUITLESS_BATCH_ROUNDS {
+                        return Err(MirrorError::Unavailable(format!(
+                            "{}: BatchGetItem kept leaving keys unprocessed",
+                            self.table
+                        )));
+                    }
+                    tokio::time::sleep(Duration::from_millis(25 << fruitless)).await;
+                } else {
+                    fruitless = 0;
+                }
+                found.extend(got);
+            }
+        }
+        Ok(found)
+    }
+}
+
+fn s(v: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(v.into())
+}
+
+fn n(v: i64) -> AttributeValue {
+    AttributeValue::N(v.to_string())
+}
+
+fn pk(kind: &str, id: &str) -> String {
+    format!("{kind}#{id}")
+}
+
+fn app_sort_key(app_id: &str) -> &str {
+    if app_id.is_empty() {
+        NO_APP
+    } else {
+        app_id
+    }
+}
+
+fn unavailable<E: std::error::Error + 'static>(error: SdkError<E, HttpResponse>) -> MirrorError {
+    MirrorError::Unavailable(DisplayErrorContext(&error).to_string())
+}
+
+fn number(item: &Item, name: &str) -> Option<i64> {
+    item.get(name)?.as_n().ok()?.parse().ok()
+}
+
+fn version_of(key: &MirrorKey, item: &Item) -> Result<Version, MirrorError> {
+    match (number(item, "version_ms"), number(item, "tiebreak_ms")) {
+        (Some(at_ms), Some(tiebreak_ms)) => Ok(Version { at_ms, tiebreak_ms }),
+        _ => Err(corrupt(key.to_string(), "no numeric version_ms and tiebreak_ms")),
+    }
+}
+
+fn corrupt(key: String, why: &str) -> MirrorError {
+    MirrorError::Corrupt(key, why.to_owned())
+}
+
+/// The item one write stores.
+fn stored_item(write: &MirrorWrite) -> Item {
+    let mut item = HashMap::from([
+        ("pk".to_owned(), s(pk(&write.key.kind, &write.key.id))),
+        ("app_id".to_owned(), s(app_sort_key(&write.key.app_id))),
+        ("type".to_owned(), s(&write.key.kind)),
+        ("id".to_owned(), s(&write.key.id)),
+        ("version_ms".to_owned(), n(write.version.at_ms)),
+        ("tiebreak_ms".to_owned(), n(write.version.tiebreak_ms)),
+        ("deleted".to_owned(), AttributeValue::Bool(write.deleted)),
+        ("truncated".to_owned(), AttributeValue::Bool(write.truncated)),
+        ("notification_id".to_owned(), s(&write.notification_id)),
+    ]);
+    if let Some(bytes) = &write.item {
+        item.insert("item".to_owned(), AttributeValue::B(Blob::new(bytes.clone())));
+    }
+    item
+}
+
+/// A stored item as an entry, its item decoded.
+fn entry(item: &Item) -> Result<MirrorEntry, MirrorError> {
+    let text = |name: &str| item.get(name).and_then(|v| v.as_s().ok()).cloned();
+    let flag = |name: &str| item.get(name).and_then(|v| v.as_bool().ok()).copied();
+    let (Some(kind), Some(id), Some(app_id)) = (text("type"), text("id"), text("app_id")) else {
+        let name = text("pk").unwrap_or_default();
+        return Err(corrupt(name, "no type, id or app_id"));
+    };
+    let app_id = if app_id == NO_APP { String::new() } else { app_id };
+    let key = MirrorKey { app_id, kind, id };
+    let version = version_of(&key, item)?;
+    let (Some(deleted), Some(truncated)) = (flag("deleted"), flag("truncated")) else {
+        return Err(corrupt(key.to_string(), "no boolean deleted and truncated"));
+    };
+    let item = match item.get("item") {
+        Some(AttributeValue::B(bytes)) => decode_item(&key, bytes.as_ref())?,
+        Some(_) => return Err(corrupt(key.to_string(), "item is not binary")),
+        None if deleted => serde_json::Value::Null,
+        None => return Err(corrupt(key.to_string(), "no item and not deleted")),
+    };
+    Ok(MirrorEntry {
+        version,
+        deleted,
+        truncated,
+        notification_id: text("notification_id").unwrap_or_default(),
+        item,
+        key,
+    })
+}
+
+#[async_trait]
+impl Mirror for DynamoMirror {
+    async fn apply(&self, write: &MirrorWrite) -> Result<Applied, MirrorError> {
+        // A refused write explains itself from the old item. Should that item be gone by then (removed by
+        // hand), the write is tried again, a bounded number of times.
+        for _ in 0..3 {
+            let result = self
+                .client
+                .put_item()
+                .table_name(&self.table)
+                .set_item(Some(stored_item(write)))
+                .condition_expression(NEWER_CONDITION)
+                .expression_attribute_names("#version", "version_ms")
+                .expression_attribute_names("#tiebreak", "tiebreak_ms")
+                .expression_attribute_values(":version", n(write.version.at_ms))
+                .expression_attribute_values(":tiebreak", n(write.version.tiebreak_ms))
+                .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+                .send()
+                .await;
+            let error = match result {
+                Ok(_) => return Ok(Applied::Written),
+                Err(error) => error,
+            };
+            // The old item, when the refusal carries it: its version, read without another call.
+            let refused = match &error {
+                SdkError::ServiceError(c) => match c.err() {
+                    PutItemError::ConditionalCheckFailedException(e) => {
+                        Some(e.item().map(|old| version_of(&write.key, old)).transpose()?)
+                    }
+                    _ => None,
+                },
+                _ => None,
+            };
+            let stored = match refused {
+                None => return Err(unavailable(error)),
+                Some(Some(version)) => Some(version),
+                Some(None) => self.stored_version(&write.key).await?,
+            };
+            match stored {
+                None => continue,
+                Some(version) if version == write.version => return Ok(Applied::Unchanged),
+                Some(_) => {
+                    // A second billed write, made only for refused (stale) deliveries. The verdict stands
+                    // without it: a lost count is not worth running the notification's handlers again.
+                    if let Err(e) = self.count_stale().await {
+                        tracing::warn!(key = %write.key, error = %e, "stale delivery not counted");
+                    }
+                    return Ok(Applied::Stale);
+                }
+            }
+        }
+        Err(MirrorError::Unavailable(format!(
+            "{}: the write of {} was refused, yet nothing is stored",
+            self.table, write.key
+        )))
+    }
+
+    async fn get(&self, kind: &str, id: &str) -> Result<Vec<MirrorEntry>, MirrorError> {
+        let mut entries = Vec::new();
+        let mut start = None;
+        loop {
+            let out = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("pk = :pk")
+                .expression_attribute_values(":pk", s(pk(kind, id)))
+                .consistent_read(true)
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(unavailable)?;
+            for item in out.items() {
+                entries.push(entry(item)?);
+            }
+            match out.last_evaluated_key {
+                Some(next) if !next.is_empty() => start = Some(next),
+                _ => return Ok(entries),
+            }
+        }
+    }
+
+    async fn list(
+        &self,
+        kind: &str,
+        since_ms: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<MirrorEntry>, MirrorError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let keys = self.newest_keys(kind, since_ms, limit).await?;
+        let mut entries = self
+            .items(keys)
+            .await?
+            .iter()
+            .map(entry)
+            .collect::<Result<Vec<_>, _>>()?;
+        // The index's order, ties on time broken by the notification's time, as the SQLite adapter does.
+        entries.sort_by(|a, b| b.version.cmp(&a.version).then_with(|| a.key.cmp(&b.key)));
+        entries.truncate(limit);
+        Ok(entries)
+    }
+
+    /// Reads the whole table (a paginated Scan of two small attributes per item): meant for an operator
+    /// now and then, not for a request path.
+    async fn stats(&self) -> Result<MirrorStats, MirrorError> {
+        let mut stats = MirrorStats::default();
+        let mut start = None;
+        loop {
+            let out = self
+                .client
+                .scan()
+                .table_name(&self.table)
+                .projection_expression("#type, #deleted")
+                .expression_attribute_names("#type", "type")
+                .expression_attribute_names("#deleted", "deleted")
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(unavailable)?;
+            for item in out.items() {
+                // The counter item has no type.
+                let Some(kind) = item.get("type").and_then(|v| v.as_s().ok()) else {
+                    continue;
+                };
+                let counts = stats.types.entry(kind.clone()).or_default();
+                counts.objects += 1;
+                if item.get("deleted").and_then(|v| v.as_bool().ok()) == Some(&true) {
+                    counts.tombstones += 1;
+                }
+            }
+            match out.last_evaluated_key {
+                Some(next) if !next.is_empty() => start = Some(next),
+                _ => break,
+            }
+        }
+        let counter = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(COUNTERS_PK))
+            .key("app_id", s(STALE_REFUSED))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(unavailable)?;
+        stats.stale_refused = counter
+            .item
+            .as_ref()
+            .and_then(|item| number(item, COUNT))
+            .unwrap_or(0)
+            .max(0) as u64;
+        Ok(stats)
+    }
+}
