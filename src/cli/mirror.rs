@@ -138,10 +138,17 @@ async fn backend(args: &MirrorArgs) -> anyhow::Result<Arc<dyn Mirror>> {
         let db = crate::local::Db::open(path).with_context(|| format!("cannot open {}", path.display()))?;
         return Ok(Arc::new(crate::local::SqliteMirror::new(db)));
     }
-    anyhow::bail!(
-        "say which mirror: --db FILE for the local server's file, or --table NAME (or MIRROR_TABLE) for \
-         DynamoDB; a SAM stack's output MirrorTableName holds it"
-    )
+    let Some(table) = &args.table else {
+        anyhow::bail!(
+            "say which mirror: --db FILE for the local server's file, or --table NAME (or MIRROR_TABLE) for \
+             DynamoDB; a SAM stack's output MirrorTableName holds it"
+        )
+    };
+    let sdk = crate::aws::load_config(crate::aws::CallBudget::WORKER).await;
+    Ok(Arc::new(crate::aws::mirror::DynamoMirror::new(
+        aws_sdk_dynamodb::Client::new(&sdk),
+        table,
+    )))
 }
 
 #[cfg(test)]

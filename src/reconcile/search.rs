@@ -331,16 +331,25 @@ mod tests {
 
     #[test]
     fn pagination_is_the_largest_page_and_the_cursor() {
-        let window = Window { since_ms: 0, until_ms: 1_000 };
+        let window = Window {
+            since_ms: 0,
+            until_ms: 1_000,
+        };
         let first = query(&window, MAX_PER_PAGE, None);
         assert_eq!(first["pagination"], json!({"per_page": 150}));
         let next = query(&window, MAX_PER_PAGE, Some("abc"));
-        assert_eq!(next["pagination"], json!({"per_page": 150, "starting_after": "abc"}));
+        assert_eq!(
+            next["pagination"],
+            json!({"per_page": 150, "starting_after": "abc"})
+        );
     }
 
     #[test]
     fn identities_need_an_id_and_a_version() {
-        assert_eq!(identity(&json!({"id": "1", "updated_at": 5})), Some(("1".into(), 5_000)));
+        assert_eq!(
+            identity(&json!({"id": "1", "updated_at": 5})),
+            Some(("1".into(), 5_000))
+        );
         assert_eq!(
             identity(&json!({"id": 7, "updated_at": "2026-01-10T04:22:28.238+00:00"})),
             Some(("7".into(), 1_768_018_948_238))

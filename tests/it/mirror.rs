@@ -422,6 +422,47 @@ async fn dynamodb_mirror_listing() {
     listing(mirror).await;
 }
 
+/// `intercom-webhooks mirror … --table` reads the DynamoDB mirror as `--db` reads the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mirror_command_reads_the_dynamodb_table() {
+    let (mirror, _, table) = dynamo_mirror().await;
+    every_fixture(mirror.clone()).await;
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_intercom-webhooks"))
+            .arg("mirror")
+            .args(args)
+            .args(["--table", &table])
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8(out.stdout).unwrap(),
+            String::from_utf8(out.stderr).unwrap(),
+        )
+    };
+    let (ok, out, err) = run(&["get", "ticket", "215472629311235"]);
+    assert!(ok, "{err}");
+    let got: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (got["type"].as_str(), got["app_id"].as_str()),
+        (Some("ticket"), Some("abc123def"))
+    );
+    assert_eq!(got["item"]["id"], "215472629311235");
+    let (ok, out, err) = run(&["list", "conversations", "--limit", "1"]);
+    assert!(ok, "{err}");
+    let newest: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(
+        newest["id"], "21322009097",
+        "the closed conversation is the newest"
+    );
+    let (ok, out, _) = run(&["stats", "--json"]);
+    assert!(ok);
+    let stats: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(stats["types"]["contact"]["tombstones"], 1, "{stats}");
+    let (ok, _, err) = run(&["get", "contact", "nobody"]);
+    assert!(!ok && err.contains("no contact nobody in the mirror"), "{err}");
+}
+
 /// A state handler that counts its calls by marker.
 #[derive(Default)]
 struct CrmSync {
