@@ -1,6 +1,8 @@
 //! Counts the AWS requests the Lambda path makes per notification, against the AWS emulator, and prices
 //! them. Run with `bench/aws-calls.sh` (it starts moto_server), or with AWS_ENDPOINT_URL set:
-//! `cargo run --release --example aws_calls -- 200`.
+//! `cargo run --release --example aws_calls -- 200` (add `--no-mirror` for a stack with
+//! `EnableMirror=false`). With the mirror, every notification is a newer version of the conversation (its
+//! `updated_at` moves on), so every mirror write is applied, as for a busy conversation.
 //!
 //! The receiver's intake and the worker's batch function run in-process with SDK clients whose every
 //! HTTP request is counted by an interceptor. The SQS event source mapping (AWS's side of the worker: one
@@ -16,12 +18,15 @@ use aws_smithy_runtime_api::client::interceptors::Intercept;
 use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 use aws_smithy_types::config_bag::ConfigBag;
 use intercom_webhooks::aws::dynamodb::DynamoStore;
+use intercom_webhooks::aws::mirror::DynamoMirror;
 use intercom_webhooks::aws::sqs::{SqsDeadLetterQueue, SqsQueue};
 use intercom_webhooks::aws::{load_config, CallBudget};
 use intercom_webhooks::plumbing::clock::SystemClock;
 use intercom_webhooks::plumbing::metrics::Metrics;
+use intercom_webhooks::processing::mirror::{extract, Extracted, MirrorHandler};
 use intercom_webhooks::processing::worker::{Worker, WorkerSettings};
 use intercom_webhooks::receiving::intake::{Intake, Verdict, DEFAULT_MAX_BODY_BYTES};
+use intercom_webhooks::receiving::notification::Notification;
 use intercom_webhooks::receiving::queue::{Delivery, QueueConsumer};
 use intercom_webhooks::receiving::signature::ClientSecrets;
 
@@ -57,8 +62,11 @@ impl Intercept for Counter {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let n: usize = std::env::args()
-        .nth(1)
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mirror_on = !args.iter().any(|a| a == "--no-mirror");
+    let n: usize = args
+        .iter()
+        .find(|a| !a.starts_with("--"))
         .map(|a| a.parse())
         .transpose()?
         .unwrap_or(200);
@@ -117,6 +125,11 @@ async fn main() -> anyhow::Result<()> {
             .await?;
     }
 
+    let mirror_table = format!("calls-mirror-{run}");
+    if mirror_on {
+        create_mirror_table(&dynamo, &mirror_table).await?;
+    }
+
     // Receiver: every notification a fresh id, signed, through the intake.
     let secrets = ClientSecrets::parse("bench-secret")?;
     let queue = SqsQueue::new(sqs.clone(), &queue_url, &dlq_url);
@@ -126,10 +139,16 @@ async fn main() -> anyhow::Result<()> {
         "/events/notifications/conversation_user_replied.json"
     ))?)?;
     *counter.phase.lock().unwrap() = "receiver";
+    let mut item_bytes = Vec::with_capacity(n);
     for i in 0..n {
         let mut body = template.clone();
         body["id"] = format!("notif_calls_{run}_{i}").into();
+        let updated_at = body["data"]["item"]["updated_at"].as_i64().unwrap_or(0) + i as i64;
+        body["data"]["item"]["updated_at"] = updated_at.into();
         let bytes = serde_json::to_vec_pretty(&body)?;
+        if let Extracted::Write(write) = extract(&Notification::parse(&bytes)?) {
+            item_bytes.push(write.item.map_or(0, |item| item.len()));
+        }
         let mut headers = axum::http::HeaderMap::new();
         headers.insert("x-hub-signature", secrets.primary().sign(&bytes).parse()?);
         let outcome = intake.handle(&headers, &bytes).await;
@@ -144,7 +163,10 @@ async fn main() -> anyhow::Result<()> {
     let worker = Worker::new(
         Arc::new(DynamoStore::new(dynamo.clone(), &table, clock.clone())),
         Arc::new(SqsDeadLetterQueue::new(sqs.clone(), &dlq_url)),
-        intercom_webhooks::processing::handlers::default_router(None, None)?,
+        intercom_webhooks::processing::handlers::default_router(
+            None,
+            mirror_on.then(|| MirrorHandler::new(Arc::new(DynamoMirror::new(dynamo.clone(), &mirror_table)))),
+        )?,
         clock,
         Arc::new(Metrics::new()),
         WorkerSettings::default(),
@@ -218,31 +240,89 @@ async fn main() -> anyhow::Result<()> {
         per(sqs_total)
     );
     println!(
-        "DynamoDB writes per notification:   {:.3}  (goal exactly 2)",
-        per(dynamo_writes)
+        "DynamoDB writes per notification:   {:.3}  (goal exactly {})",
+        per(dynamo_writes),
+        if mirror_on { 3 } else { 2 }
     );
     println!("DynamoDB requests per notification: {:.3}", per(dynamo_total));
+
+    // Write units: the idempotency claim and completion are small items (1 unit each); a mirror write is
+    // billed per started KB of its item (the compressed object plus about 200 bytes of keys and
+    // attributes), plus 2 units for the `by_type` index entry a newer version moves (1 for a new object).
+    let mirror_units: f64 = if mirror_on {
+        item_bytes
+            .iter()
+            .map(|b| (((b + 200) as f64) / 1024.0).ceil() + 2.0)
+            .sum::<f64>()
+            / n as f64
+    } else {
+        0.0
+    };
+    let item_kb = item_bytes.iter().sum::<usize>() as f64 / item_bytes.len().max(1) as f64 / 1024.0;
+    let write_units = per(dynamo_writes) - if mirror_on { 1.0 } else { 0.0 } + mirror_units;
+    println!(
+        "Mirror: {}; compressed item {item_kb:.2} KB on average, {mirror_units:.2} write units per write with its index",
+        if mirror_on { "on" } else { "off (--no-mirror)" }
+    );
 
     // List prices, us-east-1, standard SQS queue, DynamoDB on-demand, Lambda arm64 (check current prices).
     const SQS_PER_MILLION: f64 = 0.40;
     const WRU_PER_MILLION: f64 = 0.625;
     const RRU_PER_MILLION: f64 = 0.125;
     let sqs_cost = per(sqs_total) * SQS_PER_MILLION;
-    let dynamo_cost =
-        per(dynamo_writes) * WRU_PER_MILLION + per(dynamo_total - dynamo_writes) * RRU_PER_MILLION;
+    let dynamo_cost = write_units * WRU_PER_MILLION + per(dynamo_total - dynamo_writes) * RRU_PER_MILLION;
     println!();
-    println!("Cost per million notifications (list prices, us-east-1; items < 1 KB, messages < 64 KB):");
+    println!("Cost per million notifications (list prices, us-east-1; messages < 64 KB):");
     println!(
         "  SQS      {:.2} M requests x $0.40/M      = ${sqs_cost:.2}",
         per(sqs_total)
     );
-    println!(
-        "  DynamoDB {:.2} M write units x $0.625/M = ${dynamo_cost:.2}",
-        per(dynamo_writes)
-    );
+    println!("  DynamoDB {write_units:.2} M write units x $0.625/M = ${dynamo_cost:.2}");
     println!(
         "  total for queue and store               = ${:.2}",
         sqs_cost + dynamo_cost
     );
+    Ok(())
+}
+
+/// A table shaped like `template.yaml`'s MirrorTable.
+async fn create_mirror_table(dynamo: &aws_sdk_dynamodb::Client, name: &str) -> anyhow::Result<()> {
+    use aws_sdk_dynamodb::types::*;
+    let attribute = |name: &str, kind: ScalarAttributeType| {
+        AttributeDefinition::builder()
+            .attribute_name(name)
+            .attribute_type(kind)
+            .build()
+    };
+    let key = |name: &str, kind: KeyType| {
+        KeySchemaElement::builder()
+            .attribute_name(name)
+            .key_type(kind)
+            .build()
+    };
+    dynamo
+        .create_table()
+        .table_name(name)
+        .billing_mode(BillingMode::PayPerRequest)
+        .attribute_definitions(attribute("pk", ScalarAttributeType::S)?)
+        .attribute_definitions(attribute("app_id", ScalarAttributeType::S)?)
+        .attribute_definitions(attribute("type", ScalarAttributeType::S)?)
+        .attribute_definitions(attribute("version_ms", ScalarAttributeType::N)?)
+        .key_schema(key("pk", KeyType::Hash)?)
+        .key_schema(key("app_id", KeyType::Range)?)
+        .global_secondary_indexes(
+            GlobalSecondaryIndex::builder()
+                .index_name(intercom_webhooks::aws::mirror::BY_TYPE_INDEX)
+                .key_schema(key("type", KeyType::Hash)?)
+                .key_schema(key("version_ms", KeyType::Range)?)
+                .projection(
+                    Projection::builder()
+                        .projection_type(ProjectionType::KeysOnly)
+                        .build(),
+                )
+                .build()?,
+        )
+        .send()
+        .await?;
     Ok(())
 }
