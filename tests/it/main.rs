@@ -12,6 +12,7 @@ mod events_client;
 mod faults;
 mod handlers;
 mod intake;
+mod intercom_api_mock;
 mod lambda_e2e;
 mod mirror;
 mod properties;

@@ -1,7 +1,8 @@
-//! Shared helpers for the integration tests: fixtures, a recording queue, and access to the AWS
-//! emulator that the test command starts.
+//! Shared helpers for the integration tests: fixtures, a recording queue, mocks of Intercom's APIs, and
+//! access to the AWS emulator that the test command starts.
 
 pub mod events_api;
+pub mod intercom_api;
 pub mod scripted;
 
 use std::collections::BTreeMap;
