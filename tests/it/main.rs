@@ -17,6 +17,7 @@ mod lambda_e2e;
 mod mirror;
 mod properties;
 mod readme;
+mod reconcile;
 mod sample_events;
 mod secret_parameters;
 mod serve;
