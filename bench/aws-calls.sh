@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # AWS requests per notification on the Lambda path (receiver + worker + the SQS event source), counted
-# against moto_server, with the resulting cost per million notifications. Usage: bench/aws-calls.sh [N]
+# against moto_server, with the resulting cost per million notifications.
+# Usage: bench/aws-calls.sh [N] [--no-mirror]   (the mirror is on unless --no-mirror, as in the template)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-200}
+shift || true
 if [ ! -x .venv/bin/moto_server ]; then
   python3 -m venv .venv && .venv/bin/pip install --quiet -r scripts/requirements-test.txt
 fi
@@ -18,4 +20,4 @@ for _ in $(seq 1 100); do
 done
 export AWS_ENDPOINT_URL="http://127.0.0.1:$PORT" AWS_REGION=us-east-1
 export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench AWS_EC2_METADATA_DISABLED=true
-cargo run ${PROFILE:---release} --quiet --example aws_calls -- "$N"
+cargo run ${PROFILE:---release} --quiet --example aws_calls -- "$N" "$@"

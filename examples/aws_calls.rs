@@ -1,8 +1,9 @@
 //! Counts the AWS requests the Lambda path makes per notification, against the AWS emulator, and prices
 //! them. Run with `bench/aws-calls.sh` (it starts moto_server), or with AWS_ENDPOINT_URL set:
 //! `cargo run --release --example aws_calls -- 200` (add `--no-mirror` for a stack with
-//! `EnableMirror=false`). With the mirror, every notification is a newer version of the conversation (its
-//! `updated_at` moves on), so every mirror write is applied, as for a busy conversation.
+//! `EnableMirror=false`). With the mirror, every notification is about a new conversation (one mirror
+//! insert each); `--updates` makes every one a newer version of one conversation instead (its `updated_at`
+//! moves on; processed ten at a time, some arrive after a newer one and are refused as stale).
 //!
 //! The receiver's intake and the worker's batch function run in-process with SDK clients whose every
 //! HTTP request is counted by an interceptor. The SQS event source mapping (AWS's side of the worker: one
@@ -64,6 +65,7 @@ impl Intercept for Counter {
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mirror_on = !args.iter().any(|a| a == "--no-mirror");
+    let updates = args.iter().any(|a| a == "--updates");
     let n: usize = args
         .iter()
         .find(|a| !a.starts_with("--"))
@@ -143,8 +145,12 @@ async fn main() -> anyhow::Result<()> {
     for i in 0..n {
         let mut body = template.clone();
         body["id"] = format!("notif_calls_{run}_{i}").into();
-        let updated_at = body["data"]["item"]["updated_at"].as_i64().unwrap_or(0) + i as i64;
-        body["data"]["item"]["updated_at"] = updated_at.into();
+        if updates {
+            let updated_at = body["data"]["item"]["updated_at"].as_i64().unwrap_or(0) + i as i64;
+            body["data"]["item"]["updated_at"] = updated_at.into();
+        } else {
+            body["data"]["item"]["id"] = format!("calls-{run}-{i}").into();
+        }
         let bytes = serde_json::to_vec_pretty(&body)?;
         if let Extracted::Write(write) = extract(&Notification::parse(&bytes)?) {
             item_bytes.push(write.item.map_or(0, |item| item.len()));
@@ -160,15 +166,19 @@ async fn main() -> anyhow::Result<()> {
 
     // Worker: batches of 10, as the event source mapping delivers them.
     let clock = Arc::new(SystemClock);
+    let metrics = Arc::new(Metrics::new());
     let worker = Worker::new(
         Arc::new(DynamoStore::new(dynamo.clone(), &table, clock.clone())),
         Arc::new(SqsDeadLetterQueue::new(sqs.clone(), &dlq_url)),
         intercom_webhooks::processing::handlers::default_router(
             None,
-            mirror_on.then(|| MirrorHandler::new(Arc::new(DynamoMirror::new(dynamo.clone(), &mirror_table)))),
+            mirror_on.then(|| {
+                MirrorHandler::new(Arc::new(DynamoMirror::new(dynamo.clone(), &mirror_table)))
+                    .with_metrics(metrics.clone())
+            }),
         )?,
         clock,
-        Arc::new(Metrics::new()),
+        metrics.clone(),
         WorkerSettings::default(),
     );
     let mut processed = 0;
@@ -240,30 +250,50 @@ async fn main() -> anyhow::Result<()> {
         per(sqs_total)
     );
     println!(
-        "DynamoDB writes per notification:   {:.3}  (goal exactly {})",
+        "DynamoDB writes per notification:   {:.3}  (goal {})",
         per(dynamo_writes),
-        if mirror_on { 3 } else { 2 }
+        if !mirror_on {
+            "exactly 2"
+        } else if updates {
+            "3, plus a counter update per stale one"
+        } else {
+            "exactly 3"
+        }
     );
     println!("DynamoDB requests per notification: {:.3}", per(dynamo_total));
 
-    // Write units: the idempotency claim and completion are small items (1 unit each); a mirror write is
+    // Write units. The idempotency claim and completion are small items: 1 unit each. A mirror write is
     // billed per started KB of its item (the compressed object plus about 200 bytes of keys and
-    // attributes), plus 2 units for the `by_type` index entry a newer version moves (1 for a new object).
-    let mirror_units: f64 = if mirror_on {
-        item_bytes
-            .iter()
-            .map(|b| (((b + 200) as f64) / 1024.0).ceil() + 2.0)
-            .sum::<f64>()
-            / n as f64
-    } else {
-        0.0
-    };
+    // attributes), applied or refused; an applied one also writes the `by_type` index entry (1 unit for a
+    // new object, 2 when a newer version moves it); a stale one adds the 1-unit counter update, which is
+    // among the UpdateItem calls counted above.
+    let results =
+        |result: &str| metrics.get("mirror_writes", &[("type", "conversation"), ("result", result)]);
+    let (written, unchanged, stale) = (results("written"), results("unchanged"), results("stale"));
     let item_kb = item_bytes.iter().sum::<usize>() as f64 / item_bytes.len().max(1) as f64 / 1024.0;
-    let write_units = per(dynamo_writes) - if mirror_on { 1.0 } else { 0.0 } + mirror_units;
-    println!(
-        "Mirror: {}; compressed item {item_kb:.2} KB on average, {mirror_units:.2} write units per write with its index",
-        if mirror_on { "on" } else { "off (--no-mirror)" }
-    );
+    let put_units = item_bytes
+        .iter()
+        .map(|b| (((b + 200) as f64) / 1024.0).ceil())
+        .sum::<f64>()
+        / n as f64;
+    let index_units = if updates {
+        // The first write is a new object; every later applied one moves its entry.
+        (1 + 2 * written.saturating_sub(1)) as f64 / n as f64
+    } else {
+        per(written)
+    };
+    let mirror_units = if mirror_on { put_units + index_units } else { 0.0 };
+    let other_writes = per(dynamo_writes) - if mirror_on { 1.0 } else { 0.0 };
+    let write_units = other_writes + mirror_units;
+    if mirror_on {
+        println!(
+            "Mirror: {} ({written} applied, {unchanged} unchanged, {stale} stale); compressed item {item_kb:.2} KB on \
+             average: {put_units:.2} units per put and {index_units:.2} for its index, per notification",
+            if updates { "versions of one conversation (--updates)" } else { "a new conversation each" }
+        );
+    } else {
+        println!("Mirror: off (--no-mirror)");
+    }
 
     // List prices, us-east-1, standard SQS queue, DynamoDB on-demand, Lambda arm64 (check current prices).
     const SQS_PER_MILLION: f64 = 0.40;

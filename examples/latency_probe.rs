@@ -348,7 +348,11 @@ fn main() -> anyhow::Result<()> {
         run.at.len() + run.skipped,
         args.rate,
         args.duration,
-        if args.fresh_objects { ", a new object each: one mirror insert per notification" } else { ", one object: the mirror finds each version unchanged" },
+        match (args.no_mirror, args.fresh_objects) {
+            (true, _) => "",
+            (false, true) => ", a new object each: one mirror insert per notification",
+            (false, false) => ", one object: the mirror finds each version unchanged",
+        },
         args.fixture.display()
     );
     println!(

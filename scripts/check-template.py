@@ -19,7 +19,10 @@ It proves, by reading the template and by evaluating its conditions and rules fo
 - the mirror table exists exactly when EnableMirror is "true", is on-demand, encrypted and point-in-time
   recoverable, and has the key and index src/aws/mirror.rs uses; the worker gets MIRROR_TABLE from it and may
   call exactly PutItem, GetItem and UpdateItem on exactly that table, in a statement that exists only with
-  it; no other statement anywhere names the table or grants dynamodb actions on every resource.
+  it; no other statement anywhere names the table or grants dynamodb actions on every resource;
+- the reconciler exists exactly when ReconcileSchedule is given (a rule then requires the token parameter),
+  runs on that schedule, and may call exactly sqs:SendMessage on the queue, GetItem / UpdateItem on the
+  idempotency table and ssm:GetParameter on the token parameter, nothing else.
 
 Prints one line per check and a last line `N passed, M failed`; exits 1 when any check failed.
 """
@@ -172,6 +175,12 @@ def check_alarm(props, name, want):
             expect(str(got) == str(value) if not isinstance(value, dict) else got == value,
                    f"{name}: {key} is {got!r}, expected {value!r}")
     notifies_alarm_topic(props, name)
+
+
+def json_text(x):
+    """A node as text, for checks that only need to know what it mentions."""
+    import json
+    return json.dumps(x, sort_keys=True, default=str)
 
 
 def pattern_accepts(t, param, good, bad):
@@ -521,7 +530,7 @@ def checks(t):
 
     def no_other_ssm():
         others = [path for path, _, _ in found
-                  if not (path.startswith("ReceiverFunctionRole.") or path.startswith("WorkerFunctionRole."))]
+                  if not path.startswith(("ReceiverFunctionRole.", "WorkerFunctionRole.", "ReconcilerFunctionRole."))]
         expect(not others, f"other statements grant ssm actions: {others}")
         for name, r in t.resources.items():
             props = r.get("Properties", {})
@@ -532,6 +541,66 @@ def checks(t):
                        f"{name} attaches {arn}")
 
     yield "no other function, role or policy is granted any ssm action", no_other_ssm
+
+    # ---------------------------------------------------------------- the scheduled reconciler
+
+    def reconciler():
+        names = ["ReconcilerLogGroup", "ReconcilerFunctionRole", "ReconcilerFunction", "ReconcilerErrorsAlarm"]
+        for name in names:
+            cond = t.resources.get(name, {}).get("Condition")
+            expect(cond is not None, f"{name} is missing or not conditional")
+            expect(t.cond(cond, ReconcileSchedule="rate(1 hour)") and not t.cond(cond, ReconcileSchedule=""),
+                   f"{name} does not exist exactly when ReconcileSchedule is given")
+        expect(t.param("ReconcileSchedule").get("Default") == "", "ReconcileSchedule is not off by default")
+        pattern_accepts(t, "ReconcileSchedule", ["", "rate(1 hour)", "cron(0 * * * ? *)"], ["hourly", "rate 1h"])
+        rule = json_text(t.data.get("Rules", {}).get("ReconcilerNeedsAToken"))
+        expect("IntercomAccessTokenParameter" in rule and "ReconcileSchedule" in rule,
+               "no rule requires IntercomAccessTokenParameter with a ReconcileSchedule")
+        fn = t.props("ReconcilerFunction", "AWS::Serverless::Function")
+        expect(arn_of(fn.get("Role"), "ReconcilerFunctionRole"), "ReconcilerFunction does not run as its role")
+        events = fn.get("Events") or {}
+        expect(len(events) == 1, f"ReconcilerFunction has events {list(events)}, expected one schedule")
+        (event,) = events.values()
+        expect(event.get("Type") in ("ScheduleV2", "Schedule"), f"the reconciler's event is {event.get('Type')}")
+        expect(event.get("Properties", {}).get("ScheduleExpression") == {"Ref": "ReconcileSchedule"},
+               "the schedule is not ReconcileSchedule")
+        env = function_env(t, "ReconcilerFunction")
+        expect(env.get("INTERCOM_ACCESS_TOKEN_PARAMETER") == {"Ref": "IntercomAccessTokenParameter"},
+               "the reconciler does not get INTERCOM_ACCESS_TOKEN_PARAMETER")
+        expect("INTERCOM_ACCESS_TOKEN" not in env, "the token itself is in the reconciler's environment")
+        expect(env.get("QUEUE_URL") == {"Ref": "NotificationsQueue"}, "QUEUE_URL is not the notifications queue")
+        expect(env.get("IDEMPOTENCY_TABLE") == {"Ref": "IdempotencyTable"}, "IDEMPOTENCY_TABLE is not the table")
+        statements = []
+        iam_statements(t.resources["ReconcilerFunctionRole"].get("Properties", {}).get("Policies", []),
+                       "ReconcilerFunctionRole.Policies", statements)
+        want = {
+            ("sqs:SendMessage",): ("NotificationsQueue", "Arn"),
+            ("dynamodb:GetItem", "dynamodb:UpdateItem"): ("IdempotencyTable", "Arn"),
+            ("ssm:GetParameter",): ("Sub", PARAMETER_ARN % "IntercomAccessTokenParameter"),
+            ("logs:CreateLogStream", "logs:PutLogEvents"): ("ReconcilerLogGroup", "Arn"),
+        }
+        seen = set()
+        for path, stmt, under_if in statements:
+            expect(under_if is None, f"{path}: conditional statement in the reconciler's role")
+            expect(stmt.get("Effect") == "Allow" and "NotAction" not in stmt and "NotResource" not in stmt,
+                   f"{path}: not a plain Allow")
+            action = stmt.get("Action")
+            actions = tuple(sorted(action if isinstance(action, list) else [action]))
+            expect(actions in want, f"{path}: Action {action!r} is not one the reconciler needs")
+            expect(actions not in seen, f"{path}: {actions} granted twice")
+            seen.add(actions)
+            resource = stmt.get("Resource")
+            resource = resource[0] if isinstance(resource, list) and len(resource) == 1 else resource
+            kind, target = want[actions]
+            if kind == "Sub":
+                expect(resource == {"Fn::Sub": target}, f"{path}: Resource is {resource!r}, expected !Sub {target}")
+            else:
+                expect(arn_of(resource, kind), f"{path}: Resource is {resource!r}, expected !GetAtt {kind}.Arn")
+        expect(seen == set(want), f"the reconciler's role lacks {sorted(set(want) - seen)}")
+
+    yield ("reconciler (only with a ReconcileSchedule, which needs IntercomAccessTokenParameter): scheduled, "
+           "exactly sqs:SendMessage on the queue, GetItem/UpdateItem on the idempotency table (watermarks), "
+           "ssm:GetParameter on exactly the token parameter", reconciler)
 
     # ---------------------------------------------------------------- 7. mirror
 

@@ -38,7 +38,7 @@ pub struct ReconcileArgs {
     #[arg(long, value_parser = parse_time)]
     until: Option<i64>,
     /// The types to search, comma-separated.
-    #[arg(long, default_value = "conversations,contacts,tickets", value_parser = ObjectType::parse_list)]
+    #[arg(long, default_value = "conversations,contacts,tickets", value_delimiter = ',')]
     types: Vec<ObjectType>,
     /// Subtracted from the start of the range: search results lag writes by a few minutes.
     #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
@@ -179,8 +179,11 @@ pub fn run(args: ReconcileArgs) -> anyhow::Result<ExitCode> {
             mirror: backends.mirror.as_deref(),
             progress: &progress,
         };
+        let mut types = args.types.clone();
+        types.sort();
+        types.dedup();
         let plan = Plan {
-            types: args.types.clone(),
+            types,
             since,
             until_ms,
             overlap: args.overlap,

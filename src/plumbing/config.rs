@@ -50,6 +50,11 @@ pub const CLIENT_SECRET: SecretVariable = SecretVariable {
     parameter: "INTERCOM_CLIENT_SECRET_PARAMETER",
 };
 
+pub const ACCESS_TOKEN: SecretVariable = SecretVariable {
+    name: "INTERCOM_ACCESS_TOKEN",
+    parameter: "INTERCOM_ACCESS_TOKEN_PARAMETER",
+};
+
 pub const NOTIFY_WEBHOOK_URL: SecretVariable = SecretVariable {
     name: "NOTIFY_WEBHOOK_URL",
     parameter: "NOTIFY_WEBHOOK_URL_PARAMETER",
@@ -376,10 +381,127 @@ impl WorkerLambdaConfig {
     }
 }
 
+/// The reconciler Lambda's configuration.
+#[derive(Debug)]
+pub struct ReconcilerLambdaConfig {
+    pub token: crate::events::AccessToken,
+    pub endpoint: crate::events::Endpoint,
+    pub intercom_version: String,
+    pub queue_url: String,
+    /// The idempotency table, which keeps the watermarks.
+    pub table: String,
+    pub types: Vec<crate::reconcile::ObjectType>,
+    pub overlap: Duration,
+    /// How far back the first pass of a type (no watermark yet) starts.
+    pub first_lookback: Duration,
+}
+
+impl ReconcilerLambdaConfig {
+    pub fn from_env<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<Self, ConfigError> {
+        let token = env.required(
+            ACCESS_TOKEN.name,
+            "set INTERCOM_ACCESS_TOKEN_PARAMETER to the SSM parameter holding an access token that may read \
+             conversations, contacts and tickets",
+        )?;
+        let token = crate::events::AccessToken::new(token).map_err(|e| ConfigError::Invalid {
+            name: ACCESS_TOKEN.name,
+            reason: e.to_string(),
+        })?;
+        let endpoint = match env.optional("INTERCOM_BASE_URL") {
+            Some(url) => crate::events::Endpoint::base_url(&url).map_err(|e| ConfigError::Invalid {
+                name: "INTERCOM_BASE_URL",
+                reason: e.to_string(),
+            })?,
+            None => {
+                crate::events::Endpoint::Region(env.parsed("INTERCOM_REGION", crate::events::Region::Us)?)
+            }
+        };
+        let types = match env.optional("RECONCILE_TYPES") {
+            Some(raw) => {
+                crate::reconcile::ObjectType::parse_list(&raw).map_err(|reason| ConfigError::Invalid {
+                    name: "RECONCILE_TYPES",
+                    reason,
+                })?
+            }
+            None => crate::reconcile::ObjectType::ALL.to_vec(),
+        };
+        let minutes: u64 = env.parsed("RECONCILE_OVERLAP_MINUTES", 10)?;
+        let hours: u64 = env.parsed("RECONCILE_FIRST_LOOKBACK_HOURS", 24)?;
+        if hours == 0 {
+            return Err(ConfigError::Invalid {
+                name: "RECONCILE_FIRST_LOOKBACK_HOURS",
+                reason: "must be at least 1".into(),
+            });
+        }
+        Ok(Self {
+            token,
+            endpoint,
+            intercom_version: env
+                .optional("INTERCOM_VERSION")
+                .unwrap_or_else(|| crate::events::DEFAULT_INTERCOM_VERSION.to_owned()),
+            queue_url: env.required("QUEUE_URL", "set it to the URL of the notifications SQS queue")?,
+            table: env.required(
+                "IDEMPOTENCY_TABLE",
+                "set it to the name of the DynamoDB idempotency table (it keeps the watermarks)",
+            )?,
+            types,
+            overlap: Duration::from_secs(minutes * 60),
+            first_lookback: Duration::from_secs(hours * 3600),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::collections::HashMap;
+
+    #[test]
+    fn the_reconciler_needs_a_token_a_queue_and_a_table() {
+        let full = [
+            ("INTERCOM_ACCESS_TOKEN", "tok"),
+            ("QUEUE_URL", "https://sqs/q"),
+            ("IDEMPOTENCY_TABLE", "t"),
+        ];
+        let config = ReconcilerLambdaConfig::from_env(&env(&full)).unwrap();
+        assert_eq!(config.types.len(), 3);
+        assert_eq!(config.overlap, Duration::from_secs(600));
+        assert_eq!(config.first_lookback, Duration::from_secs(86_400));
+        assert_eq!(config.endpoint.url("me").as_str(), "https://api.intercom.io/me");
+        assert!(
+            !format!("{config:?}").contains("tok\""),
+            "the token is never shown"
+        );
+        for missing in ["INTERCOM_ACCESS_TOKEN", "QUEUE_URL", "IDEMPOTENCY_TABLE"] {
+            let rest: Vec<_> = full.iter().copied().filter(|(k, _)| *k != missing).collect();
+            let error = ReconcilerLambdaConfig::from_env(&env(&rest))
+                .unwrap_err()
+                .to_string();
+            assert!(error.starts_with(missing), "{error}");
+        }
+        let mut odd = full.to_vec();
+        odd.extend([("RECONCILE_TYPES", "tickets,companies")]);
+        let error = ReconcilerLambdaConfig::from_env(&env(&odd))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("RECONCILE_TYPES") && error.contains("companies"),
+            "{error}"
+        );
+        let mut eu = full.to_vec();
+        eu.extend([
+            ("INTERCOM_REGION", "eu"),
+            ("RECONCILE_TYPES", "contacts"),
+            ("RECONCILE_OVERLAP_MINUTES", "3"),
+        ]);
+        let config = ReconcilerLambdaConfig::from_env(&env(&eu)).unwrap();
+        assert_eq!(
+            config.endpoint.url("me").as_str(),
+            "https://api.eu.intercom.io/me"
+        );
+        assert_eq!(config.types, vec![crate::reconcile::ObjectType::Contact]);
+        assert_eq!(config.overlap, Duration::from_secs(180));
+    }
 
     fn env(pairs: &[(&str, &str)]) -> Env<impl Fn(&str) -> Option<String>> {
         let map: HashMap<String, String> = pairs

@@ -19,6 +19,9 @@ pub enum Since {
     At(i64),
     /// The stored watermark of each (app, type).
     Last,
+    /// The stored watermark, or this time (Unix ms) for a type without one (the scheduled reconciler's
+    /// first pass).
+    LastOr(i64),
 }
 
 /// What to reconcile.
@@ -110,15 +113,18 @@ impl Reconciler<'_> {
         for &kind in &plan.types {
             let since_ms = match plan.since {
                 Since::At(ms) => ms,
-                Since::Last => {
+                Since::Last | Since::LastOr(_) => {
                     let store = self.watermarks.ok_or(ReconcileError::NoWatermarkStore)?;
-                    store
-                        .get(&app_id, kind)
-                        .await?
-                        .ok_or_else(|| ReconcileError::NoWatermark {
-                            app_id: app_id.clone(),
-                            kind,
-                        })?
+                    match (store.get(&app_id, kind).await?, plan.since) {
+                        (Some(watermark), _) => watermark,
+                        (None, Since::LastOr(first)) => first,
+                        (None, _) => {
+                            return Err(ReconcileError::NoWatermark {
+                                app_id: app_id.clone(),
+                                kind,
+                            })
+                        }
+                    }
                 }
             };
             let window = Window {

@@ -40,6 +40,26 @@ fn wait_for_port(port: u16) {
     }
 }
 
+/// `cargo lambda watch` on `port`, serving only the runtime APIs (the functions are started by the test).
+fn lambda_emulator(port: u16) -> Child {
+    let child = Command::new("cargo")
+        .args([
+            "lambda",
+            "watch",
+            "--only-lambda-apis",
+            "-A",
+            "127.0.0.1",
+            "-P",
+            &port.to_string(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("cargo lambda is installed (scripts/test puts .venv/bin on PATH)");
+    wait_for_port(port);
+    child
+}
+
 /// Starts one of this package's Lambda binaries against the emulator's runtime API.
 fn function(name: &str, binary: &str, port: u16, env: &BTreeMap<&str, String>, log: &Path) -> Child {
     let mut command = Command::new(binary);
@@ -60,10 +80,15 @@ fn function(name: &str, binary: &str, port: u16, env: &BTreeMap<&str, String>, l
 }
 
 fn invoke_worker(port: u16, event: &Value, dir: &Path) -> Value {
+    invoke("worker", port, event, dir)
+}
+
+/// `cargo lambda invoke FUNCTION` with `event`: the function's answer.
+fn invoke(function: &str, port: u16, event: &Value, dir: &Path) -> Value {
     let file = dir.join(format!("event-{}.json", uuid::Uuid::new_v4()));
     std::fs::write(&file, event.to_string()).unwrap();
     let out = Command::new("cargo")
-        .args(["lambda", "invoke", "worker", "--data-file"])
+        .args(["lambda", "invoke", function, "--data-file"])
         .arg(&file)
         .args([
             "-A",
@@ -128,23 +153,7 @@ async fn receiver_and_worker_under_the_lambda_emulator() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let mut processes = Processes(Vec::new());
-    processes.0.push(
-        Command::new("cargo")
-            .args([
-                "lambda",
-                "watch",
-                "--only-lambda-apis",
-                "-A",
-                "127.0.0.1",
-                "-P",
-                &port.to_string(),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("cargo lambda is installed (scripts/test puts .venv/bin on PATH)"),
-    );
-    wait_for_port(port);
+    processes.0.push(lambda_emulator(port));
     // The receiver reads its secret from a SecureString parameter, as deployed.
     let secret_parameter = format!("/{}/client-secret", unique("lambda"));
     aws_sdk_ssm::Client::new(&sdk)
@@ -292,4 +301,107 @@ async fn receiver_and_worker_under_the_lambda_emulator() {
         .filter(|l| l.contains("\"outcome\":\"processed\""))
         .count();
     assert_eq!(processed, 2, "each notification handled once:\n{log}");
+}
+
+/// The scheduled reconciler: its token from a SecureString parameter, a mock of Intercom's search API,
+/// notifications into SQS, watermarks in the idempotency table; a second run continues from them.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_scheduled_reconciler_under_the_lambda_emulator() {
+    use crate::support::intercom_api::{IntercomApi, Kind, Settings};
+    let sdk = crate::support::aws_config().await;
+    let sqs = aws_sdk_sqs::Client::new(&sdk);
+    let dynamo = aws_sdk_dynamodb::Client::new(&sdk);
+    let queue = create_queue(&sqs, &unique("reconciled")).await;
+    let table = unique("reconciler-idempotency");
+    create_table(&dynamo, &table).await;
+    let token_parameter = format!("/{}/access-token", unique("lambda"));
+    aws_sdk_ssm::Client::new(&sdk)
+        .put_parameter()
+        .name(&token_parameter)
+        .value(crate::support::events_api::TOKEN)
+        .r#type(aws_sdk_ssm::types::ParameterType::SecureString)
+        .send()
+        .await
+        .unwrap();
+    let api = IntercomApi::start(Settings::default()).await;
+    let now = intercom_webhooks::plumbing::clock::unix_ms_now() / 1000;
+    for (kind, id, ago) in [
+        (Kind::Conversation, "c1", 3600),
+        (Kind::Conversation, "c2", 1800),
+        (Kind::Contact, "k1", 1200),
+        (Kind::Ticket, "t1", 900),
+        // Before the first pass's look-back (2 h): not reconciled.
+        (Kind::Ticket, "t-old", 3 * 3600),
+    ] {
+        api.put(kind, json!({"id": id, "updated_at": now - ago}));
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut processes = Processes(vec![lambda_emulator(port)]);
+    let env = BTreeMap::from([
+        ("INTERCOM_ACCESS_TOKEN_PARAMETER", token_parameter),
+        ("INTERCOM_BASE_URL", api.uri()),
+        ("QUEUE_URL", queue.clone()),
+        ("IDEMPOTENCY_TABLE", table.clone()),
+        ("RECONCILE_FIRST_LOOKBACK_HOURS", "2".to_owned()),
+    ]);
+    processes.0.push(function(
+        "reconciler",
+        env!("CARGO_BIN_EXE_reconciler"),
+        port,
+        &env,
+        &dir.path().join("reconciler.log"),
+    ));
+    let scheduled: Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("events/reconciler-scheduled.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+
+    let report = invoke("reconciler", port, &scheduled, dir.path());
+    assert_eq!(report["app_id"], "mockapp1", "{report}");
+    let enqueued: u64 = report["types"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["enqueued"].as_u64().unwrap())
+        .sum();
+    assert_eq!(enqueued, 4, "{report}");
+    let messages = crate::support::drain(&sqs, &queue).await;
+    let mut topics: Vec<String> = messages
+        .iter()
+        .map(|m| crate::support::string_attribute(m, attr::TOPIC).unwrap())
+        .collect();
+    topics.sort();
+    assert_eq!(
+        topics,
+        [
+            "contact.reconciled",
+            "conversation.reconciled",
+            "conversation.reconciled",
+            "ticket.reconciled"
+        ]
+    );
+    let watermarks: Vec<String> = crate::support::scan_items(&dynamo, &table)
+        .await
+        .iter()
+        .filter_map(|item| item["pk"].as_s().ok().cloned())
+        .filter(|pk| pk.starts_with("watermark#"))
+        .collect();
+    assert_eq!(watermarks.len(), 3, "{watermarks:?}");
+
+    // The next run starts at the watermarks (less the 10-minute overlap): nothing changed since.
+    let again = invoke("reconciler", port, &scheduled, dir.path());
+    let enqueued: u64 = again["types"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["enqueued"].as_u64().unwrap())
+        .sum();
+    assert_eq!(enqueued, 0, "{again}");
+    assert!(crate::support::drain(&sqs, &queue).await.is_empty());
+    drop(processes);
 }

@@ -876,3 +876,146 @@ fn the_mirror_keeps_the_newest_versions_and_older_deliveries_end_stale() {
     assert_eq!(stats["types"]["contact"]["tombstones"], 1, "{stats}");
     assert_eq!(stats["types"]["ticket"]["objects"], 1, "{stats}");
 }
+
+/// `intercom-webhooks reconcile …` with the access token set: (exit success, stdout, stderr).
+fn reconcile_cli(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(BIN)
+        .arg("reconcile")
+        .args(args)
+        .env("INTERCOM_ACCESS_TOKEN", crate::support::events_api::TOKEN)
+        .env("INTERCOM_CLIENT_SECRET", TEST_SECRET)
+        .env_remove("IDEMPOTENCY_TABLE")
+        .env_remove("INTERCOM_REGION")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+#[test]
+fn objects_changed_while_the_receiver_was_down_reach_the_mirror_after_one_reconcile() {
+    use crate::support::intercom_api::{IntercomApi, Kind, Settings};
+    use serde_json::json;
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let api = runtime.block_on(IntercomApi::start(Settings {
+        app_id: "abc123def".into(),
+        utc_offset_minutes: 600,
+        ..Settings::default()
+    }));
+    let now = intercom_webhooks::plumbing::clock::unix_ms_now() / 1000;
+    // Changed while nothing received Intercom's deliveries: three conversations, two contacts, a ticket.
+    let changed = [
+        (Kind::Conversation, "c1", now - 3000),
+        (Kind::Conversation, "c2", now - 1200),
+        (Kind::Conversation, "c3", now - 60),
+        (Kind::Contact, "k1", now - 2000),
+        (Kind::Contact, "k2", now - 5),
+        (Kind::Ticket, "t1", now - 100),
+    ];
+    for (kind, id, at) in changed {
+        api.put(
+            kind,
+            json!({"id": id, "updated_at": at, "name": format!("{id} <script>x</script>")}),
+        );
+    }
+    // Older than the range: not reconciled.
+    api.put(
+        Kind::Conversation,
+        json!({"id": "old", "updated_at": now - 5 * 86_400}),
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db.sqlite");
+    let server = Server::start(&db, &[]);
+    let (ok, out, err) = reconcile_cli(&[
+        "--since",
+        "2h",
+        "--db",
+        db.to_str().unwrap(),
+        "--base-url",
+        &api.uri(),
+        "--json",
+    ]);
+    assert!(ok, "{err}");
+    let report: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["app_id"], "abc123def");
+    let enqueued: u64 = report["types"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["enqueued"].as_u64().unwrap())
+        .sum();
+    assert_eq!(enqueued, 6, "{report}");
+    server.wait_until("6 outcomes", || server.outcomes().len() == 6);
+    assert!(
+        server.outcomes().iter().all(|(_, o)| o == "processed"),
+        "{:?}",
+        server.outcomes()
+    );
+    // The summary handler does not announce reconciled conversations.
+    let summaries = server
+        .lines
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l["message"] == "summary")
+        .count();
+    assert_eq!(summaries, 0);
+    for (kind, id, at) in changed {
+        let (ok, out, err) = mirror_cli(&db, &["get", kind.type_name(), id]);
+        assert!(ok, "{id}: {err}");
+        let got: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(got["item"]["updated_at"], at, "{id}");
+        assert_eq!(got["app_id"], "abc123def");
+        assert_eq!(got["item"]["name"], format!("{id} <script>x</script>"));
+    }
+    let (_, _, err) = mirror_cli(&db, &["get", "conversation", "old"]);
+    assert!(err.contains("no conversation old"), "{err}");
+
+    // Again from the watermark: nothing new to enqueue.
+    let (ok, out, err) = reconcile_cli(&[
+        "--since",
+        "last",
+        "--db",
+        db.to_str().unwrap(),
+        "--base-url",
+        &api.uri(),
+        "--json",
+    ]);
+    assert!(ok, "{err}");
+    let report: Value = serde_json::from_str(&out).unwrap();
+    let total = |field: &str| -> u64 {
+        report["types"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t[field].as_u64().unwrap())
+            .sum()
+    };
+    assert_eq!(total("enqueued"), 0, "{report}");
+    // The 10-minute overlap reads the latest changes again; the mirror already holds them.
+    assert_eq!(total("already_current"), 3, "{report}");
+
+    // A reconciled version older than the mirror's (through the receiver, which does not look at the
+    // mirror first) ends stale and changes nothing.
+    api.put(Kind::Conversation, json!({"id": "c3", "updated_at": now - 90}));
+    let (ok, _, err) = reconcile_cli(&[
+        "--since",
+        "10m",
+        "--types",
+        "conversations",
+        "--url",
+        &server.url("/webhooks/intercom"),
+        "--base-url",
+        &api.uri(),
+    ]);
+    assert!(ok, "{err}");
+    server.wait_until("7 outcomes", || server.outcomes().len() == 7);
+    assert_eq!(server.outcomes()[6].1, "stale");
+    let (_, out, _) = mirror_cli(&db, &["get", "conversation", "c3"]);
+    let got: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(got["item"]["updated_at"], now - 60);
+}
