@@ -363,12 +363,7 @@ async fn the_scheduled_reconciler_under_the_lambda_emulator() {
 
     let report = invoke("reconciler", port, &scheduled, dir.path());
     assert_eq!(report["app_id"], "mockapp1", "{report}");
-    let enqueued: u64 = report["types"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["enqueued"].as_u64().unwrap())
-        .sum();
+    let enqueued = crate::support::reconcile_total(&report, "enqueued");
     assert_eq!(enqueued, 4, "{report}");
     let messages = crate::support::drain(&sqs, &queue).await;
     let mut topics: Vec<String> = messages
@@ -395,12 +390,7 @@ async fn the_scheduled_reconciler_under_the_lambda_emulator() {
 
     // The next run starts at the watermarks (less the 10-minute overlap): nothing changed since.
     let again = invoke("reconciler", port, &scheduled, dir.path());
-    let enqueued: u64 = again["types"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["enqueued"].as_u64().unwrap())
-        .sum();
+    let enqueued = crate::support::reconcile_total(&again, "enqueued");
     assert_eq!(enqueued, 0, "{again}");
     assert!(crate::support::drain(&sqs, &queue).await.is_empty());
     drop(processes);

@@ -942,12 +942,7 @@ fn objects_changed_while_the_receiver_was_down_reach_the_mirror_after_one_reconc
     assert!(ok, "{err}");
     let report: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(report["app_id"], "abc123def");
-    let enqueued: u64 = report["types"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["enqueued"].as_u64().unwrap())
-        .sum();
+    let enqueued = crate::support::reconcile_total(&report, "enqueued");
     assert_eq!(enqueued, 6, "{report}");
     server.wait_until("6 outcomes", || server.outcomes().len() == 6);
     assert!(
@@ -987,14 +982,7 @@ fn objects_changed_while_the_receiver_was_down_reach_the_mirror_after_one_reconc
     ]);
     assert!(ok, "{err}");
     let report: Value = serde_json::from_str(&out).unwrap();
-    let total = |field: &str| -> u64 {
-        report["types"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|t| t[field].as_u64().unwrap())
-            .sum()
-    };
+    let total = |field: &str| crate::support::reconcile_total(&report, field);
     assert_eq!(total("enqueued"), 0, "{report}");
     // The 10-minute overlap reads the latest changes again; the mirror already holds them.
     assert_eq!(total("already_current"), 3, "{report}");

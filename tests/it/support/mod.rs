@@ -379,3 +379,13 @@ pub fn record(message_id: &str, body: &[u8]) -> intercom_webhooks::processing::w
         receive_count: 1,
     }
 }
+
+/// The sum of `field` over the types of a reconcile report (`reconcile --json`, the reconciler's answer).
+pub fn reconcile_total(report: &serde_json::Value, field: &str) -> u64 {
+    report["types"]
+        .as_array()
+        .expect("a report lists its types")
+        .iter()
+        .map(|t| t[field].as_u64().expect("a count"))
+        .sum()
+}
