@@ -24,6 +24,7 @@ use intercom_webhooks::aws::sqs::{SqsDeadLetterQueue, SqsQueue};
 use intercom_webhooks::aws::{load_config, CallBudget};
 use intercom_webhooks::plumbing::clock::SystemClock;
 use intercom_webhooks::plumbing::metrics::Metrics;
+use intercom_webhooks::processing::handlers::Builtins;
 use intercom_webhooks::processing::mirror::{extract, Extracted, MirrorHandler};
 use intercom_webhooks::processing::worker::{Worker, WorkerSettings};
 use intercom_webhooks::receiving::intake::{Intake, Verdict, DEFAULT_MAX_BODY_BYTES};
@@ -170,13 +171,13 @@ async fn main() -> anyhow::Result<()> {
     let worker = Worker::new(
         Arc::new(DynamoStore::new(dynamo.clone(), &table, clock.clone())),
         Arc::new(SqsDeadLetterQueue::new(sqs.clone(), &dlq_url)),
-        intercom_webhooks::processing::handlers::default_router(
-            None,
-            mirror_on.then(|| {
+        intercom_webhooks::processing::handlers::default_router(Builtins {
+            mirror: mirror_on.then(|| {
                 MirrorHandler::new(Arc::new(DynamoMirror::new(dynamo.clone(), &mirror_table)))
                     .with_metrics(metrics.clone())
             }),
-        )?,
+            ..Builtins::default()
+        })?,
         clock,
         metrics.clone(),
         WorkerSettings::default(),

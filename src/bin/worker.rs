@@ -11,7 +11,7 @@ use intercom_webhooks::aws::sqs::SqsDeadLetterQueue;
 use intercom_webhooks::aws::ssm::SsmParameters;
 use intercom_webhooks::aws::{emf, lambda_sqs, load_config, CallBudget};
 use intercom_webhooks::plumbing::clock::{Clock, SystemClock};
-use intercom_webhooks::plumbing::config::{Env, WorkerLambdaConfig, NOTIFY_WEBHOOK_URL};
+use intercom_webhooks::plumbing::config::{worker_secrets, Env, WorkerLambdaConfig};
 use intercom_webhooks::plumbing::{metrics::Metrics, telemetry};
 use intercom_webhooks::processing::mirror::MirrorHandler;
 use intercom_webhooks::processing::{handlers, worker::Worker};
@@ -23,7 +23,7 @@ async fn main() -> anyhow::Result<()> {
     let sdk = load_config(CallBudget::WORKER).await;
     let parameters = SsmParameters::new(aws_sdk_ssm::Client::new(&sdk));
     let config = Env::process()
-        .resolve(&[NOTIFY_WEBHOOK_URL], &parameters)
+        .resolve(&worker_secrets(), &parameters)
         .await
         .and_then(|env| env.parse(WorkerLambdaConfig::from_env))
         .context("the worker cannot start")?;
@@ -41,7 +41,12 @@ async fn main() -> anyhow::Result<()> {
             None
         }
     };
-    let router = handlers::default_router(config.worker.notify, mirror).context("invalid handler routes")?;
+    let router = handlers::default_router(handlers::Builtins {
+        notify: config.worker.notify,
+        forwards: config.worker.forwards,
+        mirror,
+    })
+    .context("invalid handler routes")?;
     let sqs = aws_sdk_sqs::Client::new(&sdk);
     let queue_url = Arc::new(config.queue_url);
     if queue_url.is_none() {

@@ -8,10 +8,10 @@ use anyhow::Context;
 use crate::local::server::{serve, ConnectionLimits, ServeOptions};
 use crate::local::Retention;
 use crate::plumbing::config::{
-    Env, ParameterError, ParameterStore, WorkerConfig, CLIENT_SECRET, NOTIFY_WEBHOOK_URL,
+    worker_secrets, Env, ParameterError, ParameterStore, WorkerConfig, CLIENT_SECRET,
 };
 use crate::plumbing::telemetry::{self, LogFormat};
-use crate::processing::handlers::default_router;
+use crate::processing::handlers::{default_router, Builtins};
 use crate::processing::worker::WorkerSettings;
 use crate::receiving::intake::DEFAULT_MAX_BODY_BYTES;
 use crate::receiving::signature::ClientSecrets;
@@ -99,7 +99,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     telemetry::init_local(args.log_format);
     let settings = local_settings(worker.settings, &args)?;
     // The mirror's handler is added by `serve`, which opens the database.
-    let routes = default_router(worker.notify, None).context("invalid NOTIFY_TOPICS")?;
+    let routes = default_router(Builtins {
+        notify: worker.notify,
+        forwards: worker.forwards,
+        mirror: None,
+    })
+    .context("invalid NOTIFY_TOPICS or FORWARD_n_TOPICS")?;
     let options = ServeOptions {
         listen: args.listen,
         db: args.db,
@@ -126,11 +131,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// The client secrets and the worker's settings from the environment, as the Lambdas read them: the
-/// secret and the notify URL directly, or from SSM parameters named by their `_PARAMETER` variables (only
-/// then is the AWS configuration loaded).
+/// secrets (client secret, notify URL, forward targets' secrets) directly, or from SSM parameters named by
+/// their `_PARAMETER` variables (only then is the AWS configuration loaded).
 async fn configuration() -> anyhow::Result<(ClientSecrets, WorkerConfig)> {
     let env = Env::process();
-    let secrets = [CLIENT_SECRET, NOTIFY_WEBHOOK_URL];
+    let mut secrets = vec![CLIENT_SECRET];
+    secrets.extend(worker_secrets());
     let resolved = if secrets.iter().any(|s| env.optional(s.parameter).is_some()) {
         let sdk = crate::aws::load_config(crate::aws::CallBudget::WORKER).await;
         let parameters = crate::aws::ssm::SsmParameters::new(aws_sdk_ssm::Client::new(&sdk));

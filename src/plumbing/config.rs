@@ -4,11 +4,14 @@ use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::processing::handlers::{NotifySettings, DEFAULT_NOTIFY_RATE_PER_SECOND, DEFAULT_NOTIFY_TOPICS};
+use crate::processing::handlers::{
+    ForwardSettings, NotifySettings, DEFAULT_FORWARD_RATE_PER_SECOND, DEFAULT_NOTIFY_RATE_PER_SECOND,
+    DEFAULT_NOTIFY_TOPICS,
+};
 use crate::processing::router::TopicPattern;
 use crate::processing::worker::WorkerSettings;
 use crate::receiving::intake::DEFAULT_MAX_BODY_BYTES;
-use crate::receiving::signature::ClientSecrets;
+use crate::receiving::signature::{ClientSecret, ClientSecrets};
 
 /// Why start-up refuses to go on. The message names the variable and what to do.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +62,41 @@ pub const NOTIFY_WEBHOOK_URL: SecretVariable = SecretVariable {
     name: "NOTIFY_WEBHOOK_URL",
     parameter: "NOTIFY_WEBHOOK_URL_PARAMETER",
 };
+
+/// The variables of one forward target, `FORWARD_<n>_…`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ForwardVariables {
+    pub url: &'static str,
+    pub topics: &'static str,
+    pub secret: SecretVariable,
+    pub rate: &'static str,
+}
+
+macro_rules! forward_variables {
+    ($($n:literal),*) => {
+        [$(ForwardVariables {
+            url: concat!("FORWARD_", $n, "_URL"),
+            topics: concat!("FORWARD_", $n, "_TOPICS"),
+            secret: SecretVariable {
+                name: concat!("FORWARD_", $n, "_SECRET"),
+                parameter: concat!("FORWARD_", $n, "_SECRET_PARAMETER"),
+            },
+            rate: concat!("FORWARD_", $n, "_RATE_PER_SECOND"),
+        }),*]
+    };
+}
+
+/// Forward targets 1 to 9.
+pub const FORWARDS: [ForwardVariables; crate::processing::handlers::MAX_FORWARD_TARGETS] =
+    forward_variables!(1, 2, 3, 4, 5, 6, 7, 8, 9);
+
+/// The worker's secrets: the notify webhook URL and the forward targets' secrets, each given directly or
+/// as the name of an SSM parameter.
+pub fn worker_secrets() -> Vec<SecretVariable> {
+    std::iter::once(NOTIFY_WEBHOOK_URL)
+        .chain(FORWARDS.iter().map(|f| f.secret))
+        .collect()
+}
 
 /// Why a parameter could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -258,6 +296,7 @@ impl ReceiverConfig {
 pub struct WorkerConfig {
     pub settings: WorkerSettings,
     pub notify: Option<NotifySettings>,
+    pub forwards: Vec<ForwardSettings>,
 }
 
 impl WorkerConfig {
@@ -296,47 +335,44 @@ impl WorkerConfig {
         }
         let notify = match env.optional(NOTIFY_WEBHOOK_URL.name) {
             None => None,
-            Some(url) => {
-                let parsed = url::Url::parse(url.trim()).map_err(|e| ConfigError::Invalid {
-                    name: NOTIFY_WEBHOOK_URL.name,
-                    reason: e.to_string(),
-                })?;
-                if !matches!(parsed.scheme(), "http" | "https") {
-                    return Err(ConfigError::Invalid {
-                        name: NOTIFY_WEBHOOK_URL.name,
-                        reason: "must be an http or https URL".into(),
-                    });
-                }
-                let topics: Vec<String> = match env.optional("NOTIFY_TOPICS") {
-                    Some(list) => list
-                        .split(',')
-                        .map(|t| t.trim().to_owned())
-                        .filter(|t| !t.is_empty())
-                        .collect(),
-                    None => DEFAULT_NOTIFY_TOPICS.iter().map(|t| (*t).to_owned()).collect(),
-                };
-                for topic in &topics {
-                    TopicPattern::parse(topic).map_err(|e| ConfigError::Invalid {
-                        name: "NOTIFY_TOPICS",
-                        reason: e.to_string(),
-                    })?;
-                }
-                let rate_per_second: f64 =
-                    env.parsed("NOTIFY_RATE_PER_SECOND", DEFAULT_NOTIFY_RATE_PER_SECOND)?;
-                if !(rate_per_second.is_finite() && rate_per_second > 0.0 && rate_per_second <= 1000.0) {
-                    return Err(ConfigError::Invalid {
-                        name: "NOTIFY_RATE_PER_SECOND",
-                        reason: format!("{rate_per_second}: must be greater than 0 and at most 1000"),
-                    });
-                }
-                Some(NotifySettings {
-                    url: SecretString::from(url.trim()),
-                    topics,
-                    timeout: Duration::from_secs(5),
-                    rate_per_second,
-                })
-            }
+            Some(url) => Some(NotifySettings {
+                url: http_url(NOTIFY_WEBHOOK_URL.name, &url)?,
+                topics: topic_list(env, "NOTIFY_TOPICS", DEFAULT_NOTIFY_TOPICS)?,
+                timeout: Duration::from_secs(5),
+                rate_per_second: rate(env, "NOTIFY_RATE_PER_SECOND", DEFAULT_NOTIFY_RATE_PER_SECOND)?,
+            }),
         };
+        let mut forwards = Vec::new();
+        for (i, names) in FORWARDS.iter().enumerate() {
+            let Some(url) = env.optional(names.url) else {
+                // A target's other variables without its URL are a mistake, not a target.
+                for other in [names.topics, names.secret.name, names.rate] {
+                    if env.optional(other).is_some() {
+                        return Err(ConfigError::Invalid {
+                            name: names.url,
+                            reason: format!("is not set, but {other} is"),
+                        });
+                    }
+                }
+                continue;
+            };
+            let secret = env.required(
+                names.secret.name,
+                "set it (or its _PARAMETER) to the secret the target verifies X-Hub-Signature with",
+            )?;
+            let secret = ClientSecret::new(secret.trim()).map_err(|e| ConfigError::Invalid {
+                name: names.secret.name,
+                reason: e.to_string(),
+            })?;
+            forwards.push(ForwardSettings {
+                index: i + 1,
+                url: http_url(names.url, &url)?,
+                topics: topic_list(env, names.topics, &["*"])?,
+                secret,
+                timeout: Duration::from_secs(10),
+                rate_per_second: rate(env, names.rate, DEFAULT_FORWARD_RATE_PER_SECOND)?,
+            });
+        }
         Ok(Self {
             settings: WorkerSettings {
                 retention: Duration::from_secs(days * 86_400),
@@ -345,8 +381,63 @@ impl WorkerConfig {
                 deadline_margin: Duration::from_millis(margin_ms),
             },
             notify,
+            forwards,
         })
     }
+}
+
+/// An http or https URL, kept as a secret (it may carry a token).
+fn http_url(name: &'static str, raw: &str) -> Result<SecretString, ConfigError> {
+    let parsed = url::Url::parse(raw.trim()).map_err(|e| ConfigError::Invalid {
+        name,
+        reason: e.to_string(),
+    })?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(ConfigError::Invalid {
+            name,
+            reason: "must be an http or https URL".into(),
+        });
+    }
+    Ok(SecretString::from(raw.trim()))
+}
+
+/// Comma-separated topic patterns, each checked; `default` when unset.
+fn topic_list<F: Fn(&str) -> Option<String>>(
+    env: &Env<F>,
+    name: &'static str,
+    default: &[&str],
+) -> Result<Vec<String>, ConfigError> {
+    let topics: Vec<String> = match env.optional(name) {
+        Some(list) => list
+            .split(',')
+            .map(|t| t.trim().to_owned())
+            .filter(|t| !t.is_empty())
+            .collect(),
+        None => default.iter().map(|t| (*t).to_owned()).collect(),
+    };
+    for topic in &topics {
+        TopicPattern::parse(topic).map_err(|e| ConfigError::Invalid {
+            name,
+            reason: e.to_string(),
+        })?;
+    }
+    Ok(topics)
+}
+
+/// Posts per second: greater than 0, at most 1000.
+fn rate<F: Fn(&str) -> Option<String>>(
+    env: &Env<F>,
+    name: &'static str,
+    default: f64,
+) -> Result<f64, ConfigError> {
+    let rate: f64 = env.parsed(name, default)?;
+    if !(rate.is_finite() && rate > 0.0 && rate <= 1000.0) {
+        return Err(ConfigError::Invalid {
+            name,
+            reason: format!("{rate}: must be greater than 0 and at most 1000"),
+        });
+    }
+    Ok(rate)
 }
 
 /// The worker Lambda's configuration.
@@ -455,6 +546,62 @@ impl ReconcilerLambdaConfig {
 mod tests {
     use super::*;
     use std::collections::HashMap;
+
+    #[test]
+    fn forward_targets_from_numbered_variables() {
+        let config = WorkerConfig::from_env(&env(&[
+            ("FORWARD_1_URL", "https://crm.example.com/intercom?token=t0ken"),
+            ("FORWARD_1_SECRET", "one"),
+            ("FORWARD_3_URL", "http://127.0.0.1:9000/hook"),
+            ("FORWARD_3_TOPICS", "conversation.*, contact.*.tag.created"),
+            ("FORWARD_3_SECRET", "three"),
+            ("FORWARD_3_RATE_PER_SECOND", "2.5"),
+        ]))
+        .unwrap();
+        let targets: Vec<_> = config
+            .forwards
+            .iter()
+            .map(|f| (f.index, f.topics.clone(), f.rate_per_second))
+            .collect();
+        assert_eq!(
+            targets,
+            vec![
+                (1, vec!["*".to_owned()], DEFAULT_FORWARD_RATE_PER_SECOND),
+                (
+                    3,
+                    vec!["conversation.*".to_owned(), "contact.*.tag.created".to_owned()],
+                    2.5
+                ),
+            ]
+        );
+        assert!(
+            !format!("{:?}", config.forwards).contains("t0ken"),
+            "URLs and secrets are never shown"
+        );
+        assert!(!format!("{:?}", config.forwards).contains("three"));
+        let error = |pairs: &[(&str, &str)]| WorkerConfig::from_env(&env(pairs)).unwrap_err().to_string();
+        assert!(error(&[("FORWARD_2_URL", "https://x.example")]).starts_with("FORWARD_2_SECRET is not set"));
+        assert!(
+            error(&[("FORWARD_2_URL", "ftp://x.example"), ("FORWARD_2_SECRET", "s")])
+                .contains("must be an http or https URL")
+        );
+        assert!(error(&[("FORWARD_4_SECRET", "s")])
+            .starts_with("FORWARD_4_URL is invalid: is not set, but FORWARD_4_SECRET is"));
+        assert!(error(&[
+            ("FORWARD_1_URL", "https://x.example"),
+            ("FORWARD_1_SECRET", "s"),
+            ("FORWARD_1_TOPICS", "a..b")
+        ])
+        .starts_with("FORWARD_1_TOPICS is invalid"));
+        assert!(error(&[
+            ("FORWARD_1_URL", "https://x.example"),
+            ("FORWARD_1_SECRET", "s"),
+            ("FORWARD_1_RATE_PER_SECOND", "0")
+        ])
+        .starts_with("FORWARD_1_RATE_PER_SECOND is invalid"));
+        assert_eq!(worker_secrets().len(), 10);
+        assert_eq!(worker_secrets()[9].parameter, "FORWARD_9_SECRET_PARAMETER");
+    }
 
     #[test]
     fn the_reconciler_needs_a_token_a_queue_and_a_table() {

@@ -572,7 +572,7 @@ mod log_tests {
         let worker = Worker::new(
             Arc::new(SqliteStore::new(db.clone())),
             Arc::new(SqliteQueue::new(db, 5)),
-            crate::processing::handlers::default_router(None, None).unwrap(),
+            crate::processing::handlers::default_router(Default::default()).unwrap(),
             Arc::new(SystemClock),
             Arc::new(Metrics::new()),
             WorkerSettings::default(),
@@ -602,7 +602,7 @@ mod log_tests {
     fn the_outcome_line_carries_delivery_attempts_as_a_number() {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(dir.path().join("w.db")).unwrap();
-        let router = crate::processing::handlers::default_router(None, None).unwrap();
+        let router = crate::processing::handlers::default_router(Default::default()).unwrap();
         let worker = Worker::new(
             Arc::new(SqliteStore::new(db.clone())),
             Arc::new(SqliteQueue::new(db, 5)),

@@ -166,6 +166,8 @@ pub struct Notification {
     pub id: NotificationId,
     /// The whole `data` object (`{"type": …, "item": {…}}`).
     pub data: serde_json::Value,
+    /// The body exactly as Intercom sent it (what its signature covers).
+    pub raw: bytes::Bytes,
 }
 
 impl Notification {
@@ -174,7 +176,12 @@ impl Notification {
         let envelope = Envelope::parse(body)?;
         let id = envelope.id.clone().ok_or(EnvelopeError::Missing("id"))?;
         let data = envelope.data();
-        Ok(Self { envelope, id, data })
+        Ok(Self {
+            envelope,
+            id,
+            data,
+            raw: bytes::Bytes::copy_from_slice(body),
+        })
     }
 
     pub fn topic(&self) -> &Topic {

@@ -158,7 +158,7 @@ async fn redriven_are_processed_once<Q>(
     let worker = Worker::new(
         store,
         dead,
-        intercom_webhooks::processing::handlers::default_router(None, None).unwrap(),
+        intercom_webhooks::processing::handlers::default_router(Default::default()).unwrap(),
         Arc::new(SystemClock),
         Arc::new(Metrics::new()),
         WorkerSettings::default(),

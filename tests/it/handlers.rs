@@ -13,7 +13,7 @@ use intercom_webhooks::plumbing::clock::{unix_ms_now, SystemClock};
 use intercom_webhooks::plumbing::metrics::Metrics;
 use intercom_webhooks::processing::handler::{Handler, HandlerContext, HandlerError};
 use intercom_webhooks::processing::handlers::{
-    default_router, NotifyHandler, NotifySettings, DEFAULT_NOTIFY_TOPICS,
+    default_router, Builtins, NotifyHandler, NotifySettings, DEFAULT_NOTIFY_TOPICS,
 };
 use intercom_webhooks::processing::router::Router;
 use intercom_webhooks::processing::worker::{Outcome, Worker, WorkerSettings};
@@ -41,7 +41,11 @@ fn context() -> HandlerContext {
 
 #[test]
 fn every_fixture_routes_to_the_right_builtin_handlers() {
-    let router = default_router(Some(settings("http://127.0.0.1:9/hook".into())), None).unwrap();
+    let router = default_router(Builtins {
+        notify: Some(settings("http://127.0.0.1:9/hook".into())),
+        ..Builtins::default()
+    })
+    .unwrap();
     let expected: &[(&str, &[&str])] = &[
         ("contact_deleted.json", &["summary"]),
         ("contact_user_created.json", &["summary"]),
@@ -67,7 +71,7 @@ fn every_fixture_routes_to_the_right_builtin_handlers() {
         assert_eq!(names, *handlers, "{file}");
     }
     // Without a notify URL there is no notify handler.
-    let plain = default_router(None, None).unwrap();
+    let plain = default_router(Default::default()).unwrap();
     assert_eq!(plain.handlers_for("conversation.user.created").len(), 1);
 }
 
@@ -90,7 +94,11 @@ async fn the_worker_runs_every_fixture_through_the_builtin_handlers() {
     let worker = Worker::new(
         Arc::new(DynamoStore::new(dynamo.clone(), &table, clock.clone())),
         Arc::new(SqsDeadLetterQueue::new(sqs.clone(), &dlq)),
-        default_router(Some(settings(format!("{}/hook", chat.uri()))), None).unwrap(),
+        default_router(Builtins {
+            notify: Some(settings(format!("{}/hook", chat.uri()))),
+            ..Builtins::default()
+        })
+        .unwrap(),
         clock,
         metrics.clone(),
         WorkerSettings::default(),

@@ -10,6 +10,7 @@ mod events_bulk;
 mod events_cli;
 mod events_client;
 mod faults;
+mod forward;
 mod handlers;
 mod intake;
 mod intercom_api_mock;

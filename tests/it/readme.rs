@@ -4,7 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use intercom_webhooks::processing::handlers::{default_router, NotifySettings, DEFAULT_NOTIFY_TOPICS};
+use intercom_webhooks::processing::handlers::{
+    default_router, Builtins, ForwardSettings, NotifySettings, DEFAULT_NOTIFY_TOPICS,
+};
 use intercom_webhooks::processing::mirror::MirrorHandler;
 
 const START: &str =
@@ -22,7 +24,21 @@ fn generated() -> String {
     let dir = tempfile::tempdir().unwrap();
     let db = intercom_webhooks::local::Db::open(dir.path().join("readme.db")).unwrap();
     let mirror = MirrorHandler::new(Arc::new(intercom_webhooks::local::SqliteMirror::new(db)));
-    let router = default_router(Some(notify), Some(mirror)).unwrap();
+    // One forward target with the default topics stands for all nine.
+    let forward = ForwardSettings {
+        index: 1,
+        url: "https://crm.example.com/intercom".into(),
+        topics: vec!["*".into()],
+        secret: intercom_webhooks::receiving::signature::ClientSecret::new("s").unwrap(),
+        timeout: Duration::from_secs(10),
+        rate_per_second: 50.0,
+    };
+    let router = default_router(Builtins {
+        notify: Some(notify),
+        forwards: vec![forward],
+        mirror: Some(mirror),
+    })
+    .unwrap();
     let quoted = |patterns: &[String]| {
         patterns
             .iter()
@@ -33,6 +49,10 @@ fn generated() -> String {
     let mut table = String::from("| handler | on | topics |\n|---|---|---|\n");
     for (name, patterns) in router.by_handler() {
         let row = match name.as_str() {
+            "forward_1" => format!(
+                "| `forward_1` … `forward_9` | when `FORWARD_<n>_URL` is set | `FORWARD_<n>_TOPICS`; by default {} |\n",
+                quoted(&patterns)
+            ),
             "mirror" => format!(
                 "| `mirror` | `serve` (unless `--no-mirror`); the worker Lambda when `MIRROR_TABLE` is set | {} (whole objects of type conversation, contact, ticket, company) |\n",
                 quoted(&patterns)

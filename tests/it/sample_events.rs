@@ -163,7 +163,7 @@ async fn the_sqs_batch_event_holds_a_valid_record_a_duplicate_and_a_malformed_bo
     let worker = Worker::new(
         Arc::new(SqliteStore::new(db.clone())),
         Arc::new(SqliteQueue::new(db, 5)),
-        intercom_webhooks::processing::handlers::default_router(None, None).unwrap(),
+        intercom_webhooks::processing::handlers::default_router(Default::default()).unwrap(),
         Arc::new(SystemClock),
         Arc::new(Metrics::new()),
         WorkerSettings {

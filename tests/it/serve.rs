@@ -1007,3 +1007,48 @@ fn objects_changed_while_the_receiver_was_down_reach_the_mirror_after_one_reconc
     let got: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(got["item"]["updated_at"], now - 60);
 }
+
+#[test]
+fn serve_forwards_every_fixture_signed_for_the_target() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (target, got) = runtime.block_on(crate::forward::verifying_target("forward-secret"));
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("{}/intercom", target.uri());
+    let server = Server::start(
+        &dir.path().join("db.sqlite"),
+        &[
+            ("FORWARD_1_URL", url.as_str()),
+            ("FORWARD_1_SECRET", "forward-secret"),
+        ],
+    );
+    let (ok, out) = send(&[
+        fixtures_dir().to_str().unwrap(),
+        "--url",
+        &server.url("/webhooks/intercom"),
+    ]);
+    assert!(ok, "{out}");
+    server.wait_until("9 outcomes", || server.outcomes().len() == 9);
+    let got = got.lock().unwrap();
+    assert_eq!(
+        got.len(),
+        9,
+        "every notification but the ping, once: {:?}",
+        server.outcomes()
+    );
+    for (id, topic, body, verified, _) in got.iter() {
+        assert!(verified, "{id}: the signature verifies with the target's secret");
+        let sent: Value = serde_json::from_slice(body).unwrap();
+        assert_eq!(
+            (sent["id"].as_str(), sent["topic"].as_str()),
+            (Some(id.as_str()), Some(topic.as_str()))
+        );
+        let name = std::fs::read_dir(fixtures_dir())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| std::fs::read(p).unwrap() == *body);
+        assert!(name.is_some(), "{id}: the bytes of a fixture, exactly");
+    }
+    // The secret is never logged.
+    let text = server.text.lock().unwrap().join("\n");
+    assert!(!text.contains("forward-secret"));
+}
