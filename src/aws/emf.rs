@@ -20,6 +20,8 @@ const NAMES: &[(&str, &str)] = &[
     ("processed", "Processed"),
     ("dead_lettered", "DeadLettered"),
     ("verified_by_secret", "VerifiedBySecret"),
+    ("mirror_writes", "MirrorWrites"),
+    ("mirror_truncated", "MirrorTruncated"),
 ];
 
 /// Label → dimension. Labels not listed are summed over (kept out of CloudWatch to keep dimensions few).
@@ -28,6 +30,7 @@ const DIMENSIONS: &[(&str, &str)] = &[
     ("topic", "Topic"),
     ("outcome", "Outcome"),
     ("secret_index", "SecretIndex"),
+    ("result", "Result"),
 ];
 
 /// Dimension name and value pairs of one document.

@@ -258,7 +258,18 @@ fn print_summary(report: &Report, args: &ReconcileArgs) -> anyhow::Result<()> {
             );
         }
     }
-    if !report.failed() && !args.dry_run && report.types.iter().any(|t| !t.watermark_advanced) {
+    for t in &report.types {
+        if let Some(why) = &t.watermark_kept {
+            eprintln!("note: {}: watermark kept: {why}", t.kind);
+        }
+    }
+    if !report.failed()
+        && !args.dry_run
+        && report
+            .types
+            .iter()
+            .any(|t| !t.watermark_advanced && t.watermark_kept.is_none())
+    {
         eprintln!("note: no watermark stored (give --db, or --table for the DynamoDB idempotency table, to continue with --since last)");
     }
     Ok(())

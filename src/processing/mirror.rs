@@ -32,6 +32,9 @@ pub const MIRRORED_TYPES: [&str; 4] = ["conversation", "contact", "ticket", "com
 /// The topics the mirror handler is routed: every topic of a mirrored type, whatever its action.
 pub const MIRROR_TOPICS: [&str; 4] = ["conversation.*", "contact.*", "ticket.*", "company.*"];
 
+/// The topics of reconciled notifications end so (`conversation.reconciled`).
+pub const RECONCILED_SUFFIX: &str = ".reconciled";
+
 /// The most a stored item may take, compressed. DynamoDB limits an item to 400 KB with its key and
 /// attribute names; this leaves room for them.
 pub const MAX_STORED_ITEM_BYTES: usize = 350_000;
@@ -192,8 +195,10 @@ pub fn extract(notification: &Notification) -> Extracted {
     };
     let notification_id = notification.id.as_str().to_owned();
     if deletion {
-        // A tombstone is as new as the deletion; without a time there is nothing to compare.
-        let Some(at_ms) = created_ms else {
+        // A tombstone is as new as the deletion; without a time there is nothing to compare. The
+        // notification's `created_at` is whole seconds: the deletion may come late in that second, and an
+        // update made earlier in it (a contact's `updated_at` has milliseconds) must not outrank it.
+        let Some(at_ms) = created_ms.map(|ms| ms + 999) else {
             return Extracted::Unversioned(key);
         };
         return Extracted::Write(MirrorWrite {
@@ -212,12 +217,17 @@ pub fn extract(notification: &Notification) -> Extracted {
         return Extracted::Unversioned(key);
     };
     let (stored, truncated) = stored_item(item);
+    // A reconciled copy (`<type>.reconciled`, made from the search API) of a version the mirror already
+    // holds from a webhook loses the tie: the delivered copy is kept (with its conversation parts and
+    // original shapes) and the state handlers do not run again for it.
+    let tiebreak_ms = if topic.ends_with(RECONCILED_SUFFIX) {
+        0
+    } else {
+        created_ms.unwrap_or(0)
+    };
     Extracted::Write(MirrorWrite {
         key,
-        version: Version {
-            at_ms,
-            tiebreak_ms: created_ms.unwrap_or(0),
-        },
+        version: Version { at_ms, tiebreak_ms },
         deleted: false,
         notification_id,
         item: Some(stored),
@@ -497,7 +507,17 @@ mod tests {
         let w = write(&contact);
         assert!(w.deleted && w.item.is_none());
         assert_eq!(w.key.id, "6961");
-        assert_eq!(w.version.at_ms, 1_768_019_869_000);
+        assert_eq!(
+            w.version.at_ms, 1_768_019_869_999,
+            "the end of the deletion's second"
+        );
+        // An update made in the same second, delivered late, does not resurrect the contact.
+        let same_second = notification(
+            "contact.updated",
+            1768019870,
+            serde_json::json!({"type": "contact", "id": "6961", "updated_at": "2026-01-10T04:37:49.500Z"}),
+        );
+        assert!(write(&same_second).version < w.version);
         let conversation = notification(
             "conversation.deleted",
             1768019869,
@@ -560,6 +580,16 @@ mod tests {
         assert_eq!(kept["title"], "small field");
         assert_eq!(kept["truncated"], true);
         assert!(kept.get("conversation_parts").is_none());
+    }
+
+    #[test]
+    fn a_reconciled_copy_loses_the_tie_with_a_delivered_one() {
+        let item = serde_json::json!({"type": "ticket", "id": "7", "updated_at": 1_700_000_000});
+        let delivered = write(&notification("ticket.state.updated", 1_700_000_001, item.clone()));
+        let reconciled = write(&notification("ticket.reconciled", 1_800_000_000, item.clone()));
+        assert!(reconciled.version < delivered.version);
+        let newer = serde_json::json!({"type": "ticket", "id": "7", "updated_at": 1_700_000_002});
+        assert!(write(&notification("ticket.reconciled", 1_800_000_000, newer)).version > delivered.version);
     }
 
     #[test]

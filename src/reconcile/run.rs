@@ -63,6 +63,8 @@ pub struct TypeReport {
     pub complete: bool,
     /// The watermark was advanced to `until_ms`.
     pub watermark_advanced: bool,
+    /// Why a complete pass did not advance the watermark, when it did not.
+    pub watermark_kept: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, serde::Serialize)]
@@ -131,14 +133,28 @@ impl Reconciler<'_> {
                 since_ms: since_ms - plan.overlap.as_millis() as i64,
                 until_ms: plan.until_ms,
             };
+            // A range that starts after the stored watermark leaves a gap behind it: completing it must
+            // not move the watermark past the gap (the next `--since last` would never cover it).
+            let stored = match (plan.since, self.watermarks) {
+                (Since::At(_), Some(store)) => store.get(&app_id, kind).await?,
+                _ => None,
+            };
             let mut done = self.one_type(&app_id, kind, &window, plan.dry_run, now_s).await;
             if done.complete && !plan.dry_run {
                 if let Some(store) = self.watermarks {
-                    match store.advance(&app_id, kind, plan.until_ms).await {
-                        Ok(()) => done.watermark_advanced = true,
-                        Err(error) => done
-                            .failed
-                            .push((String::new(), format!("watermark not stored: {error}"))),
+                    match stored {
+                        Some(watermark) if window.since_ms > watermark => {
+                            done.watermark_kept = Some(format!(
+                                "the range starts after the stored watermark ({}); reconcile from it to advance it",
+                                crate::processing::mirror::rfc3339(watermark)
+                            ));
+                        }
+                        _ => match store.advance(&app_id, kind, plan.until_ms).await {
+                            Ok(()) => done.watermark_advanced = true,
+                            Err(error) => done
+                                .failed
+                                .push((String::new(), format!("watermark not stored: {error}"))),
+                        },
                     }
                 }
             }

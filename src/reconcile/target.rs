@@ -43,16 +43,39 @@ pub struct SqsTarget {
     pub queue_url: String,
 }
 
+/// The most bytes one `SendMessageBatch` carries in all (SQS limits the sum of its messages to 1 MiB);
+/// the rest of the MiB is left for the attributes.
+const BATCH_BYTES: usize = 1_000_000;
+
 #[async_trait]
 impl Target for SqsTarget {
     async fn enqueue(&self, batch: &[Reconciled]) -> Vec<Result<(), String>> {
         let messages: Vec<Message> = batch.iter().map(message).collect();
-        crate::aws::sqs::send_batch(&self.client, &self.queue_url, &messages)
-            .await
-            .into_iter()
-            .map(|r| r.map_err(|e| e.to_string()))
-            .collect()
+        let mut results = Vec::with_capacity(messages.len());
+        for group in by_size(&messages, BATCH_BYTES) {
+            let sent = crate::aws::sqs::send_batch(&self.client, &self.queue_url, group).await;
+            results.extend(sent.into_iter().map(|r| r.map_err(|e| e.to_string())));
+        }
+        results
     }
+}
+
+/// Consecutive groups of messages whose bodies add up to at most `limit` bytes (a larger message alone).
+fn by_size(messages: &[Message], limit: usize) -> Vec<&[Message]> {
+    let mut groups = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, m) in messages.iter().enumerate() {
+        let size = m.body.len() + m.attributes.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
+        if i > start && bytes + size > limit {
+            groups.push(&messages[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes += size;
+    }
+    if start < messages.len() {
+        groups.push(&messages[start..]);
+    }
+    groups
 }
 
 /// A receiver (the Lambda's Function URL, or `serve`): each notification POSTed with `X-Hub-Signature`,
@@ -92,5 +115,31 @@ impl Target for ReceiverTarget {
             }
         });
         futures::future::join_all(posts).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqs_batches_stay_within_the_byte_limit_and_keep_the_order() {
+        let message = |n: usize| Message {
+            body: "x".repeat(n),
+            attributes: Default::default(),
+        };
+        let messages: Vec<Message> = [300, 300, 300, 500, 1200, 10, 10]
+            .into_iter()
+            .map(message)
+            .collect();
+        let groups: Vec<Vec<usize>> = by_size(&messages, 1000)
+            .into_iter()
+            .map(|g| g.iter().map(|m| m.body.len()).collect())
+            .collect();
+        assert_eq!(
+            groups,
+            vec![vec![300, 300, 300], vec![500], vec![1200], vec![10, 10]]
+        );
+        assert!(by_size(&[], 1000).is_empty());
     }
 }

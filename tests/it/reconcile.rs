@@ -269,6 +269,38 @@ async fn an_interrupted_pass_resumes_without_holes_and_keeps_its_watermark() {
         .cloned()
         .collect();
     assert_eq!(third.objects(), at_the_end);
+
+    // A range that starts after the stored watermark does not move it past the gap before it.
+    let other = SqliteStore::new(Db::open(dir.path().join("other.db")).unwrap());
+    other
+        .advance("mockapp1", ObjectType::Ticket, (UNTIL_S - 3 * 3600) * 1000)
+        .await
+        .unwrap();
+    let report = reconcile(
+        &api,
+        &Recorder::default(),
+        Some(&other),
+        Since::At((UNTIL_S - 3600) * 1000),
+        10,
+    )
+    .await
+    .unwrap();
+    let tickets = report.types.iter().find(|t| t.kind == "tickets").unwrap();
+    assert!(tickets.complete && !tickets.watermark_advanced, "{tickets:?}");
+    assert!(tickets
+        .watermark_kept
+        .as_deref()
+        .unwrap()
+        .contains("starts after the stored watermark"));
+    assert_eq!(
+        other.get("mockapp1", ObjectType::Ticket).await.unwrap(),
+        Some((UNTIL_S - 3 * 3600) * 1000)
+    );
+    // Types without a watermark get one.
+    assert_eq!(
+        other.get("mockapp1", ObjectType::Contact).await.unwrap(),
+        Some(UNTIL_S * 1000)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
