@@ -22,6 +22,8 @@ const NAMES: &[(&str, &str)] = &[
     ("verified_by_secret", "VerifiedBySecret"),
     ("mirror_writes", "MirrorWrites"),
     ("mirror_truncated", "MirrorTruncated"),
+    ("eventbridge_entries", "EventBridgeEntries"),
+    ("eventbridge_truncated", "EventBridgeTruncated"),
 ];
 
 /// Label → dimension. Labels not listed are summed over (kept out of CloudWatch to keep dimensions few).

@@ -4,6 +4,7 @@
 
 pub mod dynamodb;
 pub mod emf;
+pub mod eventbridge;
 pub mod lambda_sqs;
 pub mod mirror;
 pub mod sqs;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use intercom_webhooks::aws::dynamodb::DynamoStore;
+use intercom_webhooks::aws::eventbridge::{EventBridgeHandler, EventBridgeSettings};
 use intercom_webhooks::aws::mirror::DynamoMirror;
 use intercom_webhooks::aws::sqs::SqsDeadLetterQueue;
 use intercom_webhooks::aws::ssm::SsmParameters;
@@ -41,10 +42,31 @@ async fn main() -> anyhow::Result<()> {
             None
         }
     };
+    let others: Vec<(
+        Vec<String>,
+        Arc<dyn intercom_webhooks::processing::handler::Handler>,
+    )> = match config.eventbridge {
+        Some(eb) => vec![(
+            eb.topics.clone(),
+            Arc::new(
+                EventBridgeHandler::new(
+                    aws_sdk_eventbridge::Client::new(&sdk),
+                    EventBridgeSettings {
+                        bus: eb.bus,
+                        source: eb.source,
+                        topics: eb.topics,
+                    },
+                )
+                .with_metrics(metrics.clone()),
+            ),
+        )],
+        None => Vec::new(),
+    };
     let router = handlers::default_router(handlers::Builtins {
         notify: config.worker.notify,
         forwards: config.worker.forwards,
         mirror,
+        others,
     })
     .context("invalid handler routes")?;
     let sqs = aws_sdk_sqs::Client::new(&sdk);

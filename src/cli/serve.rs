@@ -103,6 +103,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         notify: worker.notify,
         forwards: worker.forwards,
         mirror: None,
+        others: Vec::new(),
     })
     .context("invalid NOTIFY_TOPICS or FORWARD_n_TOPICS")?;
     let options = ServeOptions {

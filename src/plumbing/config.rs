@@ -440,6 +440,14 @@ fn rate<F: Fn(&str) -> Option<String>>(
     Ok(rate)
 }
 
+/// Where the worker publishes to EventBridge.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EventBridgeConfig {
+    pub bus: String,
+    pub source: String,
+    pub topics: Vec<String>,
+}
+
 /// The worker Lambda's configuration.
 #[derive(Debug)]
 pub struct WorkerLambdaConfig {
@@ -451,6 +459,8 @@ pub struct WorkerLambdaConfig {
     /// The DynamoDB mirror table (optional; without it the worker keeps no mirror, and state handlers run
     /// for every notification, stale ones included).
     pub mirror_table: Option<String>,
+    /// The EventBridge bus to publish to (`EVENT_BUS_NAME`), with the entries' source and the topics.
+    pub eventbridge: Option<EventBridgeConfig>,
     pub worker: WorkerConfig,
 }
 
@@ -467,6 +477,17 @@ impl WorkerLambdaConfig {
             )?,
             queue_url: env.optional("QUEUE_URL"),
             mirror_table: env.optional("MIRROR_TABLE").map(|t| t.trim().to_owned()),
+            eventbridge: match env.optional("EVENT_BUS_NAME") {
+                None => None,
+                Some(bus) => Some(EventBridgeConfig {
+                    bus: bus.trim().to_owned(),
+                    source: env
+                        .optional("EVENTBRIDGE_SOURCE")
+                        .map(|s| s.trim().to_owned())
+                        .unwrap_or_else(|| "intercom".to_owned()),
+                    topics: topic_list(env, "EVENTBRIDGE_TOPICS", &["*"])?,
+                }),
+            },
             worker: WorkerConfig::from_env(env)?,
         })
     }

@@ -6,6 +6,7 @@ mod bad_input;
 mod cli;
 mod contract;
 mod dlq;
+mod eventbridge;
 mod events_bulk;
 mod events_cli;
 mod events_client;

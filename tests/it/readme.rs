@@ -37,6 +37,7 @@ fn generated() -> String {
         notify: Some(notify),
         forwards: vec![forward],
         mirror: Some(mirror),
+        others: Vec::new(),
     })
     .unwrap();
     let quoted = |patterns: &[String]| {

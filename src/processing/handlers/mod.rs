@@ -10,6 +10,7 @@ pub mod summary;
 
 use std::sync::Arc;
 
+use crate::processing::handler::Handler;
 use crate::processing::mirror::{MirrorHandler, MIRROR_TOPICS};
 use crate::processing::router::{PatternError, Router};
 
@@ -31,6 +32,8 @@ pub struct Builtins {
     pub forwards: Vec<ForwardSettings>,
     /// The mirror (`serve`'s file, or `MIRROR_TABLE`).
     pub mirror: Option<MirrorHandler>,
+    /// Handlers of the adapters (the EventBridge publisher on Lambda), with their topic patterns.
+    pub others: Vec<(Vec<String>, Arc<dyn Handler>)>,
 }
 
 /// The router with the built-in handlers: the mirror when one is configured (its verdict decides whether
@@ -50,6 +53,9 @@ pub fn default_router(builtins: Builtins) -> Result<Router, PatternError> {
     for settings in builtins.forwards {
         let topics = settings.topics.clone();
         let handler = Arc::new(ForwardHandler::new(settings));
+        router = router.route_all(topics.iter().map(String::as_str), handler)?;
+    }
+    for (topics, handler) in builtins.others {
         router = router.route_all(topics.iter().map(String::as_str), handler)?;
     }
     // Register your own handlers here, e.g.:
