@@ -20,6 +20,8 @@ It proves, by reading the template and by evaluating its conditions and rules fo
   recoverable, and has the key and index src/aws/mirror.rs uses; the worker gets MIRROR_TABLE from it and may
   call exactly PutItem, GetItem and UpdateItem on exactly that table, in a statement that exists only with
   it; no other statement anywhere names the table or grants dynamodb actions on every resource;
+- with an EventBus (none, default, create), the worker alone may call exactly events:PutEvents on exactly that
+  bus, EVENT_BUS_NAME names it, the example rule and its queue exist only with it, a failed-entries alarm;
 - the reconciler exists exactly when ReconcileSchedule is given (a rule then requires the token parameter),
   runs on that schedule, and may call exactly sqs:SendMessage on the queue, GetItem / UpdateItem on the
   idempotency table and ssm:GetParameter on the token parameter, nothing else.
@@ -541,6 +543,62 @@ def checks(t):
                        f"{name} attaches {arn}")
 
     yield "no other function, role or policy is granted any ssm action", no_other_ssm
+
+    # ---------------------------------------------------------------- EventBridge
+
+    def eventbridge():
+        for value, publish, create in [("none", False, False), ("default", True, False), ("create", True, True)]:
+            expect(t.cond("PublishToBus", EventBus=value) == publish, f"PublishToBus is wrong for EventBus={value}")
+            expect(t.cond("CreateBus", EventBus=value) == create, f"CreateBus is wrong for EventBus={value}")
+        expect(t.param("EventBus").get("Default") == "none", "EventBus is not off by default")
+        expect(t.resources["IntercomEventBus"].get("Condition") == "CreateBus", "the bus is not created only with create")
+        statements = []
+        for name, r in t.resources.items():
+            iam_statements(r.get("Properties", {}), name, statements)
+        granting = []
+        for path, stmt, under_if in statements:
+            acts = stmt.get("Action", stmt.get("NotAction"))
+            acts = acts if isinstance(acts, list) else [acts]
+            if "NotAction" in stmt or any(isinstance(a, str) and (a == "*" or a.lower().startswith("events:"))
+                                          for a in acts):
+                granting.append((path, stmt, under_if))
+        expect(len(granting) == 1, f"{len(granting)} statements grant events actions, expected exactly 1: "
+                                   f"{[g[0] for g in granting]}")
+        path, stmt, under_if = granting[0]
+        expect(path.startswith("WorkerFunctionRole."), f"{path}: events actions granted outside the worker's role")
+        expect(under_if is not None and under_if[1] and under_if[2] == NO_VALUE,
+               f"{path}: the statement is not inside !If [condition, statement, !Ref AWS::NoValue]")
+        same_condition(t, under_if[0], "PublishToBus", "EventBus", ["none", "default", "create"])
+        expect(stmt.get("Action") in ("events:PutEvents", ["events:PutEvents"]),
+               f"{path}: Action is {stmt.get('Action')!r}, expected exactly events:PutEvents")
+        resource = stmt.get("Resource")
+        parts = if_parts(resource)
+        expect(parts is not None, f"{path}: Resource is {resource!r}, expected !If [CreateBus, the bus, default]")
+        cond, created, default = parts
+        expect(cond == "CreateBus" and arn_of(created, "IntercomEventBus"),
+               f"{path}: with a created bus the Resource is {created!r}, not its ARN")
+        expect(default == {"Fn::Sub": "arn:${AWS::Partition}:events:${AWS::Region}:${AWS::AccountId}:event-bus/default"},
+               f"{path}: without it the Resource is {default!r}, not the default bus's ARN")
+        env = function_env(t, "WorkerFunction")
+        bus = if_parts(env.get("EVENT_BUS_NAME"))
+        expect(bus is not None and bus[2] == NO_VALUE, "EVENT_BUS_NAME is not set only with a bus")
+        same_condition(t, bus[0], "PublishToBus", "EventBus", ["none", "default", "create"])
+        expect(bus[1] == {"Fn::If": ["CreateBus", {"Ref": "IntercomEventBus"}, "default"]},
+               f"EVENT_BUS_NAME is {bus[1]!r}, expected the created bus or default")
+        for name in ["ExampleRule", "ExampleRuleQueue", "ExampleRuleQueuePolicy"]:
+            expect(t.resources[name].get("Condition") == "ExampleRuleOn", f"{name} is not conditional on ExampleRuleOn")
+        expect(not t.cond("ExampleRuleOn", EventBus="none", EventBridgeExampleRule="true"),
+               "the example rule exists without a bus")
+        policy = json_text(t.props("ExampleRuleQueuePolicy"))
+        expect("aws:SourceArn" in policy and "ExampleRule" in policy,
+               "the example queue accepts messages from any rule, not only the example rule")
+        alarm = t.resources.get("EventBridgeFailedEntriesAlarm", {})
+        expect(alarm.get("Condition") == "PublishToBus", "no EventBridgeFailedEntriesAlarm with the bus")
+        expect("EventBridgeEntries" in json_text(alarm), "the failed-entries alarm does not watch EventBridgeEntries")
+
+    yield ("EventBridge (EventBus none, default or create): the worker alone may call exactly events:PutEvents on "
+           "exactly that bus, EVENT_BUS_NAME names it, the example rule and its queue only with it, a failed-entries "
+           "alarm", eventbridge)
 
     # ---------------------------------------------------------------- the scheduled reconciler
 

@@ -20,45 +20,14 @@ async fn exactly_the_matching_notifications_reach_a_rules_target() {
     let sdk = crate::support::aws_config().await;
     let events = aws_sdk_eventbridge::Client::new(&sdk);
     let sqs = aws_sdk_sqs::Client::new(&sdk);
-    let bus = unique("intercom-bus");
-    events.create_event_bus().name(&bus).send().await.unwrap();
-    let target = create_queue(&sqs, &unique("bus-target")).await;
-    let arn = sqs
-        .get_queue_attributes()
-        .queue_url(&target)
-        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
-        .send()
-        .await
-        .unwrap()
-        .attributes
-        .unwrap()[&aws_sdk_sqs::types::QueueAttributeName::QueueArn]
-        .clone();
-    let pattern = json!({
-        "source": ["intercom"],
-        "detail-type": ["conversation.user.created", "conversation.user.replied"],
-    });
-    events
-        .put_rule()
-        .name("customer-messages")
-        .event_bus_name(&bus)
-        .event_pattern(pattern.to_string())
-        .send()
-        .await
-        .unwrap();
-    events
-        .put_targets()
-        .rule("customer-messages")
-        .event_bus_name(&bus)
-        .targets(
-            aws_sdk_eventbridge::types::Target::builder()
-                .id("queue")
-                .arn(arn)
-                .build()
-                .unwrap(),
-        )
-        .send()
-        .await
-        .unwrap();
+    let (bus, target) = bus_with_rule_to_queue(
+        &sdk,
+        json!({
+            "source": ["intercom"],
+            "detail-type": ["conversation.user.created", "conversation.user.replied"],
+        }),
+    )
+    .await;
 
     let metrics = Arc::new(Metrics::new());
     let publisher = EventBridgeHandler::new(
@@ -126,4 +95,46 @@ async fn exactly_the_matching_notifications_reach_a_rules_target() {
             "Time is the notification's created_at"
         );
     }
+}
+
+/// A new bus with one rule (`pattern`) delivering to a new SQS queue: (bus name, queue URL).
+pub async fn bus_with_rule_to_queue(sdk: &aws_config::SdkConfig, pattern: Value) -> (String, String) {
+    let events = aws_sdk_eventbridge::Client::new(sdk);
+    let sqs = aws_sdk_sqs::Client::new(sdk);
+    let bus = unique("intercom-bus");
+    events.create_event_bus().name(&bus).send().await.unwrap();
+    let target = create_queue(&sqs, &unique("bus-target")).await;
+    let arn = sqs
+        .get_queue_attributes()
+        .queue_url(&target)
+        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .unwrap()
+        .attributes
+        .unwrap()[&aws_sdk_sqs::types::QueueAttributeName::QueueArn]
+        .clone();
+    events
+        .put_rule()
+        .name("subscriber")
+        .event_bus_name(&bus)
+        .event_pattern(pattern.to_string())
+        .send()
+        .await
+        .unwrap();
+    events
+        .put_targets()
+        .rule("subscriber")
+        .event_bus_name(&bus)
+        .targets(
+            aws_sdk_eventbridge::types::Target::builder()
+                .id("queue")
+                .arn(arn)
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    (bus, target)
 }

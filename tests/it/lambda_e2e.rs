@@ -169,10 +169,17 @@ async fn receiver_and_worker_under_the_lambda_emulator() {
         ("QUEUE_URL", queue.clone()),
         ("DEAD_LETTER_QUEUE_URL", dlq.clone()),
     ]);
+    // The worker publishes to a bus whose one rule delivers new conversations to a queue.
+    let (bus, subscriber) = crate::eventbridge::bus_with_rule_to_queue(
+        &sdk,
+        json!({"source": ["intercom"], "detail-type": ["conversation.user.created"]}),
+    )
+    .await;
     let worker_env = BTreeMap::from([
         ("DEAD_LETTER_QUEUE_URL", dlq.clone()),
         ("IDEMPOTENCY_TABLE", table.clone()),
         ("MIRROR_TABLE", mirror_table.clone()),
+        ("EVENT_BUS_NAME", bus.clone()),
     ]);
     processes.0.push(function(
         "receiver",
@@ -301,6 +308,15 @@ async fn receiver_and_worker_under_the_lambda_emulator() {
         .filter(|l| l.contains("\"outcome\":\"processed\""))
         .count();
     assert_eq!(processed, 2, "each notification handled once:\n{log}");
+    // On the bus: the new conversation once (its duplicate was not handled), the reply not matched.
+    let published = crate::support::drain(&sqs, &subscriber).await;
+    assert_eq!(published.len(), 1, "{published:?}");
+    let event: Value = serde_json::from_str(published[0].body.as_deref().unwrap()).unwrap();
+    assert_eq!(event["detail-type"], "conversation.user.created");
+    assert_eq!(
+        event["detail"],
+        serde_json::from_slice::<Value>(&created).unwrap()
+    );
 }
 
 /// The scheduled reconciler: its token from a SecureString parameter, a mock of Intercom's search API,

@@ -37,7 +37,7 @@ fn generated() -> String {
         notify: Some(notify),
         forwards: vec![forward],
         mirror: Some(mirror),
-        others: Vec::new(),
+        others: vec![(vec!["*".into()], eventbridge())],
     })
     .unwrap();
     let quoted = |patterns: &[String]| {
@@ -50,6 +50,10 @@ fn generated() -> String {
     let mut table = String::from("| handler | on | topics |\n|---|---|---|\n");
     for (name, patterns) in router.by_handler() {
         let row = match name.as_str() {
+            "eventbridge" => format!(
+                "| `eventbridge` | the worker Lambda when `EVENT_BUS_NAME` is set | `EVENTBRIDGE_TOPICS`; by default {} |\n",
+                quoted(&patterns)
+            ),
             "forward_1" => format!(
                 "| `forward_1` … `forward_9` | when `FORWARD_<n>_URL` is set | `FORWARD_<n>_TOPICS`; by default {} |\n",
                 quoted(&patterns)
@@ -89,4 +93,20 @@ fn the_readme_lists_every_built_in_handler_with_the_topics_the_router_gives_it()
     for topic in ["contact.deleted", "ticket.created", "conversation.admin.replied"] {
         assert!(readme[start..end].contains(&format!("`{topic}`")), "{topic}");
     }
+}
+
+/// The EventBridge publisher as the worker Lambda registers it (the client is never called here).
+fn eventbridge() -> Arc<dyn intercom_webhooks::processing::handler::Handler> {
+    let config = aws_sdk_eventbridge::Config::builder()
+        .behavior_version(aws_sdk_eventbridge::config::BehaviorVersion::latest())
+        .region(aws_sdk_eventbridge::config::Region::new("us-east-1"))
+        .build();
+    Arc::new(intercom_webhooks::aws::eventbridge::EventBridgeHandler::new(
+        aws_sdk_eventbridge::Client::from_conf(config),
+        intercom_webhooks::aws::eventbridge::EventBridgeSettings {
+            bus: "default".into(),
+            source: "intercom".into(),
+            topics: vec!["*".into()],
+        },
+    ))
 }
