@@ -1,8 +1,8 @@
 //! Counts the AWS requests the Lambda path makes per notification, against the AWS emulator, and prices
 //! them. Run with `bench/aws-calls.sh` (it starts moto_server), or with AWS_ENDPOINT_URL set:
 //! `cargo run --release --example aws_calls -- 200` (add `--no-mirror` for a stack with
-//! `EnableMirror=false`). With the mirror, every notification is about a new conversation (one mirror
-//! insert each); `--updates` makes every one a newer version of one conversation instead (its `updated_at`
+//! `EnableMirror=false`, `--eventbridge` to publish to a bus as with an `EventBus`). With the mirror,
+//! every notification is about a new conversation (one mirror insert each); `--updates` makes every one a newer version of one conversation instead (its `updated_at`
 //! moves on; processed ten at a time, some arrive after a newer one and are refused as stale).
 //!
 //! The receiver's intake and the worker's batch function run in-process with SDK clients whose every
@@ -19,6 +19,7 @@ use aws_smithy_runtime_api::client::interceptors::Intercept;
 use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 use aws_smithy_types::config_bag::ConfigBag;
 use intercom_webhooks::aws::dynamodb::DynamoStore;
+use intercom_webhooks::aws::eventbridge::{EventBridgeHandler, EventBridgeSettings};
 use intercom_webhooks::aws::mirror::DynamoMirror;
 use intercom_webhooks::aws::sqs::{SqsDeadLetterQueue, SqsQueue};
 use intercom_webhooks::aws::{load_config, CallBudget};
@@ -67,6 +68,7 @@ async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mirror_on = !args.iter().any(|a| a == "--no-mirror");
     let updates = args.iter().any(|a| a == "--updates");
+    let eventbridge_on = args.iter().any(|a| a == "--eventbridge");
     let n: usize = args
         .iter()
         .find(|a| !a.starts_with("--"))
@@ -86,6 +88,11 @@ async fn main() -> anyhow::Result<()> {
     );
     let dynamo = aws_sdk_dynamodb::Client::from_conf(
         aws_sdk_dynamodb::config::Builder::from(&sdk)
+            .interceptor(counter.clone())
+            .build(),
+    );
+    let events = aws_sdk_eventbridge::Client::from_conf(
+        aws_sdk_eventbridge::config::Builder::from(&sdk)
             .interceptor(counter.clone())
             .build(),
     );
@@ -168,6 +175,24 @@ async fn main() -> anyhow::Result<()> {
     // Worker: batches of 10, as the event source mapping delivers them.
     let clock = Arc::new(SystemClock);
     let metrics = Arc::new(Metrics::new());
+    let bus = format!("calls-{run}");
+    let mut others: Vec<(
+        Vec<String>,
+        Arc<dyn intercom_webhooks::processing::handler::Handler>,
+    )> = Vec::new();
+    if eventbridge_on {
+        *counter.phase.lock().unwrap() = "setup";
+        events.create_event_bus().name(&bus).send().await?;
+        let settings = EventBridgeSettings {
+            bus: bus.clone(),
+            source: "intercom".into(),
+            topics: vec!["*".into()],
+        };
+        others.push((
+            vec!["*".into()],
+            Arc::new(EventBridgeHandler::new(events.clone(), settings).with_metrics(metrics.clone())),
+        ));
+    }
     let worker = Worker::new(
         Arc::new(DynamoStore::new(dynamo.clone(), &table, clock.clone())),
         Arc::new(SqsDeadLetterQueue::new(sqs.clone(), &dlq_url)),
@@ -176,6 +201,7 @@ async fn main() -> anyhow::Result<()> {
                 MirrorHandler::new(Arc::new(DynamoMirror::new(dynamo.clone(), &mirror_table)))
                     .with_metrics(metrics.clone())
             }),
+            others,
             ..Builtins::default()
         })?,
         clock,
@@ -184,6 +210,7 @@ async fn main() -> anyhow::Result<()> {
     );
     let mut processed = 0;
     let mut batches = 0;
+    let mut worker_time = std::time::Duration::ZERO;
     while processed < n && batches < n {
         *counter.phase.lock().unwrap() = "event source mapping";
         let deliveries: Vec<Delivery> = queue.receive(10, std::time::Duration::from_secs(60)).await?;
@@ -193,9 +220,11 @@ async fn main() -> anyhow::Result<()> {
         batches += 1;
         *counter.phase.lock().unwrap() = "worker";
         let deadline = intercom_webhooks::plumbing::clock::unix_ms_now() + 30_000;
+        let started = std::time::Instant::now();
         let result = worker
             .process_batch(deliveries.iter().map(|d| d.record.clone()).collect(), deadline)
             .await;
+        worker_time += started.elapsed();
         anyhow::ensure!(
             result.failures().is_empty(),
             "failures on the happy path: {result:?}"
@@ -221,6 +250,7 @@ async fn main() -> anyhow::Result<()> {
         "phase", "operation", "calls", "per notif."
     );
     let mut sqs_total = 0;
+    let mut put_events = 0;
     let mut dynamo_writes = 0;
     let mut dynamo_total = 0;
     for ((phase, operation), calls) in &counts {
@@ -233,6 +263,9 @@ async fn main() -> anyhow::Result<()> {
         );
         if operation.starts_with("AmazonSQS.") {
             sqs_total += calls;
+        }
+        if operation.ends_with("PutEvents") {
+            put_events += calls;
         }
         if operation.starts_with("DynamoDB_") {
             dynamo_total += calls;
@@ -296,8 +329,23 @@ async fn main() -> anyhow::Result<()> {
         println!("Mirror: off (--no-mirror)");
     }
 
+    let published = metrics.get("eventbridge_entries", &[("result", "published")]);
+    if eventbridge_on {
+        println!(
+            "EventBridge: {published} entries in {put_events} PutEvents calls ({:.2} entries a call)",
+            published as f64 / put_events.max(1) as f64
+        );
+    }
+    println!(
+        "Worker: {processed} notifications in {:.2} s of batch processing against the emulator: {:.0}/s",
+        worker_time.as_secs_f64(),
+        processed as f64 / worker_time.as_secs_f64().max(1e-9)
+    );
+
     // List prices, us-east-1, standard SQS queue, DynamoDB on-demand, Lambda arm64 (check current prices).
     const SQS_PER_MILLION: f64 = 0.40;
+    // Custom events: each 64 KB chunk of an entry is one (these notifications are one chunk each).
+    const EVENTS_PER_MILLION: f64 = 1.00;
     const WRU_PER_MILLION: f64 = 0.625;
     const RRU_PER_MILLION: f64 = 0.125;
     let sqs_cost = per(sqs_total) * SQS_PER_MILLION;
@@ -309,9 +357,17 @@ async fn main() -> anyhow::Result<()> {
         per(sqs_total)
     );
     println!("  DynamoDB {write_units:.2} M write units x $0.625/M = ${dynamo_cost:.2}");
+    let events_cost = per(published) * EVENTS_PER_MILLION;
+    if eventbridge_on {
+        println!(
+            "  EventBridge {:.2} M entries x $1.00/M    = ${events_cost:.2}",
+            per(published)
+        );
+    }
     println!(
-        "  total for queue and store               = ${:.2}",
-        sqs_cost + dynamo_cost
+        "  total for queue, store{}      = ${:.2}",
+        if eventbridge_on { " and bus" } else { "        " },
+        sqs_cost + dynamo_cost + events_cost
     );
     Ok(())
 }
