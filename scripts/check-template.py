@@ -278,8 +278,9 @@ def check_ssm_grant(t, found, role, function, param, sid_hint):
     expect(t.props(function).get("Role") == {"Fn::GetAtt": [role, "Arn"]} or
            t.props(function).get("Role") == {"Fn::GetAtt": f"{role}.Arn"},
            f"{function} does not run as {role}")
-    mine = [f for f in found if f[0].startswith(f"{role}.")]
-    expect(len(mine) == 1, f"{role} has {len(mine)} statements granting ssm actions, expected exactly 1 ({sid_hint})")
+    mine = [f for f in found if f[0].startswith(f"{role}.") and "${%s}" % param in json_text(f[1].get("Resource"))]
+    expect(len(mine) == 1, f"{role} has {len(mine)} statements granting ssm actions on {param}, expected exactly 1 "
+                           f"({sid_hint})")
     path, stmt, under_if = mine[0]
     expect(under_if is not None and under_if[1] and under_if[2] == NO_VALUE,
            f"{path}: the ssm statement is not inside !If [condition, statement, !Ref AWS::NoValue]")
@@ -529,6 +530,26 @@ def checks(t):
 
     yield ("WorkerFunctionRole: exactly ssm:GetParameter on exactly the NotifyWebhookUrlParameter ARN, only when "
            "it is given", worker_ssm)
+
+    def forward_ssm():
+        check_ssm_grant(t, found, "WorkerFunctionRole", "WorkerFunction", "ForwardSecretParameter",
+                        "ssm:GetParameter on the forward target's secret parameter")
+        # The worker's ssm statements are exactly these two.
+        worker = [f for f in found if f[0].startswith("WorkerFunctionRole.")]
+        expect(len(worker) == 2, f"WorkerFunctionRole has {len(worker)} ssm statements, expected 2")
+        env = function_env(t, "WorkerFunction")
+        for name, value in [("FORWARD_1_URL", "ForwardUrl"), ("FORWARD_1_SECRET_PARAMETER", "ForwardSecretParameter")]:
+            parts = if_parts(env.get(name))
+            expect(parts is not None and parts[1] == {"Ref": value} and parts[2] == NO_VALUE,
+                   f"worker {name} is {env.get(name)!r}, expected !If [condition, !Ref {value}, !Ref AWS::NoValue]")
+            tied_to(t, parts[0], "ForwardSecretParameter", ["/intercom-webhooks/example"], [""])
+        expect("FORWARD_1_SECRET" not in env, "the forward secret itself is in the worker's environment")
+        rule = json_text(t.data.get("Rules", {}).get("ForwardUrlNeedsASecret"))
+        expect("ForwardUrl" in rule and "ForwardSecretParameter" in rule,
+               "no rule requires ForwardUrl and ForwardSecretParameter together")
+
+    yield ("WorkerFunctionRole: exactly ssm:GetParameter on exactly the ForwardSecretParameter ARN, only with a "
+           "forward target; FORWARD_1_URL and FORWARD_1_SECRET_PARAMETER set only then", forward_ssm)
 
     def no_other_ssm():
         others = [path for path, _, _ in found
