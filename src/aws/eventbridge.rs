@@ -28,8 +28,11 @@ pub const MAX_ENTRY_BYTES: usize = 1024 * 1024;
 /// Entries per `PutEvents` call, at most.
 pub const MAX_BATCH_ENTRIES: usize = 10;
 
-/// How long the batcher waits for more entries after the first.
-const LINGER: Duration = Duration::from_millis(2);
+/// How long the batcher waits for another entry after the latest one, and at most after the first. The
+/// records of a worker batch reach the publisher spread by their claims and mirror writes; waiting while
+/// they keep coming gathers a batch into one call, at the cost of at most `LONGEST_WAIT` per record.
+const LINGER: Duration = Duration::from_millis(15);
+const LONGEST_WAIT: Duration = Duration::from_millis(60);
 
 /// The default `Source` of the entries.
 pub const DEFAULT_SOURCE: &str = "intercom";
@@ -184,8 +187,9 @@ async fn collect(client: Client, mut rx: mpsc::UnboundedReceiver<Pending>) {
         };
         let mut bytes = first.size;
         let mut batch = vec![first];
-        let until = tokio::time::Instant::now() + LINGER;
+        let latest = tokio::time::Instant::now() + LONGEST_WAIT;
         while batch.len() < MAX_BATCH_ENTRIES {
+            let until = (tokio::time::Instant::now() + LINGER).min(latest);
             match tokio::time::timeout_at(until, rx.recv()).await {
                 Ok(Some(next)) if bytes + next.size > MAX_ENTRY_BYTES => {
                     carried = Some(next);
