@@ -12,9 +12,9 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::events::{api_settings, ConnectionArgs};
 use crate::plumbing::clock::{parse_time, unix_ms_now};
-use crate::plumbing::config::{Env, CLIENT_SECRET};
+use crate::plumbing::config::Env;
 use crate::processing::mirror::{rfc3339, Mirror};
-use crate::receiving::signature::ClientSecret;
+use crate::receiving::deliver::receiver_url;
 use crate::reconcile::run::{Plan, Reconciler, Report, Since, TypeReport};
 use crate::reconcile::search::SearchClient;
 use crate::reconcile::target::{QueueTarget, ReceiverTarget, SqsTarget, Target};
@@ -51,7 +51,7 @@ pub struct ReconcileArgs {
     #[arg(long, conflicts_with = "url")]
     queue_url: Option<String>,
     /// POST them to this receiver, signed with INTERCOM_CLIENT_SECRET as Intercom would.
-    #[arg(long)]
+    #[arg(long, value_parser = receiver_url)]
     url: Option<String>,
     /// The DynamoDB idempotency table (stack output IdempotencyTableName) that keeps the watermarks, with
     /// --queue-url or --url.
@@ -112,14 +112,8 @@ async fn backends(args: &ReconcileArgs) -> anyhow::Result<Backends> {
             queue_url: queue_url.clone(),
         }),
         (None, Some(url), _) => {
-            let url = reqwest::Url::parse(url).with_context(|| format!("--url {url:?} is not a URL"))?;
-            if !matches!(url.scheme(), "http" | "https") {
-                anyhow::bail!("--url must be an http or https URL");
-            }
-            let secret = Env::process().required(CLIENT_SECRET.name, "set INTERCOM_CLIENT_SECRET to the receiver's client secret")?;
-            let secret = secret.split(',').next().unwrap_or_default().trim().to_owned();
-            let secret = ClientSecret::new(secret).context("INTERCOM_CLIENT_SECRET is invalid")?;
-            Box::new(ReceiverTarget::new(url, secret)?)
+            let secrets = Env::process().client_secrets()?;
+            Box::new(ReceiverTarget::new(url.clone(), secrets.primary().clone())?)
         }
         _ => anyhow::bail!(
             "say where the notifications go: --db FILE (serve's file), --queue-url URL (SQS) or --url URL (a receiver)"

@@ -1,11 +1,10 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::Context;
 
 use super::sign::SecretArgs;
-use crate::receiving::signature::ClientSecret;
+use crate::receiving::deliver::{self, receiver_url};
 
 #[derive(clap::Args, Debug)]
 pub struct SendArgs {
@@ -29,10 +28,7 @@ pub fn run(args: SendArgs) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .connect_timeout(Duration::from_secs(5))
-        .build()?;
+    let client = deliver::client()?;
     let mut failed = 0;
     for file in &files {
         let body = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
@@ -41,7 +37,7 @@ pub fn run(args: SendArgs) -> anyhow::Result<ExitCode> {
         } else {
             body
         };
-        let outcome = runtime.block_on(post(&client, &args.url, secrets.primary(), body));
+        let outcome = runtime.block_on(deliver::post_signed(&client, &args.url, secrets.primary(), body));
         match outcome {
             Ok((status, text)) => {
                 println!("{}  {}  {}", status.as_u16(), file.display(), text.trim());
@@ -60,25 +56,6 @@ pub fn run(args: SendArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
-}
-
-/// Signs the exact bytes and posts them with the headers Intercom sends.
-async fn post(
-    client: &reqwest::Client,
-    url: &str,
-    secret: &ClientSecret,
-    body: Vec<u8>,
-) -> anyhow::Result<(reqwest::StatusCode, String)> {
-    let response = client
-        .post(url)
-        .header("content-type", "application/json")
-        .header("user-agent", "Intercom-Webhooks")
-        .header("x-hub-signature", secret.sign(&body))
-        .body(body)
-        .send()
-        .await?;
-    let status = response.status();
-    Ok((status, response.text().await.unwrap_or_default()))
 }
 
 fn expand(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
@@ -115,50 +92,4 @@ fn with_fresh_id(body: &[u8], file: &Path) -> anyhow::Result<Vec<u8>> {
         object.insert("id".into(), format!("notif_{}", uuid::Uuid::new_v4()).into());
     }
     Ok(serde_json::to_vec_pretty(&value)?)
-}
-
-/// An absolute http(s) URL; the error says what to write instead.
-fn receiver_url(text: &str) -> Result<String, String> {
-    let text = text.trim();
-    match url::Url::parse(text) {
-        Ok(url) if matches!(url.scheme(), "http" | "https") && url.has_host() => Ok(text.to_owned()),
-        Ok(url) if !matches!(url.scheme(), "http" | "https") && !text.contains("://") => Err(format!(
-            "{text:?} has no scheme: write http://{text}"
-        )),
-        Ok(url) => Err(format!(
-            "{text:?} is not an http or https URL (scheme {:?}): write e.g. http://127.0.0.1:8080/webhooks/intercom",
-            url.scheme()
-        )),
-        Err(url::ParseError::RelativeUrlWithoutBase) => Err(format!(
-            "{text:?} has no scheme: write http://{text}"
-        )),
-        Err(e) => Err(format!(
-            "{text:?} is not a URL ({e}): write e.g. http://127.0.0.1:8080/webhooks/intercom"
-        )),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::receiver_url;
-
-    #[test]
-    fn a_url_without_a_scheme_is_refused_with_what_to_write() {
-        assert_eq!(
-            receiver_url("127.0.0.1:8080/webhooks/intercom").unwrap_err(),
-            "\"127.0.0.1:8080/webhooks/intercom\" has no scheme: write http://127.0.0.1:8080/webhooks/intercom"
-        );
-        assert_eq!(
-            receiver_url("localhost:8080/webhooks/intercom").unwrap_err(),
-            "\"localhost:8080/webhooks/intercom\" has no scheme: write http://localhost:8080/webhooks/intercom"
-        );
-        assert!(receiver_url("ftp://x/")
-            .unwrap_err()
-            .contains("not an http or https URL"));
-        assert_eq!(
-            receiver_url("http://127.0.0.1:8080/webhooks/intercom").unwrap(),
-            "http://127.0.0.1:8080/webhooks/intercom"
-        );
-        assert!(receiver_url("https://example.com/").is_ok());
-    }
 }

@@ -2,11 +2,11 @@
 //! in batches of 10, or a receiver's URL, signed with the client secret as Intercom signs a delivery.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 
 use super::synthetic::Reconciled;
+use crate::receiving::deliver;
 use crate::receiving::queue::{Message, Queue};
 use crate::receiving::signature::ClientSecret;
 
@@ -78,21 +78,21 @@ fn by_size(messages: &[Message], limit: usize) -> Vec<&[Message]> {
     groups
 }
 
-/// A receiver (the Lambda's Function URL, or `serve`): each notification POSTed with `X-Hub-Signature`,
-/// as Intercom would. A 200 is taken; anything else is a failure named by its status.
+/// A receiver (the Lambda's Function URL, or `serve`): each notification delivered as Intercom would
+/// ([`crate::receiving::deliver`]). A 2xx is taken; anything else is a failure named by its status.
 pub struct ReceiverTarget {
     http: reqwest::Client,
-    url: reqwest::Url,
+    url: String,
     secret: ClientSecret,
 }
 
 impl ReceiverTarget {
-    pub fn new(url: reqwest::Url, secret: ClientSecret) -> Result<Self, reqwest::Error> {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .connect_timeout(Duration::from_secs(5))
-            .build()?;
-        Ok(Self { http, url, secret })
+    pub fn new(url: String, secret: ClientSecret) -> Result<Self, reqwest::Error> {
+        Ok(Self {
+            http: deliver::client()?,
+            url,
+            secret,
+        })
     }
 }
 
@@ -100,18 +100,13 @@ impl ReceiverTarget {
 impl Target for ReceiverTarget {
     async fn enqueue(&self, batch: &[Reconciled]) -> Vec<Result<(), String>> {
         let posts = batch.iter().map(|n| async move {
-            let answer = self
-                .http
-                .post(self.url.clone())
-                .header("content-type", "application/json")
-                .header("x-hub-signature", self.secret.sign(&n.body))
-                .body(n.body.clone())
-                .send()
+            let (status, _) = deliver::post_signed(&self.http, &self.url, &self.secret, n.body.clone())
                 .await
                 .map_err(|e| e.without_url().to_string())?;
-            match answer.status().as_u16() {
-                200..=299 => Ok(()),
-                status => Err(format!("the receiver answered {status}")),
+            if status.is_success() {
+                Ok(())
+            } else {
+                Err(format!("the receiver answered {}", status.as_u16()))
             }
         });
         futures::future::join_all(posts).await
