@@ -137,7 +137,7 @@ async fn main() -> anyhow::Result<()> {
 
     let mirror_table = format!("calls-mirror-{run}");
     if mirror_on {
-        create_mirror_table(&dynamo, &mirror_table).await?;
+        DynamoMirror::create_table(&dynamo, &mirror_table).await?;
     }
 
     // Receiver: every notification a fresh id, signed, through the intake.
@@ -369,47 +369,5 @@ async fn main() -> anyhow::Result<()> {
         if eventbridge_on { " and bus" } else { "        " },
         sqs_cost + dynamo_cost + events_cost
     );
-    Ok(())
-}
-
-/// A table shaped like `template.yaml`'s MirrorTable.
-async fn create_mirror_table(dynamo: &aws_sdk_dynamodb::Client, name: &str) -> anyhow::Result<()> {
-    use aws_sdk_dynamodb::types::*;
-    let attribute = |name: &str, kind: ScalarAttributeType| {
-        AttributeDefinition::builder()
-            .attribute_name(name)
-            .attribute_type(kind)
-            .build()
-    };
-    let key = |name: &str, kind: KeyType| {
-        KeySchemaElement::builder()
-            .attribute_name(name)
-            .key_type(kind)
-            .build()
-    };
-    dynamo
-        .create_table()
-        .table_name(name)
-        .billing_mode(BillingMode::PayPerRequest)
-        .attribute_definitions(attribute("pk", ScalarAttributeType::S)?)
-        .attribute_definitions(attribute("app_id", ScalarAttributeType::S)?)
-        .attribute_definitions(attribute("type", ScalarAttributeType::S)?)
-        .attribute_definitions(attribute("version_ms", ScalarAttributeType::N)?)
-        .key_schema(key("pk", KeyType::Hash)?)
-        .key_schema(key("app_id", KeyType::Range)?)
-        .global_secondary_indexes(
-            GlobalSecondaryIndex::builder()
-                .index_name(intercom_webhooks::aws::mirror::BY_TYPE_INDEX)
-                .key_schema(key("type", KeyType::Hash)?)
-                .key_schema(key("version_ms", KeyType::Range)?)
-                .projection(
-                    Projection::builder()
-                        .projection_type(ProjectionType::KeysOnly)
-                        .build(),
-                )
-                .build()?,
-        )
-        .send()
-        .await?;
     Ok(())
 }

@@ -97,6 +97,16 @@ pub fn fit(mut detail: Value, source: &str, detail_type: &str, limit: usize) -> 
     if entry_size(source, detail_type, &text) <= limit {
         return (text, false);
     }
+    cut(&mut detail);
+    if entry_size(source, detail_type, &detail.to_string()) <= limit {
+        return (detail.to_string(), true);
+    }
+    keep_identity(&mut detail);
+    (detail.to_string(), true)
+}
+
+/// The first cut of [`fit`]: marked, and the conversation parts without their bodies.
+fn cut(detail: &mut Value) {
     detail["truncated"] = Value::Bool(true);
     if let Some(parts) = detail
         .pointer_mut("/data/item/conversation_parts/conversation_parts")
@@ -108,10 +118,10 @@ pub fn fit(mut detail: Value, source: &str, detail_type: &str, limit: usize) -> 
             }
         }
     }
-    let text = detail.to_string();
-    if entry_size(source, detail_type, &text) <= limit {
-        return (text, true);
-    }
+}
+
+/// The second cut of [`fit`]: the item keeps only its identity and version.
+fn keep_identity(detail: &mut Value) {
     if let Some(Value::Object(item)) = detail.pointer_mut("/data/item") {
         let kept: Map<String, Value> = ["type", "id", "updated_at", "created_at", "state"]
             .iter()
@@ -119,7 +129,6 @@ pub fn fit(mut detail: Value, source: &str, detail_type: &str, limit: usize) -> 
             .collect();
         *item = kept;
     }
-    (detail.to_string(), true)
 }
 
 struct Pending {
@@ -234,10 +243,20 @@ impl Handler for EventBridgeHandler {
     }
 
     async fn handle(&self, notification: &Notification, _: &HandlerContext) -> Result<(), HandlerError> {
-        let detail: Value = serde_json::from_slice(&notification.raw)
-            .unwrap_or_else(|_| json!({"id": notification.id.as_str(), "data": notification.data}));
         let topic = notification.topic().as_str();
-        let (detail, truncated) = fit(detail, &self.settings.source, topic, MAX_ENTRY_BYTES);
+        // The body as Intercom sent it is the detail (JSON, parsed when it was received); it is parsed
+        // again only to be cut, for the rare notification over the limit.
+        let raw = std::str::from_utf8(&notification.raw).ok();
+        let (detail, truncated) = match raw {
+            Some(text) if entry_size(&self.settings.source, topic, text) <= MAX_ENTRY_BYTES => {
+                (text.to_owned(), false)
+            }
+            _ => {
+                let detail: Value = serde_json::from_slice(&notification.raw)
+                    .unwrap_or_else(|_| json!({"id": notification.id.as_str(), "data": notification.data}));
+                fit(detail, &self.settings.source, topic, MAX_ENTRY_BYTES)
+            }
+        };
         if truncated {
             self.count("eventbridge_truncated", &[]);
             tracing::warn!(

@@ -77,6 +77,56 @@ impl DynamoMirror {
         &self.table
     }
 
+    /// Creates a table shaped like `template.yaml`'s MirrorTable (key `pk` + `app_id`, the keys-only
+    /// index `by_type` on `type` + `version_ms`, on demand): for the emulator, local runs and benchmarks.
+    pub async fn create_table(client: &Client, name: &str) -> Result<(), MirrorError> {
+        use aws_sdk_dynamodb::types::{
+            AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection,
+            ProjectionType, ScalarAttributeType,
+        };
+        let invalid = |e: aws_sdk_dynamodb::error::BuildError| MirrorError::Unavailable(e.to_string());
+        let attribute = |name: &str, kind: ScalarAttributeType| {
+            AttributeDefinition::builder()
+                .attribute_name(name)
+                .attribute_type(kind)
+                .build()
+                .map_err(invalid)
+        };
+        let key = |name: &str, kind: KeyType| {
+            KeySchemaElement::builder()
+                .attribute_name(name)
+                .key_type(kind)
+                .build()
+                .map_err(invalid)
+        };
+        let index = GlobalSecondaryIndex::builder()
+            .index_name(BY_TYPE_INDEX)
+            .key_schema(key("type", KeyType::Hash)?)
+            .key_schema(key("version_ms", KeyType::Range)?)
+            .projection(
+                Projection::builder()
+                    .projection_type(ProjectionType::KeysOnly)
+                    .build(),
+            )
+            .build()
+            .map_err(invalid)?;
+        client
+            .create_table()
+            .table_name(name)
+            .billing_mode(BillingMode::PayPerRequest)
+            .attribute_definitions(attribute("pk", ScalarAttributeType::S)?)
+            .attribute_definitions(attribute("app_id", ScalarAttributeType::S)?)
+            .attribute_definitions(attribute("type", ScalarAttributeType::S)?)
+            .attribute_definitions(attribute("version_ms", ScalarAttributeType::N)?)
+            .key_schema(key("pk", KeyType::Hash)?)
+            .key_schema(key("app_id", KeyType::Range)?)
+            .global_secondary_indexes(index)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| MirrorError::Unavailable(DisplayErrorContext(&e).to_string()))
+    }
+
     /// The stored version of `key`, read consistently. Used when a refused write came back without the
     /// old item.
     async fn stored_version(&self, key: &MirrorKey) -> Result<Option<Version>, MirrorError> {

@@ -235,7 +235,8 @@ pub fn extract(notification: &Notification) -> Extracted {
     })
 }
 
-fn id_text(value: &Value) -> Option<String> {
+/// An object id: a non-empty string, or a number as text.
+pub fn id_text(value: &Value) -> Option<String> {
     match value {
         Value::String(s) if !s.is_empty() => Some(s.clone()),
         Value::Number(n) => Some(n.to_string()),

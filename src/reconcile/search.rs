@@ -19,7 +19,7 @@ use crate::events::pacer::{Gate, Pacer};
 use crate::events::retry::{RateLimit, RetryPolicy};
 use crate::events::{ClientConfigError, EventsClientBuilder};
 use crate::plumbing::clock::unix_ms_now;
-use crate::processing::mirror::instant_ms;
+use crate::processing::mirror::{id_text, instant_ms};
 
 /// The largest page the search endpoints serve.
 pub const MAX_PER_PAGE: u32 = 150;
@@ -273,12 +273,7 @@ fn excerpt(bytes: &[u8]) -> String {
 
 /// An object's identity and version: (id, `updated_at` in Unix ms), if it has both.
 pub fn identity(object: &Value) -> Option<(String, i64)> {
-    let id = match &object["id"] {
-        Value::String(s) if !s.is_empty() => s.clone(),
-        Value::Number(n) => n.to_string(),
-        _ => return None,
-    };
-    Some((id, instant_ms(&object["updated_at"])?))
+    Some((id_text(&object["id"])?, instant_ms(&object["updated_at"])?))
 }
 
 #[cfg(test)]

@@ -303,48 +303,7 @@ pub async fn create_table(dynamo: &aws_sdk_dynamodb::Client, name: &str) {
 /// checked by scripts/check-template.py): key `pk` + `app_id`, index `by_type` on `type` + `version_ms`,
 /// keys only.
 pub async fn create_mirror_table(dynamo: &aws_sdk_dynamodb::Client, name: &str) {
-    use aws_sdk_dynamodb::types::{
-        AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection,
-        ProjectionType, ScalarAttributeType,
-    };
-    let attribute = |name: &str, kind: ScalarAttributeType| {
-        AttributeDefinition::builder()
-            .attribute_name(name)
-            .attribute_type(kind)
-            .build()
-            .unwrap()
-    };
-    let key = |name: &str, kind: KeyType| {
-        KeySchemaElement::builder()
-            .attribute_name(name)
-            .key_type(kind)
-            .build()
-            .unwrap()
-    };
-    dynamo
-        .create_table()
-        .table_name(name)
-        .billing_mode(BillingMode::PayPerRequest)
-        .attribute_definitions(attribute("pk", ScalarAttributeType::S))
-        .attribute_definitions(attribute("app_id", ScalarAttributeType::S))
-        .attribute_definitions(attribute("type", ScalarAttributeType::S))
-        .attribute_definitions(attribute("version_ms", ScalarAttributeType::N))
-        .key_schema(key("pk", KeyType::Hash))
-        .key_schema(key("app_id", KeyType::Range))
-        .global_secondary_indexes(
-            GlobalSecondaryIndex::builder()
-                .index_name(intercom_webhooks::aws::mirror::BY_TYPE_INDEX)
-                .key_schema(key("type", KeyType::Hash))
-                .key_schema(key("version_ms", KeyType::Range))
-                .projection(
-                    Projection::builder()
-                        .projection_type(ProjectionType::KeysOnly)
-                        .build(),
-                )
-                .build()
-                .unwrap(),
-        )
-        .send()
+    intercom_webhooks::aws::mirror::DynamoMirror::create_table(dynamo, name)
         .await
         .unwrap();
 }
