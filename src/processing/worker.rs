@@ -579,16 +579,7 @@ mod log_tests {
         );
         assert_eq!(worker.settings.deadline_margin, Duration::from_secs(2));
         let body = br#"{"type":"notification_event","id":"notif_2","topic":"contact.deleted","app_id":"abc","data":{"item":{"type":"contact","id":"c2","deleted":true}}}"#;
-        let envelope = crate::receiving::notification::Envelope::parse(body).unwrap();
-        let record = Record {
-            message_id: "m2".into(),
-            message: Message::for_notification(body, &envelope),
-            receive_count: 1,
-        };
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let (record, runtime) = (queued("m2", body), runtime());
         // One second to the deadline, less than the 2 s margin: a quarter of it is kept back. (Run with a
         // subscriber of its own, as the other log test here is: the two share call sites.)
         let mut outcome = None;
@@ -596,6 +587,23 @@ mod log_tests {
             outcome = Some(runtime.block_on(worker.process(&record, unix_ms_now() + 1_000)));
         });
         assert_eq!(outcome, Some(Outcome::Processed));
+    }
+
+    /// A queued notification, as the intake stores it.
+    fn queued(message_id: &str, body: &[u8]) -> Record {
+        let envelope = crate::receiving::notification::Envelope::parse(body).unwrap();
+        Record {
+            message_id: message_id.into(),
+            message: Message::for_notification(body, &envelope),
+            receive_count: 1,
+        }
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
     }
 
     #[test]
@@ -612,16 +620,7 @@ mod log_tests {
             WorkerSettings::default(),
         );
         let body = br#"{"type":"notification_event","id":"notif_1","topic":"contact.deleted","app_id":"abc","delivery_attempts":2,"data":{"item":{"type":"contact","id":"c1","deleted":true}}}"#;
-        let envelope = crate::receiving::notification::Envelope::parse(body).unwrap();
-        let record = Record {
-            message_id: "m1".into(),
-            message: Message::for_notification(body, &envelope),
-            receive_count: 1,
-        };
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let (record, runtime) = (queued("m1", body), runtime());
         let lines = crate::plumbing::telemetry::captured_json_lines("info", || {
             runtime.block_on(worker.process(&record, unix_ms_now() + 30_000));
         });
