@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 
+use crate::local::inspector::{check_token, InspectorOptions, DEFAULT_KEEP, MAX_KEEP};
 use crate::local::server::{serve, ConnectionLimits, ServeOptions};
 use crate::local::Retention;
 use crate::plumbing::config::{
@@ -61,6 +62,17 @@ pub struct ServeArgs {
     /// the database file. State handlers then run for every notification.
     #[arg(long)]
     no_mirror: bool,
+    /// Do not serve the inspector page at `/` nor record deliveries for it.
+    #[arg(long)]
+    no_inspector: bool,
+    /// Deliveries the inspector keeps, with their bodies, in the database file.
+    #[arg(long, default_value_t = DEFAULT_KEEP as u64, value_parser = clap::value_parser!(u64).range(1..=MAX_KEEP as u64))]
+    inspector_keep: u64,
+    /// A token every request to the inspector must carry (at least 16 characters). Required to open it
+    /// when listening on a non-loopback address. Prefer the variable: the command line is visible to
+    /// other users of the machine.
+    #[arg(long, env = "INSPECTOR_TOKEN", hide_env_values = true)]
+    inspector_token: Option<String>,
     /// How often expired idempotency records and old dead letters are purged.
     #[arg(long, default_value = "60s", value_parser = duration)]
     purge_interval: Duration,
@@ -84,6 +96,24 @@ fn local_settings(mut settings: WorkerSettings, args: &ServeArgs) -> anyhow::Res
     Ok(settings)
 }
 
+fn inspector_options(args: &ServeArgs) -> anyhow::Result<Option<InspectorOptions>> {
+    if args.no_inspector {
+        return Ok(None);
+    }
+    let token = match args.inspector_token.as_deref().filter(|t| !t.is_empty()) {
+        Some(token) => {
+            check_token(token)
+                .map_err(|why| anyhow::anyhow!("--inspector-token / INSPECTOR_TOKEN: {why}"))?;
+            Some(secrecy::SecretString::from(token.to_owned()))
+        }
+        None => None,
+    };
+    Ok(Some(InspectorOptions {
+        keep: args.inspector_keep as usize,
+        token,
+    }))
+}
+
 /// A positive duration: `10s`, `500ms`, `14days`.
 fn duration(text: &str) -> Result<Duration, String> {
     match humantime::parse_duration(text.trim()) {
@@ -94,6 +124,7 @@ fn duration(text: &str) -> Result<Duration, String> {
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let inspector = inspector_options(&args)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let (secrets, worker) = runtime.block_on(configuration())?;
     telemetry::init_local(args.log_format);
@@ -126,6 +157,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             dead_letters: args.dead_letter_retention,
             interval: args.purge_interval,
         },
+        inspector,
     };
     runtime.block_on(serve(options, shutdown_signal()))?;
     Ok(ExitCode::SUCCESS)

@@ -76,6 +76,26 @@ CREATE TABLE IF NOT EXISTS mirror_counters (
     name  TEXT PRIMARY KEY,
     value INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS deliveries (
+    seq               INTEGER PRIMARY KEY,
+    received_at_ms    INTEGER NOT NULL,
+    source            TEXT    NOT NULL,
+    status            INTEGER,
+    outcome           TEXT    NOT NULL,
+    reason            TEXT,
+    notification_id   TEXT,
+    topic             TEXT,
+    app_id            TEXT,
+    delivery_attempts INTEGER,
+    receives          INTEGER,
+    handlers          TEXT,
+    duration_ms       REAL,
+    settled_at_ms     INTEGER,
+    headers           TEXT    NOT NULL,
+    body              BLOB,
+    summary           TEXT,
+    replay_of         INTEGER
+);
 CREATE INDEX IF NOT EXISTS idempotency_by_expiration ON idempotency (expiration);
 CREATE INDEX IF NOT EXISTS dead_letters_by_time ON dead_letters (dead_lettered_at);
 ";

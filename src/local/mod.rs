@@ -5,6 +5,7 @@ mod background;
 mod codec;
 pub mod db;
 pub mod dead_letters;
+pub mod inspector;
 pub mod maintenance;
 pub mod mirror;
 mod poller;

@@ -15,6 +15,8 @@ use tokio::sync::{watch, Notify};
 use tracing::{info, warn};
 
 use super::background::Background;
+use super::inspector::access::Access;
+use super::inspector::{Inspector, InspectorOptions};
 use super::poller::Poller;
 use super::{Db, Retention, SqliteQueue, SqliteStore};
 use crate::local::SqliteMirror;
@@ -41,6 +43,8 @@ pub struct ServeOptions {
     pub mirror: bool,
     pub limits: ConnectionLimits,
     pub retention: Retention,
+    /// The inspector page at `/`; `None` turns it off.
+    pub inspector: Option<InspectorOptions>,
 }
 
 /// What a slow, stalled or greedy client may cost `serve`.
@@ -124,30 +128,59 @@ pub async fn serve(
     } else {
         options.routes
     };
-    let worker = Arc::new(Worker::new(
+    let waking: Arc<WakingQueue> = Arc::new(WakingQueue {
+        inner: queue.clone(),
+        wake: wake.clone(),
+    });
+    let address = listener.local_addr()?;
+    // Turns true when serve stops accepting: the inspector's live streams end then.
+    let (closing, closed) = watch::channel(false);
+    let inspector = match options.inspector {
+        Some(settings) => {
+            let access = Access::for_listener(address, settings.token.clone());
+            let (inspector, recorder) = Inspector::start(
+                settings,
+                access,
+                queue.clone(),
+                waking.clone(),
+                clock.clone(),
+                closed,
+            )
+            .await?;
+            Some((inspector, recorder))
+        }
+        None => None,
+    };
+    let mut worker = Worker::new(
         Arc::new(SqliteStore::new(db.clone()).with_clock(clock.clone())),
         Arc::new(queue.clone()),
         routes,
         clock.clone(),
         metrics.clone(),
         options.worker,
-    ));
+    );
+    let mut intake = Intake::new(options.secrets, waking.clone(), options.max_body_bytes)
+        .with_metrics(metrics.clone())
+        .with_store_timeout(options.limits.store_timeout)
+        .with_body_read_timeout(options.limits.body_read_timeout);
+    let mut extra = extra_routes(queue.clone(), metrics.clone());
+    if let Some((inspector, _)) = &inspector {
+        worker = worker.with_observer(inspector.worker_observer());
+        let page = inspector.routes();
+        intake = intake
+            .with_observer(inspector.intake_observer())
+            .with_page(page.clone());
+        extra = extra.route_service("/inspector/{*rest}", page);
+    }
+    let worker = Arc::new(worker);
+    let app = intake.router_with(extra);
 
-    let address = listener.local_addr()?;
-    let intake = Intake::new(
-        options.secrets,
-        Arc::new(WakingQueue {
-            inner: queue.clone(),
-            wake: wake.clone(),
-        }),
-        options.max_body_bytes,
-    )
-    .with_metrics(metrics.clone())
-    .with_store_timeout(options.limits.store_timeout)
-    .with_body_read_timeout(options.limits.body_read_timeout);
-    let app = intake.router_with(extra_routes(queue.clone(), metrics.clone()));
-
-    print_banner(address, &options.db, &worker);
+    print_banner(
+        address,
+        &options.db,
+        &worker,
+        inspector.as_ref().map(|(i, _)| i.access()),
+    );
     info!(%address, db = %options.db.display(), "serving");
 
     let (stop, stopped) = watch::channel(false);
@@ -172,6 +205,10 @@ pub async fn serve(
         stopped.clone(),
     ));
 
+    let shutdown = async move {
+        shutdown.await;
+        let _ = closing.send(true);
+    };
     let served = serve_http(listener, app, options.limits, shutdown).await;
     info!("no longer accepting deliveries; finishing in-flight batches");
     let _ = stop.send(true);
@@ -180,6 +217,16 @@ pub async fn serve(
         let _ = poller.await;
     }
     let _ = purger.await;
+    if let Some((inspector, recorder)) = inspector {
+        // What the last batches did, written before the file is closed.
+        inspector.close().await;
+        if tokio::time::timeout(Duration::from_secs(5), recorder)
+            .await
+            .is_err()
+        {
+            warn!("the inspector's journal did not finish writing within 5 s");
+        }
+    }
     // Every batch has finished; what is left (idle connections of handlers' HTTP clients) can go.
     drop(background);
     served.map_err(|e| anyhow::anyhow!("the server failed: {e}"))?;
@@ -347,7 +394,7 @@ fn extra_routes(queue: SqliteQueue, metrics: Arc<Metrics>) -> Router<Arc<Intake>
         )
 }
 
-fn print_banner(address: SocketAddr, db: &std::path::Path, worker: &Worker) {
+fn print_banner(address: SocketAddr, db: &std::path::Path, worker: &Worker, inspector: Option<&Access>) {
     let handlers: Vec<String> = worker
         .router()
         .by_handler()
@@ -357,6 +404,10 @@ fn print_banner(address: SocketAddr, db: &std::path::Path, worker: &Worker) {
     eprintln!("intercom-webhooks is receiving deliveries");
     eprintln!("  webhook URL:  http://{address}/webhooks/intercom");
     eprintln!("                (give Intercom an HTTPS URL that forwards here, e.g. through a tunnel or a reverse proxy)");
+    match inspector {
+        Some(access) => eprintln!("  inspector:    {}", access.describe(address)),
+        None => eprintln!("  inspector:    off (--no-inspector)"),
+    }
     eprintln!("  health:       http://{address}/healthz    metrics: http://{address}/metrics");
     eprintln!("  database:     {}", db.display());
     eprintln!("  handlers:");
@@ -384,6 +435,7 @@ mod tests {
             mirror: true,
             limits: ConnectionLimits::default(),
             retention: Retention::default(),
+            inspector: Some(InspectorOptions::default()),
         };
         let running = tokio::spawn(serve(options, std::future::pending()));
         // Up and polling (the database file exists once it is open), then dropped mid-run.

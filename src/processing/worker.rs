@@ -170,18 +170,30 @@ impl Default for WorkerSettings {
 struct RecordEnd {
     outcome: Outcome,
     error: Option<RecordError>,
+    /// The handlers that ran, when an observer wants them.
+    handlers: Vec<HandlerRun>,
 }
 
 impl RecordEnd {
     fn new(outcome: Outcome) -> Self {
-        Self { outcome, error: None }
+        Self {
+            outcome,
+            error: None,
+            handlers: Vec::new(),
+        }
     }
 
     fn because(outcome: Outcome, error: RecordError) -> Self {
         Self {
             outcome,
             error: Some(error),
+            handlers: Vec::new(),
         }
+    }
+
+    fn with_handlers(mut self, handlers: Vec<HandlerRun>) -> Self {
+        self.handlers = handlers;
+        self
     }
 
     fn past_deadline() -> Self {
@@ -208,6 +220,34 @@ impl Cutoff {
     }
 }
 
+/// One handler's run on one record.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HandlerRun {
+    pub name: String,
+    pub duration_ms: f64,
+    /// `false` when it failed (the record's error says how).
+    pub ok: bool,
+}
+
+/// What became of one record, for an observer.
+pub struct RecordReport<'a> {
+    pub record: &'a Record,
+    /// The notification's id and topic (from the queue's attributes when the body is not a notification).
+    pub notification_id: &'a str,
+    pub topic: &'a str,
+    pub outcome: Outcome,
+    pub error: Option<&'a RecordError>,
+    /// In the order they ran; empty when none ran.
+    pub handlers: &'a [HandlerRun],
+    pub duration_ms: f64,
+}
+
+/// Told of every record's end (the local inspector). Called on the worker's path: an implementation
+/// hands the report on and returns at once.
+pub trait RecordObserver: Send + Sync {
+    fn finished(&self, report: &RecordReport<'_>);
+}
+
 pub struct Worker {
     store: Arc<dyn IdempotencyStore>,
     dead_letters: Arc<dyn DeadLetterQueue>,
@@ -215,6 +255,7 @@ pub struct Worker {
     clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
     settings: WorkerSettings,
+    observer: Option<Arc<dyn RecordObserver>>,
 }
 
 impl Worker {
@@ -233,7 +274,14 @@ impl Worker {
             clock,
             metrics,
             settings,
+            observer: None,
         }
+    }
+
+    /// Tells `observer` how every record ended, with the handlers that ran and how long each took.
+    pub fn with_observer(mut self, observer: Arc<dyn RecordObserver>) -> Self {
+        self.observer = Some(observer);
+        self
     }
 
     pub fn router(&self) -> &Router {
@@ -352,6 +400,17 @@ impl Worker {
                 "outcome"
             );
         });
+        if let Some(observer) = &self.observer {
+            observer.finished(&RecordReport {
+                record,
+                notification_id,
+                topic,
+                outcome,
+                error: end.error.as_ref(),
+                handlers: &end.handlers,
+                duration_ms,
+            });
+        }
         end
     }
 
@@ -414,15 +473,30 @@ impl Worker {
             receive_count: record.receive_count,
             deadline_ms: cutoff.at_ms,
         };
-        let run_handlers = async {
+        let timed = self.observer.is_some();
+        let mut runs: Vec<HandlerRun> = Vec::new();
+        let runs_ref = &mut runs;
+        let run_handlers = async move {
+            let mut record_run = |name: &str, started: std::time::Instant, ok: bool| {
+                if timed {
+                    runs_ref.push(HandlerRun {
+                        name: name.to_owned(),
+                        duration_ms: started.elapsed().as_secs_f64() * 1000.0,
+                        ok,
+                    });
+                }
+            };
             // The mirror first: its verdict decides whether the state handlers run.
             let mut freshness = Freshness::Unversioned;
             for handler in handlers.iter().filter(|h| h.versions().is_some()) {
                 let Some(versions) = handler.versions() else {
                     continue;
                 };
+                let started = std::time::Instant::now();
                 let run = AssertUnwindSafe(versions.record(notification)).catch_unwind();
-                match run.await.unwrap_or_else(|panic| Err(panicked(panic))) {
+                let result = run.await.unwrap_or_else(|panic| Err(panicked(panic)));
+                record_run(handler.name(), started, result.is_ok());
+                match result {
                     Ok(found) => {
                         if found != Freshness::Unversioned {
                             freshness = found;
@@ -439,8 +513,11 @@ impl Worker {
                 if stale && handler.wants() == Wants::Newest {
                     continue;
                 }
+                let started = std::time::Instant::now();
                 let run = AssertUnwindSafe(handler.handle(notification, &context)).catch_unwind();
-                if let Err(error) = run.await.unwrap_or_else(|panic| Err(panicked(panic))) {
+                let result = run.await.unwrap_or_else(|panic| Err(panicked(panic)));
+                record_run(handler.name(), started, result.is_ok());
+                if let Err(error) = result {
                     return Err(handler_failed(handler.name(), error));
                 }
             }
@@ -450,11 +527,11 @@ impl Worker {
             Ok(ran) => ran,
             Err(_) => {
                 self.release_by(&lease, cutoff.lease_end).await;
-                return RecordEnd::past_deadline();
+                return RecordEnd::past_deadline().with_handlers(runs);
             }
         };
 
-        match ran {
+        let end = match ran {
             Ok(stale) => {
                 let expiration =
                     self.clock.now_ms().div_euclid(1000) + self.settings.retention.as_secs() as i64;
@@ -484,7 +561,8 @@ impl Worker {
                 self.release_by(&lease, cutoff.lease_end).await;
                 RecordEnd::because(Outcome::Retry, error)
             }
-        }
+        };
+        end.with_handlers(runs)
     }
 
     /// Releases, giving up at `by` (the lease's end, when the claim lapses anyway).

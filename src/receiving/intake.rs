@@ -47,6 +47,26 @@ pub struct Intake {
     body_read_timeout: Duration,
     metrics: Arc<Metrics>,
     rejection_lines: LineBudget,
+    observer: Option<Arc<dyn DeliveryObserver>>,
+    page: Option<Router>,
+}
+
+/// What the intake made of one request, for an observer: the HTTP status answered, the verdict and why,
+/// and the body when it was authentic (a rejected request's body is not handed on).
+pub struct Seen<'a> {
+    pub headers: &'a HeaderMap,
+    pub status: StatusCode,
+    /// `queued`, `ping`, `dead_lettered`, `rejected` or `unavailable`.
+    pub verdict: &'static str,
+    /// Why, for every verdict but `queued` and `ping`.
+    pub reason: Option<String>,
+    pub body: Option<Bytes>,
+}
+
+/// Told of every request to a webhook path once it is answered (or about to be). Called on the
+/// acknowledgement path: an implementation hands the request on and returns at once.
+pub trait DeliveryObserver: Send + Sync {
+    fn seen(&self, seen: Seen<'_>);
 }
 
 impl Intake {
@@ -59,6 +79,40 @@ impl Intake {
             body_read_timeout: DEFAULT_BODY_READ_TIMEOUT,
             metrics: Arc::new(Metrics::new()),
             rejection_lines: LineBudget::per_second(REJECTION_LINES_PER_SECOND),
+            observer: None,
+            page: None,
+        }
+    }
+
+    /// Answers `GET /` with `page` (the local inspector); without it, `GET /` is 405 like any method but
+    /// `POST` and `HEAD`.
+    pub fn with_page(mut self, page: Router) -> Self {
+        self.page = Some(page);
+        self
+    }
+
+    /// Tells `observer` of every request to a webhook path (the local inspector).
+    pub fn with_observer(mut self, observer: Arc<dyn DeliveryObserver>) -> Self {
+        self.observer = Some(observer);
+        self
+    }
+
+    fn observe(
+        &self,
+        headers: &HeaderMap,
+        status: StatusCode,
+        verdict: &'static str,
+        reason: Option<String>,
+        body: Option<Bytes>,
+    ) {
+        if let Some(observer) = &self.observer {
+            observer.seen(Seen {
+                headers,
+                status,
+                verdict,
+                reason,
+                body,
+            });
         }
     }
 
@@ -86,14 +140,19 @@ impl Intake {
     }
 
     /// Adds the webhook routes to `extra` (used by the local server to add `/healthz` and `/metrics`).
-    pub fn router_with(self, extra: Router<Arc<Intake>>) -> Router {
+    pub fn router_with(mut self, extra: Router<Arc<Intake>>) -> Router {
+        let page = self.page.take();
         let state = Arc::new(self);
         let webhook = on(MethodFilter::HEAD, head)
             .on(MethodFilter::POST, receive)
             .fallback(method_not_allowed);
         let mut router = extra;
         for path in WEBHOOK_PATHS {
-            router = router.route(path, webhook.clone());
+            let mut methods = webhook.clone();
+            if let (Some(page), "/") = (&page, path) {
+                methods = methods.on_service(MethodFilter::GET, page.clone());
+            }
+            router = router.route(path, methods);
         }
         router.fallback(not_found).with_state(state)
     }
@@ -313,7 +372,7 @@ async fn receive(State(intake): State<Arc<Intake>>, request: Request) -> Respons
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
-        return too_large(&intake, limit);
+        return too_large(&intake, &parts.headers, limit);
     }
     let read = tokio::time::timeout(
         intake.body_read_timeout,
@@ -321,18 +380,25 @@ async fn receive(State(intake): State<Arc<Intake>>, request: Request) -> Respons
     );
     let body: Bytes = match read.await {
         Ok(Ok(bytes)) => bytes,
-        Err(_) => return body_too_slow(&intake),
+        Err(_) => return body_too_slow(&intake, &parts.headers),
         Ok(Err(error)) => {
             let too_long =
                 std::error::Error::source(&error).is_some_and(|e| e.is::<http_body_util::LengthLimitError>());
             if too_long {
-                return too_large(&intake, limit);
+                return too_large(&intake, &parts.headers, limit);
             }
             intake.metrics.incr("received", &[]);
             intake.metrics.incr("rejected", &[("reason", "body_unreadable")]);
             intake.rejection_lines.write(|suppressed| {
                 warn!(%error, reason = "body_unreadable", suppressed, "could not read the request body")
             });
+            intake.observe(
+                &parts.headers,
+                StatusCode::BAD_REQUEST,
+                "rejected",
+                Some("body_unreadable".into()),
+                None,
+            );
             return error_response(
                 StatusCode::BAD_REQUEST,
                 "body_unreadable",
@@ -340,10 +406,29 @@ async fn receive(State(intake): State<Arc<Intake>>, request: Request) -> Respons
             );
         }
     };
-    intake.handle(&parts.headers, &body).await.into_response()
+    let verdict = intake.handle(&parts.headers, &body).await;
+    if intake.observer.is_some() {
+        let (name, reason, kept) = match &verdict {
+            Verdict::Queued { .. } => ("queued", None, true),
+            Verdict::Ping => ("ping", None, true),
+            Verdict::DeadLettered { reason } => ("dead_lettered", Some(reason.clone()), true),
+            Verdict::Rejected(error) => ("rejected", Some(format!("{}: {error}", error.code())), false),
+            Verdict::Unavailable(error) => ("unavailable", Some(error.to_string()), true),
+        };
+        let response = verdict.into_response();
+        intake.observe(
+            &parts.headers,
+            response.status(),
+            name,
+            reason,
+            kept.then_some(body),
+        );
+        return response;
+    }
+    verdict.into_response()
 }
 
-fn body_too_slow(intake: &Intake) -> Response {
+fn body_too_slow(intake: &Intake, headers: &HeaderMap) -> Response {
     intake.metrics.incr("received", &[]);
     intake.metrics.incr("rejected", &[("reason", "body_timeout")]);
     let timeout_ms = intake.body_read_timeout.as_millis() as u64;
@@ -355,6 +440,13 @@ fn body_too_slow(intake: &Intake) -> Response {
             "rejected delivery"
         )
     });
+    intake.observe(
+        headers,
+        StatusCode::REQUEST_TIMEOUT,
+        "rejected",
+        Some("body_timeout".into()),
+        None,
+    );
     error_response(
         StatusCode::REQUEST_TIMEOUT,
         "body_timeout",
@@ -362,12 +454,19 @@ fn body_too_slow(intake: &Intake) -> Response {
     )
 }
 
-fn too_large(intake: &Intake, limit: usize) -> Response {
+fn too_large(intake: &Intake, headers: &HeaderMap, limit: usize) -> Response {
     intake.metrics.incr("received", &[]);
     intake.metrics.incr("rejected", &[("reason", "body_too_large")]);
     intake
         .rejection_lines
         .write(|suppressed| warn!(limit, reason = "body_too_large", suppressed, "rejected delivery"));
+    intake.observe(
+        headers,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "rejected",
+        Some("body_too_large".into()),
+        None,
+    );
     error_response(
         StatusCode::PAYLOAD_TOO_LARGE,
         "body_too_large",

@@ -613,6 +613,9 @@ fn with_a_short_retention_a_steady_stream_of_unique_notifications_keeps_the_file
             "1",
             "--purge-interval",
             "300ms",
+            // The inspector's journal full from the first wave on: it is bounded too.
+            "--inspector-keep",
+            "300",
         ],
     );
     // The database's size as a reader sees it (its pages, committed WAL frames included), and the
@@ -653,6 +656,11 @@ fn with_a_short_retention_a_steady_stream_of_unique_notifications_keeps_the_file
         sizes.push(size());
     }
     assert!(records() < 600, "{} idempotency records kept", records());
+    let journal: i64 = rusqlite::Connection::open(&db)
+        .unwrap()
+        .query_row("SELECT count(*) FROM deliveries", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(journal, 300, "the inspector keeps the last 300 deliveries");
     assert!(on_disk() < 40 << 20, "{} bytes on disk", on_disk());
     let settled = sizes[2];
     let last = *sizes.last().unwrap();
