@@ -9,6 +9,7 @@
 #   bench/intake.sh --fixture events/notifications/ticket_created.json --duration 30s
 #   bench/intake.sh --threads 1 --connections 32 --no-reference
 #   bench/intake.sh --bin /path/to/intercom-webhooks --drain-secs 60    # another build, a longer drain
+#   bench/intake.sh --serve-arg --no-inspector                           # any `serve` option, repeatable
 #
 # The worker of `serve` runs during the load (there is no intake-only mode), at a lower CPU priority than
 # the intake, and shares the cores with it and with wrk. Every POST carries the same notification id, so the
@@ -31,7 +32,8 @@ while [[ $# -gt 0 ]]; do
     --no-reference) REFERENCE=0; shift ;;
     --drain-secs) DRAIN_SECS=$2; shift 2 ;;
     --bin) BIN=$2; shift 2 ;;
-    -h|--help) sed -n '2,18p' "$SELF"; exit 0 ;;
+    --serve-arg) SERVE_ARGS+=("$2"); shift 2 ;;
+    -h|--help) sed -n '2,19p' "$SELF"; exit 0 ;;
     *) echo "unknown option: $1 (see --help)" >&2; exit 2 ;;
   esac
 done

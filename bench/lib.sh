@@ -86,12 +86,14 @@ sign_fixture() { # sign_fixture: the X-Hub-Signature of FIXTURE under SECRET, fr
 # start_serve PORT DB [WRAPPER...]: starts `BIN serve` on 127.0.0.1:PORT with the client secret SECRET,
 # under WRAPPER if given (e.g. /usr/bin/time -v -o FILE), JSON logs in TMP/serve.log, errors in
 # TMP/serve.err. LAST_PID is the process started (the wrapper, if any), stopped when the script exits.
+# SERVE_ARGS (an array, empty unless a script fills it) is added to the `serve` command line.
 LAST_PID=""
+SERVE_ARGS=()
 start_serve() {
   local port=$1 db=$2
   shift 2
   INTERCOM_CLIENT_SECRET=$SECRET "$@" "$BIN" serve --listen "127.0.0.1:$port" --db "$db" \
-    --log-format json >"$TMP/serve.log" 2>"$TMP/serve.err" &
+    --log-format json "${SERVE_ARGS[@]}" >"$TMP/serve.log" 2>"$TMP/serve.err" &
   LAST_PID=$!
   PIDS+=("$LAST_PID")
 }

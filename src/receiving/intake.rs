@@ -61,6 +61,8 @@ pub struct Seen<'a> {
     /// Why, for every verdict but `queued` and `ping`.
     pub reason: Option<String>,
     pub body: Option<Bytes>,
+    /// A queued notification's attributes (see [`crate::receiving::queue::attr`]).
+    pub attributes: Option<std::collections::BTreeMap<String, String>>,
 }
 
 /// Told of every request to a webhook path once it is answered (or about to be). Called on the
@@ -97,6 +99,7 @@ impl Intake {
         self
     }
 
+    /// Tells the observer, if any, of a request that was not queued.
     fn observe(
         &self,
         headers: &HeaderMap,
@@ -105,6 +108,18 @@ impl Intake {
         reason: Option<String>,
         body: Option<Bytes>,
     ) {
+        self.observe_queued(headers, status, verdict, reason, body, None);
+    }
+
+    fn observe_queued(
+        &self,
+        headers: &HeaderMap,
+        status: StatusCode,
+        verdict: &'static str,
+        reason: Option<String>,
+        body: Option<Bytes>,
+        attributes: Option<std::collections::BTreeMap<String, String>>,
+    ) {
         if let Some(observer) = &self.observer {
             observer.seen(Seen {
                 headers,
@@ -112,6 +127,7 @@ impl Intake {
                 verdict,
                 reason,
                 body,
+                attributes,
             });
         }
     }
@@ -231,7 +247,10 @@ impl Intake {
                     span().in_scope(|| debug!(secret_index = verified.secret_index, "queued"));
                 }
                 let id = envelope.id.map(|id| id.to_string()).unwrap_or_default();
-                Verdict::Queued { notification_id: id }
+                Verdict::Queued {
+                    notification_id: id,
+                    attributes: message.attributes,
+                }
             }
             Err(QueueError::Rejected(why)) => {
                 // The queue will never take this message; keep it in the dead-letter queue instead.
@@ -317,8 +336,12 @@ fn delivery_span(envelope: Option<&Envelope>) -> tracing::Span {
 /// The verdict on one delivery.
 #[derive(Debug)]
 pub enum Verdict {
-    /// Stored on the main queue.
-    Queued { notification_id: String },
+    /// Stored on the main queue, with the message's attributes (topic, notification id, app, delivery
+    /// attempts).
+    Queued {
+        notification_id: String,
+        attributes: std::collections::BTreeMap<String, String>,
+    },
     /// Authentic `ping`: nothing stored.
     Ping,
     /// Authentic but unprocessable: stored on the dead-letter queue with `reason`.
@@ -332,7 +355,7 @@ pub enum Verdict {
 impl IntoResponse for Verdict {
     fn into_response(self) -> Response {
         match self {
-            Verdict::Queued { notification_id } => (
+            Verdict::Queued { notification_id, .. } => (
                 StatusCode::OK,
                 Json(json!({"status": "queued", "notification_id": notification_id})),
             )
@@ -415,13 +438,27 @@ async fn receive(State(intake): State<Arc<Intake>>, request: Request) -> Respons
             Verdict::Rejected(error) => ("rejected", Some(format!("{}: {error}", error.code())), false),
             Verdict::Unavailable(error) => ("unavailable", Some(error.to_string()), true),
         };
+        let (verdict, attributes) = match verdict {
+            Verdict::Queued {
+                notification_id,
+                attributes,
+            } => (
+                Verdict::Queued {
+                    notification_id,
+                    attributes: Default::default(),
+                },
+                Some(attributes),
+            ),
+            other => (other, None),
+        };
         let response = verdict.into_response();
-        intake.observe(
+        intake.observe_queued(
             &parts.headers,
             response.status(),
             name,
             reason,
             kept.then_some(body),
+            attributes,
         );
         return response;
     }

@@ -5,7 +5,7 @@
 //! are left out and counted, never waited for.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,6 +23,9 @@ use crate::receiving::notification::{Envelope, Notification};
 
 /// Events waiting for the recorder at most; more are left out (and counted).
 const CHANNEL_CAPACITY: usize = 8_192;
+
+/// Body bytes waiting for the recorder at most (a body may be up to 1 MiB): more are left out.
+const PENDING_BYTES_LIMIT: usize = 64 << 20;
 
 /// The recorder writes at most this often.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(200);
@@ -68,10 +71,110 @@ impl Source {
     }
 }
 
+/// What identifies a queued notification (from the queue message's attributes: nothing to parse).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Key {
+    pub notification_id: String,
+    pub app_id: String,
+    pub topic: String,
+    pub delivery_attempts: Option<u32>,
+}
+
+impl Key {
+    /// The key of a queue message's attributes; `None` without a notification id.
+    pub fn of(attributes: &std::collections::BTreeMap<String, String>) -> Option<Key> {
+        use crate::receiving::queue::attr;
+        Some(Key {
+            notification_id: attributes.get(attr::NOTIFICATION_ID)?.clone(),
+            app_id: attributes.get(attr::APP_ID).cloned().unwrap_or_default(),
+            topic: attributes.get(attr::TOPIC).cloned().unwrap_or_default(),
+            delivery_attempts: attributes
+                .get(attr::DELIVERY_ATTEMPTS)
+                .and_then(|n| n.parse().ok()),
+        })
+    }
+}
+
+/// The notifications the journal has a delivery of and whose outcome is still to come, by a hash of
+/// (app, notification id): the worker's observer sends a record's body only for a notification the
+/// journal has no delivery of, and nothing for one whose delivery was left out. A collision costs at most
+/// a body on the page.
+#[derive(Default)]
+struct Expected {
+    entries: std::sync::Mutex<HashMap<u64, Expecting>>,
+}
+
+#[derive(Default, Clone, Copy)]
+struct Expecting {
+    recorded: u32,
+    left_out: u32,
+}
+
+/// What the journal knows of a record the worker finished.
+#[derive(Debug, PartialEq, Eq)]
+enum Known {
+    /// Its delivery is recorded: the outcome is enough.
+    Recorded,
+    /// Its delivery was left out: so is its outcome.
+    LeftOut,
+    /// Not through the intake: the outcome comes with the body.
+    Unknown,
+}
+
+impl Expected {
+    fn hash(app_id: &str, notification_id: &str) -> u64 {
+        use std::hash::Hasher;
+        // Fixed keys: the same hash for the same pair within the process.
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        hasher.write(app_id.as_bytes());
+        hasher.write_u8(0);
+        hasher.write(notification_id.as_bytes());
+        hasher.finish()
+    }
+
+    fn add(&self, key: &Key, recorded: bool) {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = entries
+            .entry(Self::hash(&key.app_id, &key.notification_id))
+            .or_default();
+        if recorded {
+            entry.recorded += 1;
+        } else {
+            entry.left_out += 1;
+        }
+    }
+
+    /// Looks up a finished record, forgetting one delivery when the outcome is final.
+    fn finish(&self, app_id: &str, notification_id: &str, is_final: bool) -> Known {
+        let hash = Self::hash(app_id, notification_id);
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(entry) = entries.get_mut(&hash) else {
+            return Known::Unknown;
+        };
+        let known = if entry.recorded > 0 {
+            if is_final {
+                entry.recorded -= 1;
+            }
+            Known::Recorded
+        } else {
+            if is_final {
+                entry.left_out = entry.left_out.saturating_sub(1);
+            }
+            Known::LeftOut
+        };
+        if entry.recorded == 0 && entry.left_out == 0 {
+            entries.remove(&hash);
+        }
+        known
+    }
+}
+
 /// A request or a replay, as the recorder is told of it.
 pub struct Received {
     pub at_ms: i64,
     pub source: Source,
+    /// For a queued notification: its id, app and topic.
+    pub key: Option<Key>,
     pub status: Option<u16>,
     /// `queued`, `ping`, `dead_lettered`, `rejected`, `unavailable`.
     pub verdict: &'static str,
@@ -93,7 +196,7 @@ pub struct Settled {
     pub handlers: Vec<HandlerRun>,
     pub duration_ms: f64,
     /// The record's body, for a record the journal has no delivery of.
-    pub body: String,
+    pub body: Option<String>,
 }
 
 enum Event {
@@ -179,21 +282,55 @@ pub struct MinuteCount {
 pub struct Recorder {
     events: mpsc::Sender<Event>,
     left_out: Arc<AtomicU64>,
+    /// Body bytes sent and not yet taken by the writer.
+    pending_bytes: Arc<AtomicUsize>,
+    expected: Arc<Expected>,
 }
 
 impl Recorder {
     pub fn received(&self, received: Received) {
-        self.send(Event::Received(received));
-    }
-
-    pub fn settled(&self, settled: Settled) {
-        self.send(Event::Settled(settled));
-    }
-
-    fn send(&self, event: Event) {
-        if self.events.try_send(event).is_err() {
-            self.left_out.fetch_add(1, Ordering::Relaxed);
+        let bytes = received.body.as_ref().map_or(0, Bytes::len);
+        let key = (received.verdict == "queued")
+            .then(|| received.key.clone())
+            .flatten();
+        let sent = self.send(Event::Received(received), bytes);
+        if let Some(key) = key {
+            self.expected.add(&key, sent);
         }
+    }
+
+    /// A record the worker finished. `body` is called only when the journal has no delivery of it.
+    pub fn settled(&self, settled: Settled, body: impl FnOnce() -> String) {
+        let mut settled = settled;
+        match self.expected.finish(
+            &settled.app_id,
+            &settled.notification_id,
+            is_final(settled.outcome),
+        ) {
+            Known::LeftOut => {
+                self.left_out.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            Known::Recorded => {}
+            Known::Unknown => settled.body = Some(body()),
+        }
+        let bytes = settled.body.as_ref().map_or(0, String::len);
+        self.send(Event::Settled(settled), bytes);
+    }
+
+    fn send(&self, event: Event, bytes: usize) -> bool {
+        let before = self.pending_bytes.fetch_add(bytes, Ordering::Relaxed);
+        if before + bytes > PENDING_BYTES_LIMIT || self.events.try_send(event).is_err() {
+            self.pending_bytes.fetch_sub(bytes, Ordering::Relaxed);
+            self.left_out.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    /// Counts a delivery left out on purpose (a flood of rejected requests).
+    pub fn leave_out(&self) {
+        self.left_out.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Writes what was sent before and stops the recorder (when `serve` stops).
@@ -235,7 +372,13 @@ pub async fn start(db: Db, keep: usize) -> Result<(Recorder, Journal, tokio::tas
         .await?;
     let (events, inbox) = mpsc::channel(CHANNEL_CAPACITY);
     let (changed, changes) = watch::channel(last_seq);
+    let pending_bytes = Arc::new(AtomicUsize::new(0));
+    let left_out = Arc::new(AtomicU64::new(0));
     let mut writer = Writer {
+        budget: Budget::new(keep),
+        left_out: 0,
+        left_out_total: left_out.clone(),
+        pending_bytes: pending_bytes.clone(),
         db: db.clone(),
         keep: keep as i64,
         next_seq: last_seq + 1,
@@ -250,7 +393,9 @@ pub async fn start(db: Db, keep: usize) -> Result<(Recorder, Journal, tokio::tas
     Ok((
         Recorder {
             events,
-            left_out: Arc::new(AtomicU64::new(0)),
+            left_out,
+            pending_bytes,
+            expected: Arc::new(Expected::default()),
         },
         Journal { db, changes },
         task,
@@ -268,7 +413,7 @@ struct Row {
     topic: Option<String>,
     app_id: Option<String>,
     delivery_attempts: Option<u32>,
-    headers: String,
+    headers: Vec<(String, String)>,
     body: Option<Bytes>,
     summary: Option<String>,
     replay_of: Option<i64>,
@@ -308,8 +453,66 @@ impl From<&Settled> for Settle {
     }
 }
 
+/// Rows written per second at most once the burst is spent: recording must not take the database thread
+/// from the intake (bench/RESULTS.md has the measurements).
+pub const ROWS_PER_SECOND: f64 = 500.0;
+
+/// A token bucket of rows to write: `keep` at once, refilled at [`ROWS_PER_SECOND`].
+struct Budget {
+    tokens: f64,
+    capacity: f64,
+    refilled: Instant,
+}
+
+impl Budget {
+    fn new(capacity: usize) -> Self {
+        Self {
+            tokens: capacity as f64,
+            capacity: capacity as f64,
+            refilled: Instant::now(),
+        }
+    }
+
+    /// How many of `wanted` rows may be written now.
+    fn take(&mut self, wanted: usize) -> usize {
+        let now = Instant::now();
+        let refill = now.duration_since(self.refilled).as_secs_f64() * ROWS_PER_SECOND;
+        self.tokens = (self.tokens + refill).min(self.capacity);
+        self.refilled = now;
+        let granted = (self.tokens.floor() as usize).min(wanted);
+        self.tokens -= granted as f64;
+        granted
+    }
+}
+
+impl Row {
+    /// What the list shows that needs the body parsed: the summary line, and for a row without a key
+    /// (a ping, an authentic body that is not a notification) its topic and ids. Only for rows written.
+    fn describe(&mut self) {
+        let Some(body) = self.body.as_deref() else {
+            return;
+        };
+        if self.notification_id.is_none() && self.topic.is_none() {
+            if let Ok(envelope) = Envelope::parse(body) {
+                self.notification_id = envelope.id.map(|id| id.to_string());
+                self.topic = Some(envelope.topic.to_string());
+                self.app_id = envelope.app_id.map(|a| a.to_string());
+                self.delivery_attempts = envelope.delivery_attempts;
+            }
+        }
+        if self.outcome != "ping" && self.outcome != "dead_lettered" && self.outcome != "rejected" {
+            self.summary = Notification::parse(body).ok().map(|n| summarize(&n));
+        }
+    }
+}
+
 struct Writer {
     db: Db,
+    budget: Budget,
+    /// Rows not written for the budget (added to the recorder's count of what was left out).
+    left_out: u64,
+    left_out_total: Arc<AtomicU64>,
+    pending_bytes: Arc<AtomicUsize>,
     keep: i64,
     next_seq: i64,
     /// Rows whose message the worker has not finished with, by (app, notification id), oldest first.
@@ -362,6 +565,15 @@ impl Writer {
     fn apply(&mut self, events: Vec<Event>, closing: bool) -> Flush {
         let mut flush = Flush::default();
         let mut settles = Vec::new();
+        let taken: usize = events
+            .iter()
+            .map(|e| match e {
+                Event::Received(r) => r.body.as_ref().map_or(0, Bytes::len),
+                Event::Settled(s) => s.body.as_ref().map_or(0, String::len),
+                Event::Close | Event::Flush => 0,
+            })
+            .sum();
+        self.pending_bytes.fetch_sub(taken, Ordering::Relaxed);
         for event in events {
             match event {
                 Event::Received(received) => {
@@ -385,7 +597,7 @@ impl Writer {
         // Older waiting outcomes first, in the order they happened.
         let mut all = std::mem::take(&mut self.waiting);
         all.extend(settles);
-        for (arrived, settled) in all {
+        for (arrived, mut settled) in all {
             let key = (settled.app_id.clone(), settled.notification_id.clone());
             let seq = self.pending.get_mut(&key).and_then(|rows| {
                 let seq = *rows.front()?;
@@ -406,11 +618,17 @@ impl Writer {
                     let mut row = self.row_of(Received {
                         at_ms: settled.at_ms,
                         source: Source::Queue,
+                        key: Some(Key {
+                            notification_id: settled.notification_id.clone(),
+                            app_id: settled.app_id.clone(),
+                            topic: settled.topic.clone(),
+                            delivery_attempts: None,
+                        }),
                         status: None,
                         verdict: "queued",
                         reason: None,
                         headers: Vec::new(),
-                        body: Some(Bytes::from(settled.body.clone().into_bytes())),
+                        body: settled.body.take().map(|b| Bytes::from(b.into_bytes())),
                         replay_of: None,
                     });
                     if !is_final(settled.outcome) {
@@ -422,9 +640,15 @@ impl Writer {
                 None => self.waiting.push((arrived, settled)),
             }
         }
-        // Rows that would be trimmed at once are not written.
-        let excess = flush.inserts.len().saturating_sub(self.keep as usize);
+        // Rows that would be trimmed at once are not written, nor more than the write budget allows
+        // (the newest are kept; the outcomes of the others update nothing).
+        let allowed = self.budget.take(flush.inserts.len()).min(self.keep as usize);
+        let excess = flush.inserts.len() - allowed;
         flush.inserts.drain(..excess);
+        self.left_out += excess as u64;
+        for row in &mut flush.inserts {
+            row.describe();
+        }
         flush.newest = self.next_seq - 1;
         // Bound the bookkeeping of rows that are gone: their outcomes are then recorded on their own.
         if self.pending.len() > 4 * self.keep as usize + 1_000 {
@@ -440,14 +664,8 @@ impl Writer {
     fn row_of(&mut self, received: Received) -> Row {
         let seq = self.next_seq;
         self.next_seq += 1;
-        let envelope = received.body.as_deref().and_then(|b| Envelope::parse(b).ok());
-        let summary = match received.body.as_deref() {
-            Some(body) if received.verdict == "queued" => {
-                Notification::parse(body).ok().map(|n| summarize(&n))
-            }
-            _ => None,
-        };
-        let headers = serde_json::to_string(&received.headers).unwrap_or_else(|_| "[]".into());
+        let key = received.key.unwrap_or_default();
+        let nonempty = |s: String| (!s.is_empty()).then_some(s);
         Row {
             seq,
             received_at_ms: received.at_ms,
@@ -455,23 +673,21 @@ impl Writer {
             status: received.status,
             outcome: received.verdict.to_owned(),
             reason: received.reason,
-            notification_id: envelope
-                .as_ref()
-                .and_then(|e| e.id.as_ref().map(|id| id.to_string())),
-            topic: envelope.as_ref().map(|e| e.topic.to_string()),
-            app_id: envelope
-                .as_ref()
-                .and_then(|e| e.app_id.as_ref().map(|a| a.to_string())),
-            delivery_attempts: envelope.as_ref().and_then(|e| e.delivery_attempts),
-            headers,
+            notification_id: nonempty(key.notification_id),
+            topic: nonempty(key.topic),
+            app_id: nonempty(key.app_id),
+            delivery_attempts: key.delivery_attempts,
+            headers: received.headers,
             body: received.body,
-            summary,
+            summary: None,
             replay_of: received.replay_of,
             settle: None,
         }
     }
 
-    async fn write(&self, flush: Flush) -> Result<(), DbError> {
+    async fn write(&mut self, flush: Flush) -> Result<(), DbError> {
+        self.left_out_total
+            .fetch_add(std::mem::take(&mut self.left_out), Ordering::Relaxed);
         if flush.inserts.is_empty() && flush.updates.is_empty() {
             return Ok(());
         }
@@ -534,7 +750,7 @@ impl Flush {
                 row.settle.as_ref().map(|s| s.handlers.as_str()),
                 row.settle.as_ref().map(|s| s.duration_ms),
                 row.settle.as_ref().map(|s| s.at_ms),
-                row.headers,
+                serde_json::to_string(&row.headers).unwrap_or_else(|_| "[]".into()),
                 row.body.as_deref(),
                 row.summary,
                 row.replay_of,
@@ -738,6 +954,12 @@ mod tests {
         Received {
             at_ms,
             source: Source::Intake,
+            key: Some(Key {
+                notification_id: id.into(),
+                app_id: "app1".into(),
+                topic: "contact.created".into(),
+                delivery_attempts: Some(1),
+            }),
             status: Some(200),
             verdict: "queued",
             reason: None,
@@ -762,8 +984,12 @@ mod tests {
                 ok: outcome != "retry",
             }],
             duration_ms: 1.5,
-            body: String::from_utf8(notification(id, "contact.created").to_vec()).unwrap(),
+            body: None,
         }
+    }
+
+    fn body_of(id: &str) -> impl FnOnce() -> String + '_ {
+        move || String::from_utf8(notification(id, "contact.created").to_vec()).unwrap()
     }
 
     async fn journal(keep: usize) -> (tempfile::TempDir, Recorder, Journal, tokio::task::JoinHandle<()>) {
@@ -784,14 +1010,14 @@ mod tests {
     async fn outcomes_land_on_their_delivery_whichever_arrives_first() {
         let (_dir, recorder, journal, task) = journal(100).await;
         // The worker may finish before the intake's report reaches the recorder.
-        recorder.settled(settled("n1", "processed"));
+        recorder.settled(settled("n1", "processed"), body_of("n1"));
         recorder.received(received("n1", 1));
         recorder.received(received("n2", 2));
-        recorder.settled(settled("n2", "retry"));
-        recorder.settled(settled("n2", "processed"));
+        recorder.settled(settled("n2", "retry"), body_of("n2"));
+        recorder.settled(settled("n2", "processed"), body_of("n2"));
         // The same id delivered again: the second delivery gets the second outcome.
         recorder.received(received("n1", 3));
-        recorder.settled(settled("n1", "duplicate"));
+        recorder.settled(settled("n1", "duplicate"), body_of("n1"));
         recorder.close().await;
         task.await.unwrap();
 
@@ -839,7 +1065,7 @@ mod tests {
     #[tokio::test]
     async fn an_outcome_without_a_delivery_is_recorded_as_found_on_the_queue() {
         let (_dir, recorder, journal, task) = journal(100).await;
-        recorder.settled(settled("from-reconcile", "processed"));
+        recorder.settled(settled("from-reconcile", "processed"), body_of("from-reconcile"));
         recorder.close().await;
         task.await.unwrap();
         let rows = journal.list(all()).await.unwrap();
@@ -858,15 +1084,19 @@ mod tests {
             let mut r = received(&format!("n{n}"), n);
             if n % 2 == 0 {
                 r.body = Some(notification(&format!("n{n}"), "conversation.user.created"));
+                if let Some(key) = &mut r.key {
+                    key.topic = "conversation.user.created".into();
+                }
             }
             recorder.received(r);
             if n % 3 == 0 {
-                recorder.settled(settled(&format!("n{n}"), "processed"));
+                recorder.settled(settled(&format!("n{n}"), "processed"), body_of(&format!("n{n}")));
             }
         }
         recorder.received(Received {
             at_ms: 61,
             source: Source::Intake,
+            key: None,
             status: Some(401),
             verdict: "rejected",
             reason: Some("signature_mismatch".into()),
@@ -942,13 +1172,50 @@ mod tests {
             task.await.unwrap();
         }
         let (recorder, journal, task) = start(Db::open(&path).unwrap(), 100).await.unwrap();
-        recorder.settled(settled("left-queued", "processed"));
+        recorder.settled(settled("left-queued", "processed"), body_of("left-queued"));
         recorder.received(received("next", 2));
         recorder.close().await;
         task.await.unwrap();
         let rows = journal.list(all()).await.unwrap();
         let seen: Vec<(i64, &str)> = rows.iter().map(|d| (d.seq, d.outcome.as_str())).collect();
         assert_eq!(seen, [(2, "queued"), (1, "processed")]);
+    }
+
+    #[tokio::test]
+    async fn the_worker_sends_a_body_only_for_a_record_the_journal_has_no_delivery_of() {
+        let (_dir, recorder, journal, task) = journal(100).await;
+        recorder.received(received("known", 1));
+        recorder.settled(settled("known", "retry"), || {
+            panic!("a recorded delivery's body is not copied")
+        });
+        recorder.settled(settled("known", "processed"), || {
+            panic!("a recorded delivery's body is not copied")
+        });
+        let asked = std::cell::Cell::new(0);
+        recorder.settled(settled("unknown", "processed"), || {
+            asked.set(asked.get() + 1);
+            body_of("unknown")()
+        });
+        recorder.close().await;
+        task.await.unwrap();
+        assert_eq!(asked.get(), 1);
+        let rows = journal.list(all()).await.unwrap();
+        let seen: Vec<(&str, &str)> = rows
+            .iter()
+            .map(|d| (d.source.as_str(), d.outcome.as_str()))
+            .collect();
+        assert_eq!(seen, [("queue", "processed"), ("intake", "processed")]);
+    }
+
+    #[test]
+    fn the_write_budget_grants_a_burst_then_its_rate() {
+        let mut budget = Budget::new(100);
+        assert_eq!(budget.take(250), 100);
+        assert_eq!(budget.take(5), 0);
+        budget.refilled -= Duration::from_millis(100);
+        assert_eq!(budget.take(1_000), (ROWS_PER_SECOND / 10.0) as usize);
+        budget.refilled -= Duration::from_secs(60);
+        assert_eq!(budget.take(1_000), 100, "never more than the burst");
     }
 
     #[test]

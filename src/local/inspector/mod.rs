@@ -25,7 +25,7 @@ use serde_json::json;
 use tokio::sync::watch;
 
 use self::access::{Access, COOKIE};
-use self::journal::{kept_headers, Journal, Received, Recorder, Settled, Source};
+use self::journal::{kept_headers, Journal, Key, Received, Recorder, Settled, Source};
 use crate::local::SqliteQueue;
 use crate::plumbing::clock::Clock;
 use crate::processing::dead_letters::{DeadLetters, Filter};
@@ -119,7 +119,12 @@ pub struct Inspector {
     enqueue: Arc<dyn Queue>,
     clock: Arc<dyn Clock>,
     closing: watch::Receiver<bool>,
+    /// Rejected requests recorded per second at most.
+    rejections: governor::DefaultDirectRateLimiter,
 }
+
+/// Rejected requests the journal records per second at most; the rest are counted as left out.
+pub const REJECTIONS_RECORDED_PER_SECOND: u32 = 20;
 
 impl Inspector {
     /// Starts the journal's recorder. `enqueue` takes replays (the queue that wakes the pollers);
@@ -146,6 +151,10 @@ impl Inspector {
                 enqueue,
                 clock,
                 closing,
+                rejections: governor::RateLimiter::direct(governor::Quota::per_second(
+                    std::num::NonZeroU32::new(REJECTIONS_RECORDED_PER_SECOND)
+                        .unwrap_or(std::num::NonZeroU32::MIN),
+                )),
             }),
             task,
         ))
@@ -194,9 +203,15 @@ struct Observer(Arc<Inspector>);
 impl DeliveryObserver for Observer {
     fn seen(&self, seen: Seen<'_>) {
         let inspector = &self.0;
+        // A flood of forged requests must not push real deliveries out of the journal.
+        if seen.verdict == "rejected" && inspector.rejections.check().is_err() {
+            inspector.recorder.leave_out();
+            return;
+        }
         inspector.recorder.received(Received {
             at_ms: inspector.clock.now_ms(),
             source: Source::Intake,
+            key: seen.attributes.as_ref().and_then(Key::of),
             status: Some(seen.status.as_u16()),
             verdict: seen.verdict,
             reason: seen.reason,
@@ -211,7 +226,7 @@ impl RecordObserver for Observer {
     fn finished(&self, report: &RecordReport<'_>) {
         let inspector = &self.0;
         let message = &report.record.message;
-        inspector.recorder.settled(Settled {
+        let settled = Settled {
             at_ms: inspector.clock.now_ms(),
             notification_id: report.notification_id.to_owned(),
             app_id: message
@@ -224,8 +239,10 @@ impl RecordObserver for Observer {
             receive_count: report.record.receive_count,
             handlers: report.handlers.to_vec(),
             duration_ms: report.duration_ms,
-            body: String::from_utf8_lossy(&message.raw_body()).into_owned(),
-        });
+            body: None,
+        };
+        // The body as stored: text, or base64 for bytes that were not (such a body is not a notification).
+        inspector.recorder.settled(settled, || message.body.clone());
     }
 }
 
@@ -432,6 +449,7 @@ async fn replay(
     inspector.recorder.received(Received {
         at_ms: inspector.clock.now_ms(),
         source: Source::Replay,
+        key: Key::of(&message.attributes),
         status: None,
         verdict: "queued",
         reason: None,
