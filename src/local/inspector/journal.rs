@@ -1,10 +1,11 @@
 //! The inspector's journal: the last N deliveries with their bodies, in the `deliveries` table of the
 //! `serve` database. The intake and the worker hand what they saw to a channel and go on; one recorder
 //! task writes it in batches (one database operation every [`FLUSH_EVERY`] at most), so recording stays
-//! off the acknowledgement path. When the channel is full (a burst beyond what the page needs), events
-//! are left out and counted, never waited for.
+//! off the acknowledgement path. Past a burst, at most [`ROWS_PER_SECOND`] deliveries are recorded; the
+//! rest, and whatever arrives while the channel is full, are left out and counted, never waited for.
 
 use std::collections::{HashMap, VecDeque};
+use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -285,9 +286,25 @@ pub struct Recorder {
     /// Body bytes sent and not yet taken by the writer.
     pending_bytes: Arc<AtomicUsize>,
     expected: Arc<Expected>,
+    admission: Arc<governor::DefaultDirectRateLimiter>,
 }
 
 impl Recorder {
+    /// Whether a delivery may be recorded now ([`ROWS_PER_SECOND`] after a burst of `keep`). Asked
+    /// before anything is copied; one that may not is given to [`Recorder::leave_out`].
+    pub fn admit(&self) -> bool {
+        self.admission.check().is_ok()
+    }
+
+    /// Counts a delivery that is not recorded; its outcome, if it is queued (`key`), is not either.
+    pub fn leave_out(&self, key: Option<&Key>) {
+        self.left_out.fetch_add(1, Ordering::Relaxed);
+        if let Some(key) = key {
+            self.expected.add(key, false);
+        }
+    }
+
+    /// Records a delivery (when the channel or the byte bound is full, it is left out).
     pub fn received(&self, received: Received) {
         let bytes = received.body.as_ref().map_or(0, Bytes::len);
         let key = (received.verdict == "queued")
@@ -299,7 +316,8 @@ impl Recorder {
         }
     }
 
-    /// A record the worker finished. `body` is called only when the journal has no delivery of it.
+    /// A record the worker finished. `body` is called only when the journal has no delivery of it (and
+    /// the record is admitted as a delivery of its own).
     pub fn settled(&self, settled: Settled, body: impl FnOnce() -> String) {
         let mut settled = settled;
         match self.expected.finish(
@@ -312,7 +330,11 @@ impl Recorder {
                 return;
             }
             Known::Recorded => {}
-            Known::Unknown => settled.body = Some(body()),
+            Known::Unknown if self.admit() => settled.body = Some(body()),
+            Known::Unknown => {
+                self.left_out.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
         }
         let bytes = settled.body.as_ref().map_or(0, String::len);
         self.send(Event::Settled(settled), bytes);
@@ -328,17 +350,13 @@ impl Recorder {
         true
     }
 
-    /// Counts a delivery left out on purpose (a flood of rejected requests).
-    pub fn leave_out(&self) {
-        self.left_out.fetch_add(1, Ordering::Relaxed);
-    }
-
     /// Writes what was sent before and stops the recorder (when `serve` stops).
     pub async fn close(&self) {
         let _ = self.events.send(Event::Close).await;
     }
 
-    /// Events left out because the recorder was behind.
+    /// Deliveries and outcomes left out: past the admission rate, a full channel, or too many body bytes
+    /// waiting.
     pub fn left_out(&self) -> u64 {
         self.left_out.load(Ordering::Relaxed)
     }
@@ -375,9 +393,6 @@ pub async fn start(db: Db, keep: usize) -> Result<(Recorder, Journal, tokio::tas
     let pending_bytes = Arc::new(AtomicUsize::new(0));
     let left_out = Arc::new(AtomicU64::new(0));
     let mut writer = Writer {
-        budget: Budget::new(keep),
-        left_out: 0,
-        left_out_total: left_out.clone(),
         pending_bytes: pending_bytes.clone(),
         db: db.clone(),
         keep: keep as i64,
@@ -396,6 +411,10 @@ pub async fn start(db: Db, keep: usize) -> Result<(Recorder, Journal, tokio::tas
             left_out,
             pending_bytes,
             expected: Arc::new(Expected::default()),
+            admission: Arc::new(governor::RateLimiter::direct(
+                governor::Quota::per_second(NonZeroU32::new(ROWS_PER_SECOND).unwrap_or(NonZeroU32::MIN))
+                    .allow_burst(NonZeroU32::new(keep as u32).unwrap_or(NonZeroU32::MIN)),
+            )),
         },
         Journal { db, changes },
         task,
@@ -453,37 +472,10 @@ impl From<&Settled> for Settle {
     }
 }
 
-/// Rows written per second at most once the burst is spent: recording must not take the database thread
-/// from the intake (bench/RESULTS.md has the measurements).
-pub const ROWS_PER_SECOND: f64 = 500.0;
-
-/// A token bucket of rows to write: `keep` at once, refilled at [`ROWS_PER_SECOND`].
-struct Budget {
-    tokens: f64,
-    capacity: f64,
-    refilled: Instant,
-}
-
-impl Budget {
-    fn new(capacity: usize) -> Self {
-        Self {
-            tokens: capacity as f64,
-            capacity: capacity as f64,
-            refilled: Instant::now(),
-        }
-    }
-
-    /// How many of `wanted` rows may be written now.
-    fn take(&mut self, wanted: usize) -> usize {
-        let now = Instant::now();
-        let refill = now.duration_since(self.refilled).as_secs_f64() * ROWS_PER_SECOND;
-        self.tokens = (self.tokens + refill).min(self.capacity);
-        self.refilled = now;
-        let granted = (self.tokens.floor() as usize).min(wanted);
-        self.tokens -= granted as f64;
-        granted
-    }
-}
+/// Deliveries recorded per second at most once a burst of `keep` is spent: recording must not take the
+/// database thread (nor the cores) from the intake under load (bench/RESULTS.md has the measurements).
+/// Deliveries beyond it are left out at the source, before anything is copied, and so are their outcomes.
+pub const ROWS_PER_SECOND: u32 = 500;
 
 impl Row {
     /// What the list shows that needs the body parsed: the summary line, and for a row without a key
@@ -508,10 +500,6 @@ impl Row {
 
 struct Writer {
     db: Db,
-    budget: Budget,
-    /// Rows not written for the budget (added to the recorder's count of what was left out).
-    left_out: u64,
-    left_out_total: Arc<AtomicU64>,
     pending_bytes: Arc<AtomicUsize>,
     keep: i64,
     next_seq: i64,
@@ -640,12 +628,9 @@ impl Writer {
                 None => self.waiting.push((arrived, settled)),
             }
         }
-        // Rows that would be trimmed at once are not written, nor more than the write budget allows
-        // (the newest are kept; the outcomes of the others update nothing).
-        let allowed = self.budget.take(flush.inserts.len()).min(self.keep as usize);
-        let excess = flush.inserts.len() - allowed;
+        // Rows that would be trimmed at once are not written (their outcomes then update nothing).
+        let excess = flush.inserts.len().saturating_sub(self.keep as usize);
         flush.inserts.drain(..excess);
-        self.left_out += excess as u64;
         for row in &mut flush.inserts {
             row.describe();
         }
@@ -685,9 +670,7 @@ impl Writer {
         }
     }
 
-    async fn write(&mut self, flush: Flush) -> Result<(), DbError> {
-        self.left_out_total
-            .fetch_add(std::mem::take(&mut self.left_out), Ordering::Relaxed);
+    async fn write(&self, flush: Flush) -> Result<(), DbError> {
         if flush.inserts.is_empty() && flush.updates.is_empty() {
             return Ok(());
         }
@@ -1207,15 +1190,22 @@ mod tests {
         assert_eq!(seen, [("queue", "processed"), ("intake", "processed")]);
     }
 
-    #[test]
-    fn the_write_budget_grants_a_burst_then_its_rate() {
-        let mut budget = Budget::new(100);
-        assert_eq!(budget.take(250), 100);
-        assert_eq!(budget.take(5), 0);
-        budget.refilled -= Duration::from_millis(100);
-        assert_eq!(budget.take(1_000), (ROWS_PER_SECOND / 10.0) as usize);
-        budget.refilled -= Duration::from_secs(60);
-        assert_eq!(budget.take(1_000), 100, "never more than the burst");
+    #[tokio::test]
+    async fn past_a_burst_of_keep_deliveries_are_admitted_at_the_rate_and_the_rest_left_out_with_their_outcomes(
+    ) {
+        let (_dir, recorder, journal, task) = journal(5).await;
+        let admitted = (0..50).filter(|_| recorder.admit()).count();
+        // The burst, and what the rate added while the loop ran (nothing at 500/s within microseconds).
+        assert!((5..=6).contains(&admitted), "{admitted}");
+        let key = received("left", 1).key.unwrap();
+        recorder.leave_out(Some(&key));
+        recorder.settled(settled("left", "processed"), || {
+            panic!("a left-out delivery's body is not copied")
+        });
+        recorder.close().await;
+        task.await.unwrap();
+        assert!(journal.list(all()).await.unwrap().is_empty());
+        assert_eq!(recorder.left_out(), 2);
     }
 
     #[test]

@@ -203,15 +203,18 @@ struct Observer(Arc<Inspector>);
 impl DeliveryObserver for Observer {
     fn seen(&self, seen: Seen<'_>) {
         let inspector = &self.0;
-        // A flood of forged requests must not push real deliveries out of the journal.
-        if seen.verdict == "rejected" && inspector.rejections.check().is_err() {
-            inspector.recorder.leave_out();
+        let key = seen.attributes.as_ref().and_then(Key::of);
+        // A flood of forged requests must not push real deliveries out of the journal, and recording
+        // must not slow the intake under load.
+        let rejected_flood = seen.verdict == "rejected" && inspector.rejections.check().is_err();
+        if rejected_flood || !inspector.recorder.admit() {
+            inspector.recorder.leave_out(key.as_ref());
             return;
         }
         inspector.recorder.received(Received {
             at_ms: inspector.clock.now_ms(),
             source: Source::Intake,
-            key: seen.attributes.as_ref().and_then(Key::of),
+            key,
             status: Some(seen.status.as_u16()),
             verdict: seen.verdict,
             reason: seen.reason,
