@@ -133,11 +133,9 @@ impl Expected {
         hasher.finish()
     }
 
-    fn add(&self, key: &Key, recorded: bool) {
+    fn add(&self, app_id: &str, notification_id: &str, recorded: bool) {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        let entry = entries
-            .entry(Self::hash(&key.app_id, &key.notification_id))
-            .or_default();
+        let entry = entries.entry(Self::hash(app_id, notification_id)).or_default();
         if recorded {
             entry.recorded += 1;
         } else {
@@ -297,10 +295,11 @@ impl Recorder {
     }
 
     /// Counts a delivery that is not recorded; its outcome, if it is queued (`key`), is not either.
-    pub fn leave_out(&self, key: Option<&Key>) {
+    /// `queued` is the (app, notification id) of a queued notification.
+    pub fn leave_out(&self, queued: Option<(&str, &str)>) {
         self.left_out.fetch_add(1, Ordering::Relaxed);
-        if let Some(key) = key {
-            self.expected.add(key, false);
+        if let Some((app_id, notification_id)) = queued {
+            self.expected.add(app_id, notification_id, false);
         }
     }
 
@@ -312,30 +311,30 @@ impl Recorder {
             .flatten();
         let sent = self.send(Event::Received(received), bytes);
         if let Some(key) = key {
-            self.expected.add(&key, sent);
+            self.expected.add(&key.app_id, &key.notification_id, sent);
         }
     }
 
-    /// A record the worker finished. `body` is called only when the journal has no delivery of it (and
-    /// the record is admitted as a delivery of its own).
-    pub fn settled(&self, settled: Settled, body: impl FnOnce() -> String) {
-        let mut settled = settled;
-        match self.expected.finish(
-            &settled.app_id,
-            &settled.notification_id,
-            is_final(settled.outcome),
-        ) {
-            Known::LeftOut => {
+    /// A record the worker finished: `settled` makes its report, given the body when the journal has no
+    /// delivery of the record (and the record is admitted as a delivery of its own); nothing is made
+    /// for a record whose delivery was left out.
+    pub fn settled(
+        &self,
+        app_id: &str,
+        notification_id: &str,
+        outcome: &'static str,
+        body: impl FnOnce() -> String,
+        settled: impl FnOnce(Option<String>) -> Settled,
+    ) {
+        let body = match self.expected.finish(app_id, notification_id, is_final(outcome)) {
+            Known::Recorded => None,
+            Known::Unknown if self.admit() => Some(body()),
+            Known::LeftOut | Known::Unknown => {
                 self.left_out.fetch_add(1, Ordering::Relaxed);
                 return;
             }
-            Known::Recorded => {}
-            Known::Unknown if self.admit() => settled.body = Some(body()),
-            Known::Unknown => {
-                self.left_out.fetch_add(1, Ordering::Relaxed);
-                return;
-            }
-        }
+        };
+        let settled = settled(body);
         let bytes = settled.body.as_ref().map_or(0, String::len);
         self.send(Event::Settled(settled), bytes);
     }
@@ -971,6 +970,13 @@ mod tests {
         }
     }
 
+    fn settle(recorder: &Recorder, id: &str, outcome: &'static str, body: impl FnOnce() -> String) {
+        recorder.settled("app1", id, outcome, body, |body| Settled {
+            body,
+            ..settled(id, outcome)
+        });
+    }
+
     fn body_of(id: &str) -> impl FnOnce() -> String + '_ {
         move || String::from_utf8(notification(id, "contact.created").to_vec()).unwrap()
     }
@@ -993,14 +999,14 @@ mod tests {
     async fn outcomes_land_on_their_delivery_whichever_arrives_first() {
         let (_dir, recorder, journal, task) = journal(100).await;
         // The worker may finish before the intake's report reaches the recorder.
-        recorder.settled(settled("n1", "processed"), body_of("n1"));
+        settle(&recorder, "n1", "processed", body_of("n1"));
         recorder.received(received("n1", 1));
         recorder.received(received("n2", 2));
-        recorder.settled(settled("n2", "retry"), body_of("n2"));
-        recorder.settled(settled("n2", "processed"), body_of("n2"));
+        settle(&recorder, "n2", "retry", body_of("n2"));
+        settle(&recorder, "n2", "processed", body_of("n2"));
         // The same id delivered again: the second delivery gets the second outcome.
         recorder.received(received("n1", 3));
-        recorder.settled(settled("n1", "duplicate"), body_of("n1"));
+        settle(&recorder, "n1", "duplicate", body_of("n1"));
         recorder.close().await;
         task.await.unwrap();
 
@@ -1048,7 +1054,12 @@ mod tests {
     #[tokio::test]
     async fn an_outcome_without_a_delivery_is_recorded_as_found_on_the_queue() {
         let (_dir, recorder, journal, task) = journal(100).await;
-        recorder.settled(settled("from-reconcile", "processed"), body_of("from-reconcile"));
+        settle(
+            &recorder,
+            "from-reconcile",
+            "processed",
+            body_of("from-reconcile"),
+        );
         recorder.close().await;
         task.await.unwrap();
         let rows = journal.list(all()).await.unwrap();
@@ -1073,7 +1084,12 @@ mod tests {
             }
             recorder.received(r);
             if n % 3 == 0 {
-                recorder.settled(settled(&format!("n{n}"), "processed"), body_of(&format!("n{n}")));
+                settle(
+                    &recorder,
+                    &format!("n{n}"),
+                    "processed",
+                    body_of(&format!("n{n}")),
+                );
             }
         }
         recorder.received(Received {
@@ -1155,7 +1171,7 @@ mod tests {
             task.await.unwrap();
         }
         let (recorder, journal, task) = start(Db::open(&path).unwrap(), 100).await.unwrap();
-        recorder.settled(settled("left-queued", "processed"), body_of("left-queued"));
+        settle(&recorder, "left-queued", "processed", body_of("left-queued"));
         recorder.received(received("next", 2));
         recorder.close().await;
         task.await.unwrap();
@@ -1168,14 +1184,14 @@ mod tests {
     async fn the_worker_sends_a_body_only_for_a_record_the_journal_has_no_delivery_of() {
         let (_dir, recorder, journal, task) = journal(100).await;
         recorder.received(received("known", 1));
-        recorder.settled(settled("known", "retry"), || {
+        settle(&recorder, "known", "retry", || {
             panic!("a recorded delivery's body is not copied")
         });
-        recorder.settled(settled("known", "processed"), || {
+        settle(&recorder, "known", "processed", || {
             panic!("a recorded delivery's body is not copied")
         });
         let asked = std::cell::Cell::new(0);
-        recorder.settled(settled("unknown", "processed"), || {
+        settle(&recorder, "unknown", "processed", || {
             asked.set(asked.get() + 1);
             body_of("unknown")()
         });
@@ -1197,9 +1213,8 @@ mod tests {
         let admitted = (0..50).filter(|_| recorder.admit()).count();
         // The burst, and what the rate added while the loop ran (nothing at 500/s within microseconds).
         assert!((5..=6).contains(&admitted), "{admitted}");
-        let key = received("left", 1).key.unwrap();
-        recorder.leave_out(Some(&key));
-        recorder.settled(settled("left", "processed"), || {
+        recorder.leave_out(Some(("app1", "left")));
+        settle(&recorder, "left", "processed", || {
             panic!("a left-out delivery's body is not copied")
         });
         recorder.close().await;

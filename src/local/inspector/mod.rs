@@ -203,14 +203,19 @@ struct Observer(Arc<Inspector>);
 impl DeliveryObserver for Observer {
     fn seen(&self, seen: Seen<'_>) {
         let inspector = &self.0;
-        let key = seen.attributes.as_ref().and_then(Key::of);
         // A flood of forged requests must not push real deliveries out of the journal, and recording
-        // must not slow the intake under load.
+        // must not slow the intake under load: decided before anything is copied.
         let rejected_flood = seen.verdict == "rejected" && inspector.rejections.check().is_err();
         if rejected_flood || !inspector.recorder.admit() {
-            inspector.recorder.leave_out(key.as_ref());
+            let queued = seen.attributes.as_ref().and_then(|a| {
+                use crate::receiving::queue::attr;
+                let id = a.get(attr::NOTIFICATION_ID)?;
+                Some((a.get(attr::APP_ID).map_or("", String::as_str), id.as_str()))
+            });
+            inspector.recorder.leave_out(queued);
             return;
         }
+        let key = seen.attributes.as_ref().and_then(Key::of);
         inspector.recorder.received(Received {
             at_ms: inspector.clock.now_ms(),
             source: Source::Intake,
@@ -229,23 +234,30 @@ impl RecordObserver for Observer {
     fn finished(&self, report: &RecordReport<'_>) {
         let inspector = &self.0;
         let message = &report.record.message;
-        let settled = Settled {
-            at_ms: inspector.clock.now_ms(),
-            notification_id: report.notification_id.to_owned(),
-            app_id: message
-                .attribute(crate::receiving::queue::attr::APP_ID)
-                .unwrap_or_default()
-                .to_owned(),
-            topic: report.topic.to_owned(),
-            outcome: report.outcome.as_str(),
-            error: report.error.map(ToString::to_string),
-            receive_count: report.record.receive_count,
-            handlers: report.handlers.to_vec(),
-            duration_ms: report.duration_ms,
-            body: None,
-        };
-        // The body as stored: text, or base64 for bytes that were not (such a body is not a notification).
-        inspector.recorder.settled(settled, || message.body.clone());
+        let app_id = message
+            .attribute(crate::receiving::queue::attr::APP_ID)
+            .unwrap_or_default();
+        let outcome = report.outcome.as_str();
+        inspector.recorder.settled(
+            app_id,
+            report.notification_id,
+            outcome,
+            // The body as stored: text, or base64 for bytes that were not (such a body is not a
+            // notification).
+            || message.body.clone(),
+            |body| Settled {
+                at_ms: inspector.clock.now_ms(),
+                notification_id: report.notification_id.to_owned(),
+                app_id: app_id.to_owned(),
+                topic: report.topic.to_owned(),
+                outcome,
+                error: report.error.map(ToString::to_string),
+                receive_count: report.record.receive_count,
+                handlers: report.handlers.to_vec(),
+                duration_ms: report.duration_ms,
+                body,
+            },
+        );
     }
 }
 
