@@ -142,6 +142,7 @@ pub async fn serve(
                 settings,
                 access,
                 queue.clone(),
+                options.max_receives,
                 waking.clone(),
                 clock.clone(),
                 closed,

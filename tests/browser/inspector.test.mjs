@@ -125,8 +125,12 @@ describe("the inspector page", () => {
       request.on("data", (chunk) => { body += chunk; });
       request.on("end", () => {
         forwarded.push({ status: targetAnswers, body });
-        response.writeHead(targetAnswers, { "Content-Type": "text/plain" });
-        response.end(targetAnswers === 200 ? "ok" : "bad request");
+        // A slow endpoint for one notification: its outcome comes well after its delivery was listed.
+        const delay = body.includes("notif_slow") ? 1500 : 0;
+        setTimeout(() => {
+          response.writeHead(targetAnswers, { "Content-Type": "text/plain" });
+          response.end(targetAnswers === 200 ? "ok" : "bad request");
+        }, delay);
       });
     });
     await new Promise((resolve) => target.listen(0, "127.0.0.1", resolve));
@@ -240,6 +244,22 @@ describe("the inspector page", () => {
     await page.locator('#deliveries tbody tr[data-outcome="processed"]', { has: page.getByText(id, { exact: true }) })
       .first().waitFor({ timeout: 10_000 });
     assert.ok(forwarded.some((f) => f.status === 200 && f.body.includes(id)));
+  });
+
+  it("updates a delivery's outcome when it comes later, in the list and in the open detail", async () => {
+    const notification = JSON.parse(fixture("ticket_created.json"));
+    notification.id = "notif_slow";
+    const body = Buffer.from(JSON.stringify(notification));
+    assert.equal((await deliver(serve.base, body)).status, 200);
+    const queued = page.locator('#deliveries tbody tr[data-outcome="queued"]', { has: page.getByText("notif_slow", { exact: true }) });
+    await queued.waitFor({ timeout: LISTED_WITHIN_MS });
+    await queued.click();
+    await page.locator("#detail-facts", { hasText: "queued" }).waitFor({ timeout: 2000 });
+    // No other delivery arrives meanwhile: the change of outcome alone updates the page.
+    await page.locator('#deliveries tbody tr[data-outcome="processed"]', { has: page.getByText("notif_slow", { exact: true }) })
+      .waitFor({ timeout: 5000 });
+    await page.locator("#detail-facts", { hasText: "processed" }).waitFor({ timeout: 2000 });
+    assert.match(await page.locator("#detail-facts").innerText(), /forward/);
   });
 
   it("renders markup from a payload as text", async () => {
@@ -363,5 +383,49 @@ describe("the inspector with a token", () => {
   it("the webhook does not need the inspector's token", async () => {
     const body = fixture("ping.json");
     assert.equal((await deliver(serve.base, body)).status, 200);
+  });
+});
+
+describe("the inspector and a notification that fails at its last receive", () => {
+  let serve;
+  let target;
+
+  before(async () => {
+    target = createServer((request, response) => {
+      request.resume();
+      request.on("end", () => {
+        response.writeHead(503);
+        response.end("down");
+      });
+    });
+    await new Promise((resolve) => target.listen(0, "127.0.0.1", resolve));
+    serve = await startServe(["--max-receives", "1"], {
+      FORWARD_1_URL: `http://127.0.0.1:${target.address().port}/hook`,
+      FORWARD_1_SECRET: "forward-secret",
+      FORWARD_1_TOPICS: FORWARDED_TOPIC,
+    });
+  });
+
+  after(async () => {
+    await serve?.stop();
+    target?.close();
+  });
+
+  it("shows it dead-lettered with the reason, as the dead-letter view does", async () => {
+    const browser = await launch();
+    try {
+      const { page, problems } = await openPage(browser, serve.base + "/");
+      const body = fixture("ticket_created.json");
+      const { id } = JSON.parse(body);
+      assert.equal((await deliver(serve.base, body)).status, 200);
+      const row = page.locator('#deliveries tbody tr[data-outcome="dead_lettered"]', { has: page.getByText(id, { exact: true }) });
+      await row.waitFor({ timeout: 5000 });
+      assert.match(await row.innerText(), /max receives exceeded \(1 receives\): handler forward/);
+      await page.locator("#tab-dead").click();
+      await page.locator("#dead-letters tbody tr", { hasText: id }).waitFor({ timeout: 5000 });
+      assert.deepEqual(problems, []);
+    } finally {
+      await browser.close();
+    }
   });
 });

@@ -17,8 +17,26 @@ use axum::http::{header, HeaderMap, Method};
 use secrecy::{ExposeSecret, SecretString};
 use subtle::ConstantTimeEq;
 
-/// The cookie that carries the token after the page was opened with `?token=`.
-pub const COOKIE: &str = "inspector_token";
+/// The cookie that carries the token after the page was opened with `?token=`, named after the port
+/// (cookies are not kept apart by port: two `serve`s on one host keep theirs apart by name).
+pub fn cookie_name(port: u16) -> String {
+    format!("inspector_token_{port}")
+}
+
+/// Headers a proxy, a tunnel or a CDN adds to what it passes on.
+const PROXY_HEADERS: [&str; 11] = [
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-forwarded-port",
+    "x-real-ip",
+    "via",
+    "cf-connecting-ip",
+    "true-client-ip",
+    "x-client-ip",
+    "fastly-client-ip",
+];
 
 /// The header a state-changing request must carry.
 pub const ACTION_HEADER: &str = "x-inspector";
@@ -28,8 +46,8 @@ pub const ACTION_HEADER: &str = "x-inspector";
 pub enum Access {
     /// Open to requests from this machine.
     Loopback,
-    /// Every request carries the token.
-    Token(SecretString),
+    /// Every request carries the token (in a header, the query, or the cookie named here).
+    Token { token: SecretString, cookie: String },
     /// Off: `serve` listens on a non-loopback address and no token was given.
     Off { listen: SocketAddr },
 }
@@ -78,7 +96,10 @@ impl Access {
     /// The access for a server listening on `listen`, with the token if one was given.
     pub fn for_listener(listen: SocketAddr, token: Option<SecretString>) -> Self {
         match token {
-            Some(token) => Access::Token(token),
+            Some(token) => Access::Token {
+                token,
+                cookie: cookie_name(listen.port()),
+            },
             None if listen.ip().is_loopback() => Access::Loopback,
             None => Access::Off { listen },
         }
@@ -88,7 +109,7 @@ impl Access {
     pub fn describe(&self, address: SocketAddr) -> String {
         match self {
             Access::Loopback => format!("http://{address}/"),
-            Access::Token(_) => format!("http://{address}/ (open it once as /?token=<your token>)"),
+            Access::Token { .. } => format!("http://{address}/ (open it once as /?token=<your token>)"),
             Access::Off { listen } => format!(
                 "off: {listen} is not a loopback address; give --inspector-token (or INSPECTOR_TOKEN) to turn it on"
             ),
@@ -109,13 +130,17 @@ impl Access {
                      given no --inspector-token"
             )))
             }
-            Access::Token(token) => {
-                let given = bearer(headers)
-                    .or_else(|| cookie(headers, COOKIE))
-                    .or(query_token);
-                let matches = given.is_some_and(|given| {
-                    bool::from(given.as_bytes().ct_eq(token.expose_secret().as_bytes()))
-                });
+            Access::Token { token, cookie: name } => {
+                // Any credential given may be the right one: an old cookie must not hide a new token.
+                let given = query_token
+                    .into_iter()
+                    .chain(bearer(headers))
+                    .chain(cookies(headers, name));
+                let expected = token.expose_secret().as_bytes();
+                let mut matches = false;
+                for candidate in given {
+                    matches |= bool::from(candidate.as_bytes().ct_eq(expected));
+                }
                 if !matches {
                     return Err(Refusal::Token);
                 }
@@ -135,7 +160,7 @@ fn is_safe(method: &Method) -> bool {
 
 /// The request came straight from this machine, to a loopback name.
 fn local_only(headers: &HeaderMap) -> Result<(), Refusal> {
-    for name in ["forwarded", "x-forwarded-for", "x-forwarded-host", "x-real-ip"] {
+    for name in PROXY_HEADERS {
         if headers.contains_key(name) {
             return Err(Refusal::NotLocal(format!(
                 "the inspector answers requests made on this machine only, and this one came through a proxy \
@@ -186,7 +211,12 @@ fn same_origin_action(headers: &HeaderMap) -> Result<(), Refusal> {
             "an action needs the {ACTION_HEADER}: 1 header (the page sends it)"
         )));
     }
-    if let Some(origin) = headers.get(header::ORIGIN) {
+    // A browser says whether the request comes from the page's own origin; behind a TLS proxy that
+    // rewrites `Host`, that is the answer to trust rather than comparing `Origin` with `Host`.
+    let same_origin = headers
+        .get("sec-fetch-site")
+        .is_some_and(|v| v.as_bytes() == b"same-origin");
+    if let (Some(origin), false) = (headers.get(header::ORIGIN), same_origin) {
         let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
         let origin = origin.to_str().unwrap_or_default();
         let own = host.is_some_and(|host| {
@@ -213,13 +243,14 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
         .map(str::trim)
 }
 
-fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+/// Every value of the cookie `name`.
+fn cookies<'a>(headers: &'a HeaderMap, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
-        .find_map(|pair| {
+        .filter_map(move |pair| {
             let (key, value) = pair.trim().split_once('=')?;
             (key == name).then_some(value)
         })
@@ -276,8 +307,24 @@ mod tests {
         }
         let by_header = headers(&[host, ("authorization", "Bearer s3cret-token")]);
         assert_eq!(access.check(&Method::GET, &by_header, None), Ok(()));
-        let by_cookie = headers(&[host, ("cookie", "a=b; inspector_token=s3cret-token")]);
+        let by_cookie = headers(&[host, ("cookie", "a=b; inspector_token_8080=s3cret-token")]);
         assert_eq!(access.check(&Method::GET, &by_cookie, None), Ok(()));
+        // Another port's cookie is not this one's; a stale cookie does not hide the right token.
+        let other_port = headers(&[host, ("cookie", "inspector_token_9090=s3cret-token")]);
+        assert_eq!(access.check(&Method::GET, &other_port, None), Err(Refusal::Token));
+        let stale = headers(&[
+            host,
+            (
+                "cookie",
+                "inspector_token_8080=old-token; inspector_token_8080=s3cret-token",
+            ),
+        ]);
+        assert_eq!(access.check(&Method::GET, &stale, None), Ok(()));
+        let stale_cookie = headers(&[host, ("cookie", "inspector_token_8080=old-token")]);
+        assert_eq!(
+            access.check(&Method::GET, &stale_cookie, Some("s3cret-token")),
+            Ok(())
+        );
         assert_eq!(
             access.check(&Method::GET, &headers(&[host]), Some("s3cret-token")),
             Ok(())
@@ -286,7 +333,7 @@ mod tests {
         let proxied = headers(&[
             host,
             ("x-forwarded-for", "1.2.3.4"),
-            ("cookie", "inspector_token=s3cret-token"),
+            ("cookie", "inspector_token_8080=s3cret-token"),
         ]);
         assert_eq!(access.check(&Method::GET, &proxied, None), Ok(()));
     }
@@ -320,7 +367,7 @@ mod tests {
                 .unwrap_err();
             assert_eq!(refused.code(), "inspector_not_local", "{host}");
         }
-        for forwarded in ["forwarded", "x-forwarded-for", "x-real-ip", "x-forwarded-host"] {
+        for forwarded in PROXY_HEADERS {
             let given = headers(&[("host", "127.0.0.1:8080"), (forwarded, "for=1.2.3.4")]);
             let refused = access.check(&Method::GET, &given, None).unwrap_err();
             assert_eq!(refused.code(), "inspector_not_local", "{forwarded}");
@@ -342,6 +389,24 @@ mod tests {
             let given = headers(&[host, ("x-inspector", "1"), ("origin", origin)]);
             let refused = access.check(&Method::POST, &given, None).unwrap_err();
             assert_eq!(refused.code(), "inspector_cross_site", "{origin}");
+            let cross_site = headers(&[
+                host,
+                ("x-inspector", "1"),
+                ("origin", origin),
+                ("sec-fetch-site", "cross-site"),
+            ]);
+            assert!(
+                access.check(&Method::POST, &cross_site, None).is_err(),
+                "{origin}"
+            );
         }
+        // Behind a TLS proxy that rewrites Host, the browser's own word that the request is same-origin.
+        let proxied = headers(&[
+            host,
+            ("x-inspector", "1"),
+            ("origin", "https://inspect.example"),
+            ("sec-fetch-site", "same-origin"),
+        ]);
+        assert_eq!(access.check(&Method::POST, &proxied, None), Ok(()));
     }
 }

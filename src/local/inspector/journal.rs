@@ -102,14 +102,13 @@ impl Key {
 /// a body on the page.
 #[derive(Default)]
 struct Expected {
-    entries: std::sync::Mutex<HashMap<u64, Expecting>>,
+    /// Per key, its deliveries in arrival order: recorded (`true`) or left out.
+    entries: std::sync::Mutex<HashMap<u64, VecDeque<bool>>>,
 }
 
-#[derive(Default, Clone, Copy)]
-struct Expecting {
-    recorded: u32,
-    left_out: u32,
-}
+/// Keys tracked at most: past this (outcomes that never came, such as those of a `serve` stopped with
+/// messages queued), the map is cleared, and what was in it is treated as not recorded.
+const EXPECTED_LIMIT: usize = 100_000;
 
 /// What the journal knows of a record the worker finished.
 #[derive(Debug, PartialEq, Eq)]
@@ -135,36 +134,36 @@ impl Expected {
 
     fn add(&self, app_id: &str, notification_id: &str, recorded: bool) {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        let entry = entries.entry(Self::hash(app_id, notification_id)).or_default();
-        if recorded {
-            entry.recorded += 1;
-        } else {
-            entry.left_out += 1;
+        if entries.len() >= EXPECTED_LIMIT {
+            entries.clear();
         }
+        entries
+            .entry(Self::hash(app_id, notification_id))
+            .or_default()
+            .push_back(recorded);
     }
 
-    /// Looks up a finished record, forgetting one delivery when the outcome is final.
+    /// Looks up a finished record (the oldest delivery of its key), forgetting that delivery when the
+    /// outcome is final.
     fn finish(&self, app_id: &str, notification_id: &str, is_final: bool) -> Known {
         let hash = Self::hash(app_id, notification_id);
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(entry) = entries.get_mut(&hash) else {
+        let Some(deliveries) = entries.get_mut(&hash) else {
             return Known::Unknown;
         };
-        let known = if entry.recorded > 0 {
-            if is_final {
-                entry.recorded -= 1;
-            }
-            Known::Recorded
+        let recorded = if is_final {
+            deliveries.pop_front()
         } else {
-            if is_final {
-                entry.left_out = entry.left_out.saturating_sub(1);
-            }
-            Known::LeftOut
+            deliveries.front().copied()
         };
-        if entry.recorded == 0 && entry.left_out == 0 {
+        if deliveries.is_empty() {
             entries.remove(&hash);
         }
-        known
+        match recorded {
+            Some(true) => Known::Recorded,
+            Some(false) => Known::LeftOut,
+            None => Known::Unknown,
+        }
     }
 }
 
@@ -364,9 +363,12 @@ impl Recorder {
 /// Reads of the journal, for the page.
 #[derive(Clone)]
 pub struct Journal {
-    db: Db,
-    /// The newest sequence number written; changes whenever the journal does.
-    changes: watch::Receiver<i64>,
+    path: std::path::PathBuf,
+    /// Counts the journal's writes: changes whenever a row is added or updated.
+    changes: watch::Receiver<u64>,
+    /// A read-only connection of its own, so that reading the journal (a text search scans bodies) never
+    /// waits on, nor holds up, the database thread that acknowledges deliveries.
+    reader: Arc<std::sync::Mutex<Option<Connection>>>,
 }
 
 /// Creates the journal's recorder and reader, and starts the task that writes. The task ends when every
@@ -388,7 +390,7 @@ pub async fn start(db: Db, keep: usize) -> Result<(Recorder, Journal, tokio::tas
         })
         .await?;
     let (events, inbox) = mpsc::channel(CHANNEL_CAPACITY);
-    let (changed, changes) = watch::channel(last_seq);
+    let (changed, changes) = watch::channel(0u64);
     let pending_bytes = Arc::new(AtomicUsize::new(0));
     let left_out = Arc::new(AtomicU64::new(0));
     let mut writer = Writer {
@@ -415,7 +417,11 @@ pub async fn start(db: Db, keep: usize) -> Result<(Recorder, Journal, tokio::tas
                     .allow_burst(NonZeroU32::new(keep as u32).unwrap_or(NonZeroU32::MIN)),
             )),
         },
-        Journal { db, changes },
+        Journal {
+            reader: Arc::new(std::sync::Mutex::new(None)),
+            path: db.path().to_path_buf(),
+            changes,
+        },
         task,
     ))
 }
@@ -506,7 +512,7 @@ struct Writer {
     pending: HashMap<(String, String), VecDeque<i64>>,
     /// Outcomes whose delivery has not been recorded yet, with when they arrived.
     waiting: Vec<(Instant, Settled)>,
-    changed: watch::Sender<i64>,
+    changed: watch::Sender<u64>,
 }
 
 impl Writer {
@@ -681,7 +687,8 @@ impl Writer {
                 Ok(())
             })
             .await?;
-        self.changed.send_replace(newest);
+        let _ = newest;
+        self.changed.send_modify(|generation| *generation += 1);
         Ok(())
     }
 }
@@ -689,19 +696,19 @@ impl Writer {
 #[derive(Default)]
 struct Flush {
     inserts: Vec<Row>,
-    /// Outcomes of rows written by an earlier flush.
-    updates: Vec<(i64, Settle)>,
+    /// Outcomes of rows written by an earlier flush (the latest of each).
+    updates: std::collections::BTreeMap<i64, Settle>,
     newest: i64,
 }
 
 impl Flush {
     fn settle(&mut self, seq: i64, settle: Settle) {
-        if let Some(row) = self.inserts.iter_mut().rev().find(|r| r.seq == seq) {
-            row.settle = Some(settle);
-        } else if let Some(update) = self.updates.iter_mut().find(|(s, _)| *s == seq) {
-            update.1 = settle;
-        } else {
-            self.updates.push((seq, settle));
+        // Rows are numbered as they are added, so `inserts` is in order.
+        match self.inserts.binary_search_by_key(&seq, |r| r.seq) {
+            Ok(i) => self.inserts[i].settle = Some(settle),
+            Err(_) => {
+                self.updates.insert(seq, settle);
+            }
         }
     }
 
@@ -804,100 +811,126 @@ fn contains_pattern(text: &str) -> String {
 }
 
 impl Journal {
-    /// The newest sequence number written, changing whenever the journal does.
-    pub fn changes(&self) -> watch::Receiver<i64> {
+    /// The number of writes so far, changing whenever the journal does.
+    pub fn changes(&self) -> watch::Receiver<u64> {
         self.changes.clone()
+    }
+
+    /// Runs `f` on the journal's read-only connection (opened on first use), on a blocking thread.
+    async fn read<T, F>(&self, f: F) -> Result<T, DbError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, DbError> + Send + 'static,
+    {
+        let reader = self.reader.clone();
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut reader = reader.lock().unwrap_or_else(|e| e.into_inner());
+            let connection = match reader.take() {
+                Some(connection) => connection,
+                None => {
+                    let connection = Connection::open_with_flags(
+                        &path,
+                        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
+                            | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                    )?;
+                    connection.busy_timeout(Duration::from_secs(2))?;
+                    connection
+                }
+            };
+            let result = f(&connection);
+            *reader = Some(connection);
+            result
+        })
+        .await
+        .map_err(|e| DbError::Sqlite(format!("the journal's reader stopped: {e}")))?
     }
 
     /// Matching deliveries, newest first.
     pub async fn list(&self, query: Query) -> Result<Vec<Delivery>, DbError> {
-        self.db
-            .call(move |c| {
-                let sql = format!(
-                    "SELECT {LIST_COLUMNS} FROM deliveries
+        self.read(move |c| {
+            let sql = format!(
+                "SELECT {LIST_COLUMNS} FROM deliveries
                      WHERE (?1 IS NULL OR seq < ?1) AND (?2 IS NULL OR outcome = ?2)
                        AND (?3 IS NULL OR CAST(body AS TEXT) LIKE ?3 ESCAPE '\\')
                      ORDER BY seq DESC"
-                );
-                let mut statement = c.prepare_cached(&sql)?;
-                let text = query
-                    .text
-                    .as_deref()
-                    .filter(|t| !t.is_empty())
-                    .map(contains_pattern);
-                let mut rows = statement.query(params![query.before, query.outcome, text])?;
-                let mut found = Vec::new();
-                while let Some(row) = rows.next()? {
-                    let d = delivery(row)?;
-                    if let Some(pattern) = &query.topic {
-                        if !d.topic.as_deref().is_some_and(|t| pattern.matches(t)) {
-                            continue;
-                        }
-                    }
-                    found.push(d);
-                    if found.len() >= query.limit {
-                        break;
+            );
+            let mut statement = c.prepare_cached(&sql)?;
+            let text = query
+                .text
+                .as_deref()
+                .filter(|t| !t.is_empty())
+                .map(contains_pattern);
+            let mut rows = statement.query(params![query.before, query.outcome, text])?;
+            let mut found = Vec::new();
+            while let Some(row) = rows.next()? {
+                let d = delivery(row)?;
+                if let Some(pattern) = &query.topic {
+                    if !d.topic.as_deref().is_some_and(|t| pattern.matches(t)) {
+                        continue;
                     }
                 }
-                Ok(found)
-            })
-            .await
+                found.push(d);
+                if found.len() >= query.limit {
+                    break;
+                }
+            }
+            Ok(found)
+        })
+        .await
     }
 
     /// One delivery with its headers and body.
     pub async fn get(&self, seq: i64) -> Result<Option<DeliveryDetail>, DbError> {
-        self.db
-            .call(move |c| {
-                let sql = format!("SELECT {LIST_COLUMNS}, headers, body FROM deliveries WHERE seq = ?1");
-                Ok(c.query_row(&sql, [seq], |r| {
-                    let headers: String = r.get(17)?;
-                    let body: Option<Vec<u8>> = r.get(18)?;
-                    Ok(DeliveryDetail {
-                        delivery: delivery(r)?,
-                        headers: serde_json::from_str(&headers).unwrap_or_default(),
-                        body: body.map(|b| String::from_utf8_lossy(&b).into_owned()),
-                    })
+        self.read(move |c| {
+            let sql = format!("SELECT {LIST_COLUMNS}, headers, body FROM deliveries WHERE seq = ?1");
+            Ok(c.query_row(&sql, [seq], |r| {
+                let headers: String = r.get(17)?;
+                let body: Option<Vec<u8>> = r.get(18)?;
+                Ok(DeliveryDetail {
+                    delivery: delivery(r)?,
+                    headers: serde_json::from_str(&headers).unwrap_or_default(),
+                    body: body.map(|b| String::from_utf8_lossy(&b).into_owned()),
                 })
-                .optional()?)
             })
-            .await
+            .optional()?)
+        })
+        .await
     }
 
     /// The body of one delivery, as received.
     pub async fn body(&self, seq: i64) -> Result<Option<Vec<u8>>, DbError> {
-        self.db
-            .call(move |c| {
-                Ok(
-                    c.query_row("SELECT body FROM deliveries WHERE seq = ?1", [seq], |r| {
-                        r.get::<_, Option<Vec<u8>>>(0)
-                    })
-                    .optional()?
-                    .flatten(),
-                )
-            })
-            .await
+        self.read(move |c| {
+            Ok(
+                c.query_row("SELECT body FROM deliveries WHERE seq = ?1", [seq], |r| {
+                    r.get::<_, Option<Vec<u8>>>(0)
+                })
+                .optional()?
+                .flatten(),
+            )
+        })
+        .await
     }
 
     /// Deliveries per minute by outcome, from `since_ms` on.
     pub async fn per_minute(&self, since_ms: i64) -> Result<Vec<MinuteCount>, DbError> {
-        self.db
-            .call(move |c| {
-                let mut statement = c.prepare_cached(
-                    "SELECT (received_at_ms / 60000) * 60000 AS minute, outcome, count(*) FROM deliveries
+        self.read(move |c| {
+            let mut statement = c.prepare_cached(
+                "SELECT (received_at_ms / 60000) * 60000 AS minute, outcome, count(*) FROM deliveries
                      WHERE received_at_ms >= ?1 GROUP BY minute, outcome ORDER BY minute",
-                )?;
-                let counts = statement
-                    .query_map([since_ms], |r| {
-                        Ok(MinuteCount {
-                            minute_ms: r.get(0)?,
-                            outcome: r.get(1)?,
-                            count: r.get(2)?,
-                        })
-                    })?
-                    .collect::<Result<Vec<_>, _>>()?;
-                Ok(counts)
-            })
-            .await
+            )?;
+            let counts = statement
+                .query_map([since_ms], |r| {
+                    Ok(MinuteCount {
+                        minute_ms: r.get(0)?,
+                        outcome: r.get(1)?,
+                        count: r.get(2)?,
+                    })
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(counts)
+        })
+        .await
     }
 }
 

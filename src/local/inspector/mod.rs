@@ -24,11 +24,11 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::watch;
 
-use self::access::{Access, COOKIE};
+use self::access::Access;
 use self::journal::{kept_headers, Journal, Key, Received, Recorder, Settled, Source};
 use crate::local::SqliteQueue;
 use crate::plumbing::clock::Clock;
-use crate::processing::dead_letters::{DeadLetters, Filter};
+use crate::processing::dead_letters::{DeadLetters, Filter, MAX_RECEIVES_REASON};
 use crate::processing::router::TopicPattern;
 use crate::processing::worker::{RecordObserver, RecordReport};
 use crate::receiving::intake::{DeliveryObserver, Seen};
@@ -121,6 +121,8 @@ pub struct Inspector {
     closing: watch::Receiver<bool>,
     /// Rejected requests recorded per second at most.
     rejections: governor::DefaultDirectRateLimiter,
+    /// The queue's `--max-receives`: a retry at the last receive ends on the dead letters.
+    max_receives: u32,
 }
 
 /// Rejected requests the journal records per second at most; the rest are counted as left out.
@@ -133,6 +135,7 @@ impl Inspector {
         options: InspectorOptions,
         access: Access,
         queue: SqliteQueue,
+        max_receives: u32,
         enqueue: Arc<dyn Queue>,
         clock: Arc<dyn Clock>,
         closing: watch::Receiver<bool>,
@@ -151,6 +154,7 @@ impl Inspector {
                 enqueue,
                 clock,
                 closing,
+                max_receives,
                 rejections: governor::RateLimiter::direct(governor::Quota::per_second(
                     std::num::NonZeroU32::new(REJECTIONS_RECORDED_PER_SECOND)
                         .unwrap_or(std::num::NonZeroU32::MIN),
@@ -237,7 +241,26 @@ impl RecordObserver for Observer {
         let app_id = message
             .attribute(crate::receiving::queue::attr::APP_ID)
             .unwrap_or_default();
-        let outcome = report.outcome.as_str();
+        // A retry at the last receive is not retried: the queue moves the message to the dead letters
+        // when it next comes round, with this reason.
+        let last = report.outcome.needs_retry() && report.record.receive_count >= inspector.max_receives;
+        let outcome = if last {
+            "dead_lettered"
+        } else {
+            report.outcome.as_str()
+        };
+        let error = || {
+            let error = report.error.map(ToString::to_string);
+            if last {
+                let why = error.map_or_else(String::new, |e| format!(": {e}"));
+                Some(format!(
+                    "{MAX_RECEIVES_REASON} ({} receives){why}",
+                    report.record.receive_count
+                ))
+            } else {
+                error
+            }
+        };
         inspector.recorder.settled(
             app_id,
             report.notification_id,
@@ -251,7 +274,7 @@ impl RecordObserver for Observer {
                 app_id: app_id.to_owned(),
                 topic: report.topic.to_owned(),
                 outcome,
-                error: report.error.map(ToString::to_string),
+                error: error(),
                 receive_count: report.record.receive_count,
                 handlers: report.handlers.to_vec(),
                 duration_ms: report.duration_ms,
@@ -277,11 +300,9 @@ async fn guard(State(inspector): State<Arc<Inspector>>, request: Request, next: 
             // Opened with the token in the address: keep it in a cookie and take it out of the address bar.
             Ok(()) if query_token.is_some() && request.uri().path() == "/" => {
                 let mut response = (StatusCode::SEE_OTHER, [(header::LOCATION, "/")]).into_response();
-                if let Access::Token(token) = &inspector.access {
-                    let cookie = format!(
-                        "{COOKIE}={}; HttpOnly; SameSite=Strict; Path=/",
-                        token.expose_secret()
-                    );
+                if let Access::Token { token, cookie: name } = &inspector.access {
+                    // Lax: the page opened from a link in a chat or a wiki still gets its cookie.
+                    let cookie = format!("{name}={}; HttpOnly; SameSite=Lax; Path=/", token.expose_secret());
                     if let Ok(value) = HeaderValue::from_str(&cookie) {
                         response.headers_mut().insert(header::SET_COOKIE, value);
                     }
@@ -504,19 +525,19 @@ async fn stats(State(inspector): State<Arc<Inspector>>) -> Response {
         "now_ms": inspector.clock.now_ms(),
         "per_minute": per_minute,
         "queue": {"queued": queue.queued, "in_flight": queue.in_flight, "dead_letters": queue.dead_letters},
-        "latest": *inspector.journal.changes().borrow(),
+        "generation": *inspector.journal.changes().borrow(),
         "keep": inspector.keep,
         "left_out": inspector.recorder.left_out(),
     }))
     .into_response()
 }
 
-/// A live stream: an `update` event with the newest delivery's number and the queue's depth whenever
-/// the journal changes (at most four a second), and at least every two seconds.
+/// A live stream: an `update` event with the journal's generation (its count of writes) and the queue's
+/// depth whenever the journal changes (at most four a second), and at least every two seconds.
 async fn events(State(inspector): State<Arc<Inspector>>) -> Response {
     struct Stream {
         inspector: Arc<Inspector>,
-        changes: watch::Receiver<i64>,
+        changes: watch::Receiver<u64>,
         closing: watch::Receiver<bool>,
         first: bool,
     }
@@ -539,10 +560,10 @@ async fn events(State(inspector): State<Arc<Inspector>>) -> Response {
         if *s.closing.borrow() {
             return None;
         }
-        let latest = *s.changes.borrow_and_update();
+        let generation = *s.changes.borrow_and_update();
         let queue = s.inspector.queue.stats().await.ok();
         let data = json!({
-            "latest": latest,
+            "generation": generation,
             "queue": queue.map(|q| json!({"queued": q.queued, "in_flight": q.in_flight, "dead_letters": q.dead_letters})),
             "now_ms": s.inspector.clock.now_ms(),
         });

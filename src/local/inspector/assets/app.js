@@ -9,7 +9,11 @@ const ACTION_HEADERS = { "X-Inspector": "1", "Content-Type": "application/json" 
 
 const state = {
   selected: null,
-  latest: null,
+  // What the selected delivery showed when it was opened: it is fetched again only when that changes.
+  selectedVersion: null,
+  generation: null,
+  deadGeneration: null,
+  deadLetters: null,
   raw: false,
   depth: [],
   refreshing: false,
@@ -95,6 +99,10 @@ function outcomeBadge(outcome) {
   return el("span", { class: "badge outcome", swatch: outcome, text: outcome.replace("_", " ") });
 }
 
+function version(d) {
+  return `${d.outcome}|${d.settled_at_ms}|${d.receives}`;
+}
+
 function renderList(deliveries) {
   const body = $("deliveries").tBodies[0];
   const rows = deliveries.map((d) => {
@@ -116,7 +124,10 @@ function renderList(deliveries) {
       el("td", { class: "mono", title: "Intercom's delivery attempts / worker receives", text: tries }),
       outcome,
       handlers);
-    if (d.seq === state.selected) row.classList.add("selected");
+    if (d.seq === state.selected) {
+      row.classList.add("selected");
+      if (version(d) !== state.selectedVersion) select(d.seq);
+    }
     row.addEventListener("click", () => select(d.seq));
     return row;
   });
@@ -149,6 +160,7 @@ function fact(list, name, value) {
 }
 
 async function select(seq) {
+  if (state.selected !== seq) state.selectedVersion = null;
   state.selected = seq;
   for (const row of $("deliveries").tBodies[0].rows) {
     row.classList.toggle("selected", row.dataset.seq === String(seq));
@@ -161,6 +173,7 @@ async function select(seq) {
     return;
   }
   if (state.selected !== seq) return;
+  state.selectedVersion = version(d);
   $("detail").hidden = false;
   $("detail-title").textContent = `${d.topic || "request"} · #${d.seq}`;
   $("detail-summary").textContent = d.summary || "";
@@ -245,6 +258,7 @@ async function refreshDead() {
         el("td", {}, body));
     });
     $("dead-letters").tBodies[0].replaceChildren(...rows);
+    $("dead-caption").textContent = letters.length >= 200 ? "The oldest 200 are shown; redrive moves every one that matches." : "";
     $("dead-empty").hidden = letters.length > 0;
   } catch (error) {
     $("dead-error").textContent = error.message;
@@ -349,12 +363,18 @@ function connect() {
   source.addEventListener("error", () => { live.textContent = "reconnecting…"; live.className = "live off"; });
   source.addEventListener("update", (event) => {
     const update = JSON.parse(event.data);
+    const dead = update.queue ? update.queue.dead_letters : null;
+    const deadChanged = dead !== state.deadLetters;
+    state.deadLetters = dead;
     showQueue(update.queue);
-    if (update.latest !== state.latest) {
-      state.latest = update.latest;
+    if (update.generation !== state.generation) {
+      state.generation = update.generation;
       refreshList();
-      if (state.selected != null) select(state.selected);
-      if (!$("view-dead").hidden) refreshDead();
+    }
+    // The queue moves messages to the dead letters on its own (after the last receive): follow its count.
+    if ((deadChanged || update.generation !== state.deadGeneration) && !$("view-dead").hidden) {
+      state.deadGeneration = update.generation;
+      refreshDead();
     }
     if (Date.now() - state.lastStats > 2000) refreshStats();
   });
