@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# Intake throughput of `serve` (a 200 only after the SQLite commit) under wrk, against a minimal Node.js
-# (Express) receiver that only verifies the HMAC and answers 200 without storing anything. Both get the
-# same wrk settings and the same signed fixture; prints requests/s, p50 and p99 latency of each, the
-# ratio, and proves every 200 from `serve` was stored (wrk's 200s against `enqueued_total` in /metrics,
-# then the queue drained by the worker running alongside).
+# Intake throughput of `serve` (a 200 only after the SQLite commit) under wrk, against two receivers that
+# only verify the HMAC and answer 200 without storing anything: the ceiling (examples/ceiling_receiver.rs,
+# Rust, the same crates and signature code as `serve`: what this machine can do per delivery) and a
+# minimal Node.js (Express) reference. All get the same wrk settings and the same signed fixture; prints
+# requests/s, p50 and p99 latency of each, the ratios, and proves every 200 from `serve` was stored
+# (wrk's 200s against `enqueued_total` in /metrics, then the queue drained by the worker running
+# alongside).
 #
 #   bench/intake.sh                                    # -t2 -c64 -d15s, conversation_user_created.json
 #   bench/intake.sh --fixture events/notifications/ticket_created.json --duration 30s
-#   bench/intake.sh --threads 1 --connections 32 --no-reference
+#   bench/intake.sh --threads 1 --connections 32 --no-reference --no-ceiling
 #   bench/intake.sh --bin /path/to/intercom-webhooks --drain-secs 60    # another build, a longer drain
 #   bench/intake.sh --serve-arg --no-inspector                           # any `serve` option, repeatable
 #
@@ -24,16 +26,18 @@ ROOT=$PWD
 
 source bench/lib.sh
 REFERENCE=1
+CEILING=1
 DRAIN_SECS=20
 BIN=""
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --threads|--connections|--duration|--fixture) load_option "$1" "$2"; shift 2 ;;
     --no-reference) REFERENCE=0; shift ;;
+    --no-ceiling) CEILING=0; shift ;;
     --drain-secs) DRAIN_SECS=$2; shift 2 ;;
     --bin) BIN=$2; shift 2 ;;
     --serve-arg) SERVE_ARGS+=("$2"); shift 2 ;;
-    -h|--help) sed -n '2,19p' "$SELF"; exit 0 ;;
+    -h|--help) sed -n '2,21p' "$SELF"; exit 0 ;;
     *) echo "unknown option: $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -52,6 +56,12 @@ if [[ -z "$BIN" ]]; then
   BIN=$ROOT/target/release/intercom-webhooks
 else
   settle_disk
+fi
+
+if [[ $CEILING -eq 1 ]]; then
+  echo "building the ceiling receiver (examples/ceiling_receiver.rs)..." >&2
+  cargo build --release --quiet --example ceiling_receiver
+  CEILING_BIN=$ROOT/target/release/examples/ceiling_receiver
 fi
 
 if [[ $REFERENCE -eq 1 ]]; then
@@ -126,6 +136,19 @@ SETTLED=$(grep '"message":"outcome"' "$TMP/serve.log" | grep -cv '"outcome":"in_
 LEFT=$(python3 -c 'import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute("SELECT count(*) FROM queue").fetchone()[0])' "$TMP/intake.db")
 DEAD=$(python3 -c 'import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute("SELECT count(*) FROM dead_letters").fetchone()[0])' "$TMP/intake.db")
 
+# --- ceiling -------------------------------------------------------------------------------------------
+if [[ $CEILING -eq 1 ]]; then
+  CPORT=$(free_port)
+  INTERCOM_CLIENT_SECRET=$SECRET "$CEILING_BIN" "127.0.0.1:$CPORT" >"$TMP/ceiling.log" 2>&1 &
+  CEILING_PID=$!
+  PIDS+=("$CEILING_PID")
+  wait_http "http://127.0.0.1:$CPORT/healthz" "$CEILING_PID"
+  echo "ceiling (Rust, verify + 200): the same wrk settings..." >&2
+  run_wrk "http://127.0.0.1:$CPORT/webhooks/intercom" "$TMP/wrk-ceiling.txt" --latency
+  read -r C_RPS C_P50 C_P99 C_REQ C_NON2XX C_ERR < <(summarise "$TMP/wrk-ceiling.txt")
+  stop "$CEILING_PID"
+fi
+
 # --- reference -----------------------------------------------------------------------------------------
 if [[ $REFERENCE -eq 1 ]]; then
   RPORT=$(free_port)
@@ -149,12 +172,21 @@ echo
 echo "| receiver | requests/s | p50 | p99 | requests | non-2xx | socket errors |"
 echo "|---|---:|---:|---:|---:|---:|---:|"
 echo "| \`serve\` (SQLite, durable ack) | $S_RPS | $S_P50 ms | $S_P99 ms | $S_REQ | $S_NON2XX | $S_ERR |"
+if [[ $CEILING -eq 1 ]]; then
+  echo "| ceiling (Rust, the same crates, verify + 200, stores nothing) | $C_RPS | $C_P50 ms | $C_P99 ms | $C_REQ | $C_NON2XX | $C_ERR |"
+fi
 if [[ $REFERENCE -eq 1 ]]; then
   echo "| reference (Node.js $(node --version), Express 5, verify + 200, stores nothing) | $R_RPS | $R_P50 ms | $R_P99 ms | $R_REQ | $R_NON2XX | $R_ERR |"
   RATIO=$(python3 -c "print(f'{$S_RPS / $R_RPS:.2f}')")
   MET=$(python3 -c "print('met' if $S_RPS >= 5 * $R_RPS else 'missed')")
   echo
   echo "Ratio \`serve\` / reference: **${RATIO}×** (goal ≥ 5×: $MET)."
+fi
+if [[ $CEILING -eq 1 ]]; then
+  SHARE=$(python3 -c "print(f'{100 * $S_RPS / $C_RPS:.1f}')")
+  CMET=$(python3 -c "print('met' if $S_RPS >= 0.75 * $C_RPS else 'missed')")
+  echo
+  echo "\`serve\` / ceiling: **${SHARE} %** of the ceiling's requests/s (goal ≥ 75 %: $CMET)."
 fi
 echo
 STORED=$((LEFT + SETTLED))
@@ -176,6 +208,14 @@ echo
 echo '```'
 grep -v '^WRK_RESULT' "$TMP/wrk-serve.txt"
 echo '```'
+if [[ $CEILING -eq 1 ]]; then
+  echo
+  echo "Raw wrk output (ceiling):"
+  echo
+  echo '```'
+  grep -v '^WRK_RESULT' "$TMP/wrk-ceiling.txt"
+  echo '```'
+fi
 if [[ $REFERENCE -eq 1 ]]; then
   echo
   echo "Raw wrk output (reference):"
