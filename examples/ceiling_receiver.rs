@@ -18,11 +18,9 @@ use intercom_webhooks::receiving::signature::{ClientSecrets, SIGNATURE_HEADER};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let address = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "127.0.0.1:8090".into());
-    let secret = std::env::var("INTERCOM_CLIENT_SECRET")
-        .map_err(|_| anyhow::anyhow!("set INTERCOM_CLIENT_SECRET"))?;
+    let address = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:8090".into());
+    let secret =
+        std::env::var("INTERCOM_CLIENT_SECRET").map_err(|_| anyhow::anyhow!("set INTERCOM_CLIENT_SECRET"))?;
     let secrets = Arc::new(ClientSecrets::parse(&secret)?);
     let app = Router::new()
         .route("/webhooks/intercom", post(receive))
@@ -40,7 +38,11 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn receive(State(secrets): State<Arc<ClientSecrets>>, headers: HeaderMap, body: Bytes) -> (StatusCode, &'static str) {
+async fn receive(
+    State(secrets): State<Arc<ClientSecrets>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> (StatusCode, &'static str) {
     let signature = headers.get(SIGNATURE_HEADER).map(|v| v.as_bytes());
     match secrets.verify(signature, &body) {
         Ok(_) => (StatusCode::OK, r#"{"status":"ok"}"#),
