@@ -166,11 +166,13 @@ pub async fn serve(
         .with_body_read_timeout(options.limits.body_read_timeout);
     let mut extra = extra_routes(queue.clone(), metrics.clone());
     if let Some((inspector, _)) = &inspector {
-        worker = worker.with_observer(inspector.worker_observer());
+        // Off (a non-loopback listener without a token): the page answers why, and nothing is recorded.
+        if !matches!(inspector.access(), Access::Off { .. }) {
+            worker = worker.with_observer(inspector.worker_observer());
+            intake = intake.with_observer(inspector.intake_observer());
+        }
         let page = inspector.routes();
-        intake = intake
-            .with_observer(inspector.intake_observer())
-            .with_page(page.clone());
+        intake = intake.with_page(page.clone());
         extra = extra.route_service("/inspector/{*rest}", page);
     }
     let worker = Arc::new(worker);
