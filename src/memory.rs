@@ -13,6 +13,7 @@ use async_trait::async_trait;
 
 use crate::plumbing::clock::Clock;
 use crate::processing::dead_letters::DeadLetter;
+use crate::processing::dead_letters::{max_receives_reason, receives_exhausted};
 use crate::processing::idempotency::{
     Claim, ClaimOutcome, IdempotencyStore, Lease, StoreError, StoredRecord, COMPLETED, IN_PROGRESS,
 };
@@ -153,12 +154,9 @@ impl QueueConsumer for MemoryQueue {
                 break;
             }
             let count = state.messages[&seq].receive_count;
-            if count >= self.max_receives {
+            if receives_exhausted(count, self.max_receives) {
                 let queued = state.messages.remove(&seq).expect("listed above");
-                let reason = format!(
-                    "max receives exceeded ({count}): {}",
-                    queued.last_error.as_deref().unwrap_or("no error recorded")
-                );
+                let reason = max_receives_reason(count, queued.last_error.as_deref());
                 state.bury(queued.message_id, &queued.message, &reason, count, now);
                 continue;
             }

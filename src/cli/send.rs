@@ -80,16 +80,9 @@ fn expand(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-/// The notification with a new `id` (`notif_<uuid>`), pretty-printed as Intercom does. A `ping` keeps
-/// its null id.
+/// The notification with a new `id` (`notif_<uuid>`).
 fn with_fresh_id(body: &[u8], file: &Path) -> anyhow::Result<Vec<u8>> {
-    let mut value: serde_json::Value = serde_json::from_slice(body)
-        .with_context(|| format!("{} is not JSON; cannot give it a fresh id", file.display()))?;
-    let object = value
-        .as_object_mut()
-        .with_context(|| format!("{} is not a JSON object", file.display()))?;
-    if object.get("topic").and_then(|t| t.as_str()) != Some("ping") {
-        object.insert("id".into(), format!("notif_{}", uuid::Uuid::new_v4()).into());
-    }
-    Ok(serde_json::to_vec_pretty(&value)?)
+    let id = format!("notif_{}", uuid::Uuid::new_v4());
+    crate::receiving::notification::with_id(body, &id)
+        .with_context(|| format!("cannot give {} a fresh id", file.display()))
 }

@@ -16,6 +16,7 @@ use super::codec::{decode, Storable, StoredBody, Unreadable};
 use super::db::{new_id, Db, DbError};
 use super::dead_letters::insert_dead_letter;
 use crate::plumbing::clock::{Clock, SystemClock};
+use crate::processing::dead_letters::{max_receives_reason, receives_exhausted};
 use crate::receiving::queue::{Delivery, Message, Queue, QueueConsumer, QueueError, Record};
 
 #[derive(Clone)]
@@ -97,6 +98,11 @@ impl SqliteQueue {
 
     pub(super) fn now_ms(&self) -> i64 {
         self.clock.now_ms()
+    }
+
+    /// Receives after which a failing message moves to the dead letters.
+    pub fn max_receives(&self) -> u32 {
+        self.max_receives
     }
 
     pub fn db(&self) -> &Db {
@@ -193,11 +199,8 @@ impl QueueConsumer for SqliteQueue {
                     }
                     for (seq, message_id, body, attributes, count, last_error, enqueued_at) in rows {
                         after = seq;
-                        if count >= max_receives {
-                            let reason = format!(
-                                "max receives exceeded ({count}): {}",
-                                last_error.as_deref().unwrap_or("no error recorded")
-                            );
+                        if receives_exhausted(count, max_receives) {
+                            let reason = max_receives_reason(count, last_error.as_deref());
                             let message = body
                                 .into_message(decode(&attributes))
                                 .unwrap_or_else(|unreadable| unreadable.message);

@@ -142,7 +142,6 @@ pub async fn serve(
                 settings,
                 access,
                 queue.clone(),
-                options.max_receives,
                 waking.clone(),
                 clock.clone(),
                 closed,

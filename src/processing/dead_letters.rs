@@ -14,6 +14,20 @@ use crate::receiving::queue::{attr, Message, QueueError};
 /// no attribute).
 pub const MAX_RECEIVES_REASON: &str = "max receives exceeded";
 
+/// Whether a message handed out `receive_count` times has had its last receive: a local queue moves it
+/// to the dead letters when it next comes round instead of handing it out again.
+pub fn receives_exhausted(receive_count: u32, max_receives: u32) -> bool {
+    receive_count >= max_receives
+}
+
+/// The reason a local queue gives a message it moves after its last receive, with its last error.
+pub fn max_receives_reason(receive_count: u32, last_error: Option<&str>) -> String {
+    format!(
+        "{MAX_RECEIVES_REASON} ({receive_count}): {}",
+        last_error.unwrap_or("no error recorded")
+    )
+}
+
 /// One dead-lettered message.
 #[derive(Clone, Debug, Serialize)]
 pub struct DeadLetter {

@@ -99,36 +99,21 @@ impl Intake {
         self
     }
 
-    /// Tells the observer, if any, of a request that was not queued.
-    fn observe(
-        &self,
-        headers: &HeaderMap,
-        status: StatusCode,
-        verdict: &'static str,
-        reason: Option<String>,
-        body: Option<Bytes>,
-    ) {
-        self.observe_queued(headers, status, verdict, reason, body, None);
+    /// Tells the observer, if any, of a request refused before its signature was checked.
+    fn observe_rejection(&self, headers: &HeaderMap, status: StatusCode, reason: &str) {
+        self.observe(Seen {
+            headers,
+            status,
+            verdict: "rejected",
+            reason: Some(reason.into()),
+            body: None,
+            attributes: None,
+        });
     }
 
-    fn observe_queued(
-        &self,
-        headers: &HeaderMap,
-        status: StatusCode,
-        verdict: &'static str,
-        reason: Option<String>,
-        body: Option<Bytes>,
-        attributes: Option<std::collections::BTreeMap<String, String>>,
-    ) {
+    fn observe(&self, seen: Seen<'_>) {
         if let Some(observer) = &self.observer {
-            observer.seen(Seen {
-                headers,
-                status,
-                verdict,
-                reason,
-                body,
-                attributes,
-            });
+            observer.seen(seen);
         }
     }
 
@@ -378,7 +363,8 @@ impl IntoResponse for Verdict {
     }
 }
 
-fn error_response(status: StatusCode, code: &str, message: &str) -> Response {
+/// The JSON error answer: `{"error": code, "message": message}`.
+pub fn error_response(status: StatusCode, code: &str, message: &str) -> Response {
     (status, Json(json!({"error": code, "message": message}))).into_response()
 }
 
@@ -415,13 +401,7 @@ async fn receive(State(intake): State<Arc<Intake>>, request: Request) -> Respons
             intake.rejection_lines.write(|suppressed| {
                 warn!(%error, reason = "body_unreadable", suppressed, "could not read the request body")
             });
-            intake.observe(
-                &parts.headers,
-                StatusCode::BAD_REQUEST,
-                "rejected",
-                Some("body_unreadable".into()),
-                None,
-            );
+            intake.observe_rejection(&parts.headers, StatusCode::BAD_REQUEST, "body_unreadable");
             return error_response(
                 StatusCode::BAD_REQUEST,
                 "body_unreadable",
@@ -452,14 +432,14 @@ async fn receive(State(intake): State<Arc<Intake>>, request: Request) -> Respons
             other => (other, None),
         };
         let response = verdict.into_response();
-        intake.observe_queued(
-            &parts.headers,
-            response.status(),
-            name,
+        intake.observe(Seen {
+            headers: &parts.headers,
+            status: response.status(),
+            verdict: name,
             reason,
-            kept.then_some(body),
+            body: kept.then_some(body),
             attributes,
-        );
+        });
         return response;
     }
     verdict.into_response()
@@ -477,13 +457,7 @@ fn body_too_slow(intake: &Intake, headers: &HeaderMap) -> Response {
             "rejected delivery"
         )
     });
-    intake.observe(
-        headers,
-        StatusCode::REQUEST_TIMEOUT,
-        "rejected",
-        Some("body_timeout".into()),
-        None,
-    );
+    intake.observe_rejection(headers, StatusCode::REQUEST_TIMEOUT, "body_timeout");
     error_response(
         StatusCode::REQUEST_TIMEOUT,
         "body_timeout",
@@ -497,13 +471,7 @@ fn too_large(intake: &Intake, headers: &HeaderMap, limit: usize) -> Response {
     intake
         .rejection_lines
         .write(|suppressed| warn!(limit, reason = "body_too_large", suppressed, "rejected delivery"));
-    intake.observe(
-        headers,
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "rejected",
-        Some("body_too_large".into()),
-        None,
-    );
+    intake.observe_rejection(headers, StatusCode::PAYLOAD_TOO_LARGE, "body_too_large");
     error_response(
         StatusCode::PAYLOAD_TOO_LARGE,
         "body_too_large",

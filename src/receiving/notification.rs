@@ -203,6 +203,27 @@ impl Notification {
     }
 }
 
+/// Why a body cannot be given another id.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RenameError {
+    #[error("it is not JSON: {0}")]
+    NotJson(String),
+    #[error("it is not a JSON object")]
+    NotAnObject,
+}
+
+/// The notification with `id` as its id, pretty-printed as Intercom sends it (`send --fresh-id`, a replay
+/// with a fresh id). A `ping` keeps its null id.
+pub fn with_id(body: &[u8], id: &str) -> Result<Vec<u8>, RenameError> {
+    let mut value: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| RenameError::NotJson(e.to_string()))?;
+    let object = value.as_object_mut().ok_or(RenameError::NotAnObject)?;
+    if object.get("topic").and_then(|t| t.as_str()) != Some("ping") {
+        object.insert("id".into(), id.into());
+    }
+    Ok(serde_json::to_vec_pretty(&value).expect("a JSON value always serialises"))
+}
+
 /// What can be read of a body that is not a notification (no id, a topic of the wrong type, …): its
 /// `topic`, `id` and `app_id` where they are non-empty strings, so that its dead letter can still be found
 /// by topic. Empty when the body is not a JSON object.

@@ -94,7 +94,8 @@ impl Message {
 
 const MAX_REASON_BYTES: usize = 1024;
 
-fn truncate(text: &str, max: usize) -> String {
+/// `text` cut to at most `max` bytes (on a character boundary), with an ellipsis when cut.
+pub fn truncate(text: &str, max: usize) -> String {
     if text.len() <= max {
         return text.to_owned();
     }

@@ -952,15 +952,19 @@ fn objects_changed_while_the_receiver_was_down_reach_the_mirror_after_one_reconc
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("db.sqlite");
     let server = Server::start(&db, &[]);
-    let (ok, out, err) = reconcile_cli(&[
-        "--since",
-        "2h",
-        "--db",
-        db.to_str().unwrap(),
-        "--base-url",
-        &api.uri(),
-        "--json",
-    ]);
+    // Into the file of the running server, with the JSON report.
+    let reconcile_into_db = |since: &str| {
+        reconcile_cli(&[
+            "--since",
+            since,
+            "--db",
+            db.to_str().unwrap(),
+            "--base-url",
+            &api.uri(),
+            "--json",
+        ])
+    };
+    let (ok, out, err) = reconcile_into_db("2h");
     assert!(ok, "{err}");
     let report: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(report["app_id"], "abc123def");
@@ -993,15 +997,7 @@ fn objects_changed_while_the_receiver_was_down_reach_the_mirror_after_one_reconc
     assert!(err.contains("no conversation old"), "{err}");
 
     // Again from the watermark: nothing new to enqueue.
-    let (ok, out, err) = reconcile_cli(&[
-        "--since",
-        "last",
-        "--db",
-        db.to_str().unwrap(),
-        "--base-url",
-        &api.uri(),
-        "--json",
-    ]);
+    let (ok, out, err) = reconcile_into_db("last");
     assert!(ok, "{err}");
     let report: Value = serde_json::from_str(&out).unwrap();
     let total = |field: &str| crate::support::reconcile_total(&report, field);

@@ -21,6 +21,7 @@ use crate::processing::handlers::summary::summarize;
 use crate::processing::router::TopicPattern;
 use crate::processing::worker::HandlerRun;
 use crate::receiving::notification::{Envelope, Notification};
+use crate::receiving::queue::truncate;
 
 /// Events waiting for the recorder at most; more are left out (and counted).
 const CHANNEL_CAPACITY: usize = 8_192;
@@ -941,16 +942,8 @@ pub fn kept_headers(headers: &axum::http::HeaderMap) -> Vec<(String, String)> {
         .filter_map(|name| {
             let value = headers.get(*name)?;
             let text = String::from_utf8_lossy(value.as_bytes());
-            let mut text: String = text.chars().filter(|c| !c.is_control()).collect();
-            if text.len() > HEADER_VALUE_LIMIT {
-                let mut end = HEADER_VALUE_LIMIT;
-                while !text.is_char_boundary(end) {
-                    end -= 1;
-                }
-                text.truncate(end);
-                text.push('…');
-            }
-            Some(((*name).to_owned(), text))
+            let text: String = text.chars().filter(|c| !c.is_control()).collect();
+            Some(((*name).to_owned(), truncate(&text, HEADER_VALUE_LIMIT)))
         })
         .collect()
 }

@@ -28,11 +28,11 @@ use self::access::Access;
 use self::journal::{kept_headers, Journal, Key, Received, Recorder, Settled, Source};
 use crate::local::SqliteQueue;
 use crate::plumbing::clock::Clock;
-use crate::processing::dead_letters::{DeadLetters, Filter, MAX_RECEIVES_REASON};
+use crate::processing::dead_letters::{max_receives_reason, receives_exhausted, DeadLetters, Filter};
 use crate::processing::router::TopicPattern;
 use crate::processing::worker::{RecordObserver, RecordReport};
-use crate::receiving::intake::{DeliveryObserver, Seen};
-use crate::receiving::notification::Envelope;
+use crate::receiving::intake::{error_response as error, DeliveryObserver, Seen};
+use crate::receiving::notification::{with_id, Envelope};
 use crate::receiving::queue::{Message, Queue};
 
 /// Deliveries kept by default.
@@ -121,8 +121,6 @@ pub struct Inspector {
     closing: watch::Receiver<bool>,
     /// Rejected requests recorded per second at most.
     rejections: governor::DefaultDirectRateLimiter,
-    /// The queue's `--max-receives`: a retry at the last receive ends on the dead letters.
-    max_receives: u32,
 }
 
 /// Rejected requests the journal records per second at most; the rest are counted as left out.
@@ -135,7 +133,6 @@ impl Inspector {
         options: InspectorOptions,
         access: Access,
         queue: SqliteQueue,
-        max_receives: u32,
         enqueue: Arc<dyn Queue>,
         clock: Arc<dyn Clock>,
         closing: watch::Receiver<bool>,
@@ -154,7 +151,6 @@ impl Inspector {
                 enqueue,
                 clock,
                 closing,
-                max_receives,
                 rejections: governor::RateLimiter::direct(governor::Quota::per_second(
                     std::num::NonZeroU32::new(REJECTIONS_RECORDED_PER_SECOND)
                         .unwrap_or(std::num::NonZeroU32::MIN),
@@ -242,8 +238,9 @@ impl RecordObserver for Observer {
             .attribute(crate::receiving::queue::attr::APP_ID)
             .unwrap_or_default();
         // A retry at the last receive is not retried: the queue moves the message to the dead letters
-        // when it next comes round, with this reason.
-        let last = report.outcome.needs_retry() && report.record.receive_count >= inspector.max_receives;
+        // when it next comes round, with the reason shown here.
+        let count = report.record.receive_count;
+        let last = report.outcome.needs_retry() && receives_exhausted(count, inspector.queue.max_receives());
         let outcome = if last {
             "dead_lettered"
         } else {
@@ -252,11 +249,7 @@ impl RecordObserver for Observer {
         let error = || {
             let error = report.error.map(ToString::to_string);
             if last {
-                let why = error.map_or_else(String::new, |e| format!(": {e}"));
-                Some(format!(
-                    "{MAX_RECEIVES_REASON} ({} receives){why}",
-                    report.record.receive_count
-                ))
+                Some(max_receives_reason(count, error.as_deref()))
             } else {
                 error
             }
@@ -324,10 +317,6 @@ fn secure(headers: &mut HeaderMap) {
     set(headers, header::REFERRER_POLICY, "no-referrer");
     set(headers, header::X_FRAME_OPTIONS, "DENY");
     set(headers, header::CACHE_CONTROL, "no-store");
-}
-
-fn error(status: StatusCode, code: &str, message: &str) -> Response {
-    (status, Json(json!({"error": code, "message": message}))).into_response()
 }
 
 fn unavailable(error: impl std::fmt::Display) -> Response {
@@ -499,16 +488,8 @@ async fn replay(
 
 /// The body with a new notification id (`notif_replay_<uuid>`), everything else as it was.
 fn with_fresh_id(body: &[u8]) -> Result<Vec<u8>, String> {
-    let mut value: serde_json::Value =
-        serde_json::from_slice(body).map_err(|e| format!("the body is not JSON: {e}"))?;
-    let Some(object) = value.as_object_mut() else {
-        return Err("the body is not a JSON object".into());
-    };
-    object.insert(
-        "id".into(),
-        json!(format!("notif_replay_{}", uuid::Uuid::now_v7().simple())),
-    );
-    serde_json::to_vec(&value).map_err(|e| e.to_string())
+    let id = format!("notif_replay_{}", uuid::Uuid::now_v7().simple());
+    with_id(body, &id).map_err(|e| format!("the body cannot be given a fresh id: {e}"))
 }
 
 async fn stats(State(inspector): State<Arc<Inspector>>) -> Response {
