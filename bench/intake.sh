@@ -12,6 +12,11 @@
 #   bench/intake.sh --threads 1 --connections 32 --no-reference --no-ceiling
 #   bench/intake.sh --bin /path/to/intercom-webhooks --drain-secs 60    # another build, a longer drain
 #   bench/intake.sh --serve-arg --no-inspector                           # any `serve` option, repeatable
+#   bench/intake.sh --ceiling-stores none,append,sqlite    # the ceiling also with the least durable work
+#
+# The ceiling's stores (examples/ceiling_receiver.rs): `none` stores nothing; `append` appends each body to
+# a file and answers after fdatasync, syncing the bodies waiting together (the least any durable receiver
+# does); `sqlite` is serve's own queue (`SqliteQueue::send`) without serve's worker, inspector and routes.
 #
 # The worker of `serve` runs during the load (there is no intake-only mode), at a lower CPU priority than
 # the intake, and shares the cores with it and with wrk. Every POST carries the same notification id, so the
@@ -27,6 +32,7 @@ ROOT=$PWD
 source bench/lib.sh
 REFERENCE=1
 CEILING=1
+CEILING_STORES=none
 DRAIN_SECS=20
 BIN=""
 while [[ $# -gt 0 ]]; do
@@ -34,14 +40,20 @@ while [[ $# -gt 0 ]]; do
     --threads|--connections|--duration|--fixture) load_option "$1" "$2"; shift 2 ;;
     --no-reference) REFERENCE=0; shift ;;
     --no-ceiling) CEILING=0; shift ;;
+    --ceiling-stores) CEILING_STORES=$2; shift 2 ;;
     --drain-secs) DRAIN_SECS=$2; shift 2 ;;
     --bin) BIN=$2; shift 2 ;;
     --serve-arg) SERVE_ARGS+=("$2"); shift 2 ;;
-    -h|--help) sed -n '2,21p' "$SELF"; exit 0 ;;
+    -h|--help) sed -n '2,26p' "$SELF"; exit 0 ;;
     *) echo "unknown option: $1 (see --help)" >&2; exit 2 ;;
   esac
 done
 [[ -f "$FIXTURE" ]] || { echo "no such fixture: $FIXTURE" >&2; exit 2; }
+IFS=, read -r -a STORES <<<"$CEILING_STORES"
+for store in "${STORES[@]}"; do
+  [[ $store == none || $store == append || $store == sqlite ]] ||
+    { echo "--ceiling-stores takes none, append and sqlite, not $store" >&2; exit 2; }
+done
 
 # --- tools ---------------------------------------------------------------------------------------------
 need_load_tools
@@ -137,16 +149,23 @@ LEFT=$(python3 -c 'import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execut
 DEAD=$(python3 -c 'import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute("SELECT count(*) FROM dead_letters").fetchone()[0])' "$TMP/intake.db")
 
 # --- ceiling -------------------------------------------------------------------------------------------
+declare -A C_RPS C_P50 C_P99 C_REQ C_NON2XX C_ERR
 if [[ $CEILING -eq 1 ]]; then
-  CPORT=$(free_port)
-  INTERCOM_CLIENT_SECRET=$SECRET "$CEILING_BIN" "127.0.0.1:$CPORT" >"$TMP/ceiling.log" 2>&1 &
-  CEILING_PID=$!
-  PIDS+=("$CEILING_PID")
-  wait_http "http://127.0.0.1:$CPORT/healthz" "$CEILING_PID"
-  echo "ceiling (Rust, verify + 200): the same wrk settings..." >&2
-  run_wrk "http://127.0.0.1:$CPORT/webhooks/intercom" "$TMP/wrk-ceiling.txt" --latency
-  read -r C_RPS C_P50 C_P99 C_REQ C_NON2XX C_ERR < <(summarise "$TMP/wrk-ceiling.txt")
-  stop "$CEILING_PID"
+  for store in "${STORES[@]}"; do
+    CPORT=$(free_port)
+    mkdir -p "$TMP/ceiling-$store"
+    INTERCOM_CLIENT_SECRET=$SECRET "$CEILING_BIN" "127.0.0.1:$CPORT" --store "$store" "$TMP/ceiling-$store" \
+      >"$TMP/ceiling-$store.log" 2>&1 &
+    CEILING_PID=$!
+    PIDS+=("$CEILING_PID")
+    wait_http "http://127.0.0.1:$CPORT/healthz" "$CEILING_PID"
+    echo "ceiling (Rust, verify, store: $store, 200): the same wrk settings..." >&2
+    run_wrk "http://127.0.0.1:$CPORT/webhooks/intercom" "$TMP/wrk-ceiling-$store.txt" --latency
+    read -r "C_RPS[$store]" "C_P50[$store]" "C_P99[$store]" "C_REQ[$store]" "C_NON2XX[$store]" "C_ERR[$store]" \
+      < <(summarise "$TMP/wrk-ceiling-$store.txt")
+    stop "$CEILING_PID"
+    rm -rf "$TMP/ceiling-$store"
+  done
 fi
 
 # --- reference -----------------------------------------------------------------------------------------
@@ -173,7 +192,14 @@ echo "| receiver | requests/s | p50 | p99 | requests | non-2xx | socket errors |
 echo "|---|---:|---:|---:|---:|---:|---:|"
 echo "| \`serve\` (SQLite, durable ack) | $S_RPS | $S_P50 ms | $S_P99 ms | $S_REQ | $S_NON2XX | $S_ERR |"
 if [[ $CEILING -eq 1 ]]; then
-  echo "| ceiling (Rust, the same crates, verify + 200, stores nothing) | $C_RPS | $C_P50 ms | $C_P99 ms | $C_REQ | $C_NON2XX | $C_ERR |"
+  for store in "${STORES[@]}"; do
+    case $store in
+      none) what="verify + 200, stores nothing" ;;
+      append) what="verify, append + fdatasync (group commit), 200" ;;
+      sqlite) what="verify, serve's SQLite queue without its worker, 200" ;;
+    esac
+    echo "| ceiling, store \`$store\` (Rust, the same crates, $what) | ${C_RPS[$store]} | ${C_P50[$store]} ms | ${C_P99[$store]} ms | ${C_REQ[$store]} | ${C_NON2XX[$store]} | ${C_ERR[$store]} |"
+  done
 fi
 if [[ $REFERENCE -eq 1 ]]; then
   echo "| reference (Node.js $(node --version), Express 5, verify + 200, stores nothing) | $R_RPS | $R_P50 ms | $R_P99 ms | $R_REQ | $R_NON2XX | $R_ERR |"
@@ -183,10 +209,19 @@ if [[ $REFERENCE -eq 1 ]]; then
   echo "Ratio \`serve\` / reference: **${RATIO}×** (goal ≥ 5×: $MET)."
 fi
 if [[ $CEILING -eq 1 ]]; then
-  SHARE=$(python3 -c "print(f'{100 * $S_RPS / $C_RPS:.1f}')")
-  CMET=$(python3 -c "print('met' if $S_RPS >= 0.75 * $C_RPS else 'missed')")
   echo
-  echo "\`serve\` / ceiling: **${SHARE} %** of the ceiling's requests/s (goal ≥ 75 %: $CMET)."
+  for store in "${STORES[@]}"; do
+    SHARE=$(python3 -c "print(f'{100 * $S_RPS / ${C_RPS[$store]}:.1f}')")
+    if [[ $store == none ]]; then
+      CMET=$(python3 -c "print('met' if $S_RPS >= 0.75 * ${C_RPS[$store]} else 'missed')")
+      echo "\`serve\` / ceiling: **${SHARE} %** of the ceiling's requests/s (goal ≥ 75 %: $CMET)."
+    else
+      echo "\`serve\` / ceiling with store \`$store\`: **${SHARE} %**."
+    fi
+    if [[ $store != none && " ${STORES[*]} " == *" none "* ]]; then
+      echo "Ceiling with store \`$store\` / ceiling storing nothing: $(python3 -c "print(f'{100 * ${C_RPS[$store]} / ${C_RPS[none]}:.1f}')") %."
+    fi
+  done
 fi
 echo
 STORED=$((LEFT + SETTLED))
@@ -209,12 +244,14 @@ echo '```'
 grep -v '^WRK_RESULT' "$TMP/wrk-serve.txt"
 echo '```'
 if [[ $CEILING -eq 1 ]]; then
-  echo
-  echo "Raw wrk output (ceiling):"
-  echo
-  echo '```'
-  grep -v '^WRK_RESULT' "$TMP/wrk-ceiling.txt"
-  echo '```'
+  for store in "${STORES[@]}"; do
+    echo
+    echo "Raw wrk output (ceiling, store \`$store\`):"
+    echo
+    echo '```'
+    grep -v '^WRK_RESULT' "$TMP/wrk-ceiling-$store.txt"
+    echo '```'
+  done
 fi
 if [[ $REFERENCE -eq 1 ]]; then
   echo

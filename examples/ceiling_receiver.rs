@@ -1,12 +1,23 @@
 //! The ceiling for `bench/intake.sh`: the least a Rust receiver can do per delivery on this machine. It
 //! reads the body, verifies `X-Hub-Signature` with the same code as `serve` (`ClientSecrets`, HMAC-SHA1
 //! over the raw bytes), and answers 200, on the same crates (tokio, hyper's HTTP/1 server through axum);
-//! it stores nothing and runs no worker. `serve`'s requests/s as a share of this one's is what durability
-//! and processing cost.
+//! it runs no worker. `serve`'s requests/s as a share of this one's is what durability and processing
+//! cost.
 //!
-//!   INTERCOM_CLIENT_SECRET=… cargo run --release --example ceiling_receiver -- 127.0.0.1:8090
+//! `--store` adds the least durable work, to say where between the two the limit of a durable receiver
+//! is on this machine:
+//! - `none` (default): stores nothing.
+//! - `append`: appends each body to a file and answers once `fdatasync` has returned, with the writes of
+//!   the requests waiting meanwhile synced together (group commit): what any receiver that keeps its
+//!   promise must do at least, without a queue's bookkeeping.
+//! - `sqlite`: `serve`'s own queue (`SqliteQueue::send` on the same `Db`: one database thread, group
+//!   commit, synchronous = FULL) without its worker, its inspector or its other routes.
+//!
+//!   INTERCOM_CLIENT_SECRET=… cargo run --release --example ceiling_receiver -- 127.0.0.1:8090 [--store append DIR]
 
-use std::sync::Arc;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Arc};
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -14,18 +25,50 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use axum::serve::ListenerExt;
 use axum::Router;
+use intercom_webhooks::local::{Db, SqliteQueue};
+use intercom_webhooks::receiving::queue::{Message, Queue};
 use intercom_webhooks::receiving::signature::{ClientSecrets, SIGNATURE_HEADER};
+use tokio::sync::oneshot;
+
+/// Where a verified body goes before the 200.
+enum Store {
+    None,
+    Append(mpsc::Sender<(Bytes, oneshot::Sender<std::io::Result<()>>)>),
+    Sqlite(SqliteQueue),
+}
+
+struct Receiver {
+    secrets: ClientSecrets,
+    store: Store,
+}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let address = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:8090".into());
+    let mut args = std::env::args().skip(1);
+    let address = args.next().unwrap_or_else(|| "127.0.0.1:8090".into());
+    let store = match (args.next().as_deref(), args.next(), args.next()) {
+        (None, ..) => Store::None,
+        (Some("--store"), Some(kind), dir) => {
+            let dir = PathBuf::from(dir.unwrap_or_else(|| ".".into()));
+            match kind.as_str() {
+                "none" => Store::None,
+                "append" => Store::Append(start_appender(&dir.join("ceiling.log"))?),
+                "sqlite" => Store::Sqlite(SqliteQueue::new(Db::open(dir.join("ceiling.db"))?, 5)),
+                other => anyhow::bail!("--store none|append|sqlite, not {other}"),
+            }
+        }
+        _ => anyhow::bail!("usage: ceiling_receiver ADDRESS [--store none|append|sqlite [DIR]]"),
+    };
     let secret =
         std::env::var("INTERCOM_CLIENT_SECRET").map_err(|_| anyhow::anyhow!("set INTERCOM_CLIENT_SECRET"))?;
-    let secrets = Arc::new(ClientSecrets::parse(&secret)?);
+    let receiver = Arc::new(Receiver {
+        secrets: ClientSecrets::parse(&secret)?,
+        store,
+    });
     let app = Router::new()
         .route("/webhooks/intercom", post(receive))
         .route("/healthz", get(|| async { "ok" }))
-        .with_state(secrets);
+        .with_state(receiver);
     let listener = tokio::net::TcpListener::bind(&address).await?;
     eprintln!("ceiling receiver on http://{address}/webhooks/intercom");
     axum::serve(
@@ -39,13 +82,58 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn receive(
-    State(secrets): State<Arc<ClientSecrets>>,
+    State(receiver): State<Arc<Receiver>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> (StatusCode, &'static str) {
     let signature = headers.get(SIGNATURE_HEADER).map(|v| v.as_bytes());
-    match secrets.verify(signature, &body) {
-        Ok(_) => (StatusCode::OK, r#"{"status":"ok"}"#),
-        Err(_) => (StatusCode::UNAUTHORIZED, r#"{"error":"signature"}"#),
+    if receiver.secrets.verify(signature, &body).is_err() {
+        return (StatusCode::UNAUTHORIZED, r#"{"error":"signature"}"#);
     }
+    let stored = match &receiver.store {
+        Store::None => true,
+        Store::Append(appender) => {
+            let (done, synced) = oneshot::channel();
+            appender.send((body, done)).is_ok() && matches!(synced.await, Ok(Ok(())))
+        }
+        Store::Sqlite(queue) => queue.send(&Message::from_bytes(&body)).await.is_ok(),
+    };
+    if stored {
+        (StatusCode::OK, r#"{"status":"ok"}"#)
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, r#"{"error":"unavailable"}"#)
+    }
+}
+
+/// A thread that appends bodies (length-prefixed) to `path` and syncs once per group of the bodies
+/// waiting when it is free, answering each after the sync.
+fn start_appender(
+    path: &Path,
+) -> anyhow::Result<mpsc::Sender<(Bytes, oneshot::Sender<std::io::Result<()>>)>> {
+    let file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+    let (jobs, queue) = mpsc::channel::<(Bytes, oneshot::Sender<std::io::Result<()>>)>();
+    std::thread::Builder::new().name("append".into()).spawn(move || {
+        let mut file = std::io::BufWriter::with_capacity(1 << 20, file);
+        while let Ok(first) = queue.recv() {
+            let mut group = vec![first];
+            group.extend(queue.try_iter().take(511));
+            let result = group
+                .iter()
+                .try_for_each(|(body, _)| {
+                    file.write_all(&(body.len() as u32).to_le_bytes())?;
+                    file.write_all(body)
+                })
+                .and_then(|()| file.flush())
+                .and_then(|()| file.get_ref().sync_data());
+            for (_, done) in group {
+                let _ = done.send(
+                    result
+                        .as_ref()
+                        .map(|_| ())
+                        .map_err(|e| std::io::Error::new(e.kind(), e.to_string())),
+                );
+            }
+        }
+    })?;
+    Ok(jobs)
 }

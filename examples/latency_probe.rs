@@ -393,15 +393,21 @@ fn main() -> anyhow::Result<()> {
     println!();
     println!("{warm_line}");
     println!();
-    println!(
-        "Goal p99 < 10 ms at 1,000/s: {} (p99 {p99:.2} ms at {}/s).",
-        if args.rate >= 1000 && p99 < 10.0 {
+    // The goals of the sustained rate of distinct notifications (bench/RESULTS.md says how they are met).
+    for (rate, bound) in [(5_000, 10.0), (20_000, 50.0)] {
+        let all_processed = missing == 0 && run.failed == 0 && run.skipped == 0;
+        let verdict = if args.rate < rate {
+            "not measured by this run (a lower rate)"
+        } else if p99 < bound && all_processed {
             "met"
         } else {
             "missed"
-        },
-        args.rate
-    );
+        };
+        println!(
+            "Goal p99 < {bound} ms at ≥ {rate}/s, every notification processed: {verdict} (p99 {p99:.2} ms at {}/s).",
+            args.rate
+        );
+    }
 
     if args.per_second {
         per_second(&run, &seen);
