@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use axum::response::Response;
-use intercom_webhooks::aws::{emf, load_config, sqs::SqsQueue, ssm::SsmParameters, CallBudget};
+use intercom_webhooks::aws::{emf, lambda_config, sqs::SqsQueue, ssm::SsmParameters, CallBudget};
 use intercom_webhooks::plumbing::config::{Env, ReceiverConfig, CLIENT_SECRET};
 use intercom_webhooks::plumbing::metrics::Metrics;
 use intercom_webhooks::plumbing::telemetry;
@@ -13,7 +13,7 @@ use intercom_webhooks::receiving::intake::Intake;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     telemetry::init_lambda();
-    let sdk = load_config(CallBudget::RECEIVER).await;
+    let sdk = lambda_config(CallBudget::RECEIVER);
     let parameters = SsmParameters::new(aws_sdk_ssm::Client::new(&sdk));
     let config = Env::process()
         .resolve(&[CLIENT_SECRET], &parameters)

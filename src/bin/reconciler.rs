@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use intercom_webhooks::aws::dynamodb::DynamoStore;
 use intercom_webhooks::aws::ssm::SsmParameters;
-use intercom_webhooks::aws::{load_config, CallBudget};
+use intercom_webhooks::aws::{lambda_config, CallBudget};
 use intercom_webhooks::events::EventsClient;
 use intercom_webhooks::plumbing::clock::{unix_ms_now, SystemClock};
 use intercom_webhooks::plumbing::config::{Env, ReconcilerLambdaConfig, ACCESS_TOKEN};
@@ -89,7 +89,7 @@ impl Reconcile {
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
     telemetry::init_lambda();
-    let sdk = load_config(CallBudget::WORKER).await;
+    let sdk = lambda_config(CallBudget::WORKER);
     let parameters = SsmParameters::new(aws_sdk_ssm::Client::new(&sdk));
     let config = Env::process()
         .resolve(&[ACCESS_TOKEN], &parameters)

@@ -10,7 +10,7 @@ use intercom_webhooks::aws::eventbridge::{EventBridgeHandler, EventBridgeSetting
 use intercom_webhooks::aws::mirror::DynamoMirror;
 use intercom_webhooks::aws::sqs::SqsDeadLetterQueue;
 use intercom_webhooks::aws::ssm::SsmParameters;
-use intercom_webhooks::aws::{emf, lambda_sqs, load_config, CallBudget};
+use intercom_webhooks::aws::{emf, lambda_config, lambda_sqs, CallBudget};
 use intercom_webhooks::plumbing::clock::{Clock, SystemClock};
 use intercom_webhooks::plumbing::config::{worker_secrets, Env, WorkerLambdaConfig};
 use intercom_webhooks::plumbing::{metrics::Metrics, telemetry};
@@ -21,7 +21,7 @@ use lambda_runtime::{service_fn, LambdaEvent};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     telemetry::init_lambda();
-    let sdk = load_config(CallBudget::WORKER).await;
+    let sdk = lambda_config(CallBudget::WORKER);
     let parameters = SsmParameters::new(aws_sdk_ssm::Client::new(&sdk));
     let config = Env::process()
         .resolve(&worker_secrets(), &parameters)
