@@ -30,10 +30,13 @@ use intercom_webhooks::receiving::queue::{Message, Queue};
 use intercom_webhooks::receiving::signature::{ClientSecrets, SIGNATURE_HEADER};
 use tokio::sync::oneshot;
 
+/// Bodies to append, each with where to say whether it is on disk.
+type Appender = mpsc::Sender<(Bytes, oneshot::Sender<bool>)>;
+
 /// Where a verified body goes before the 200.
 enum Store {
     None,
-    Append(mpsc::Sender<(Bytes, oneshot::Sender<std::io::Result<()>>)>),
+    Append(Appender),
     Sqlite(SqliteQueue),
 }
 
@@ -94,7 +97,7 @@ async fn receive(
         Store::None => true,
         Store::Append(appender) => {
             let (done, synced) = oneshot::channel();
-            appender.send((body, done)).is_ok() && matches!(synced.await, Ok(Ok(())))
+            appender.send((body, done)).is_ok() && synced.await == Ok(true)
         }
         Store::Sqlite(queue) => queue.send(&Message::from_bytes(&body)).await.is_ok(),
     };
@@ -107,11 +110,9 @@ async fn receive(
 
 /// A thread that appends bodies (length-prefixed) to `path` and syncs once per group of the bodies
 /// waiting when it is free, answering each after the sync.
-fn start_appender(
-    path: &Path,
-) -> anyhow::Result<mpsc::Sender<(Bytes, oneshot::Sender<std::io::Result<()>>)>> {
+fn start_appender(path: &Path) -> anyhow::Result<Appender> {
     let file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
-    let (jobs, queue) = mpsc::channel::<(Bytes, oneshot::Sender<std::io::Result<()>>)>();
+    let (jobs, queue): (Appender, _) = mpsc::channel();
     std::thread::Builder::new().name("append".into()).spawn(move || {
         let mut file = std::io::BufWriter::with_capacity(1 << 20, file);
         while let Ok(first) = queue.recv() {
@@ -126,12 +127,7 @@ fn start_appender(
                 .and_then(|()| file.flush())
                 .and_then(|()| file.get_ref().sync_data());
             for (_, done) in group {
-                let _ = done.send(
-                    result
-                        .as_ref()
-                        .map(|_| ())
-                        .map_err(|e| std::io::Error::new(e.kind(), e.to_string())),
-                );
+                let _ = done.send(result.is_ok());
             }
         }
     })?;
