@@ -15,8 +15,8 @@
 #   bench/intake.sh --ceiling-stores none,append,sqlite    # the ceiling also with the least durable work
 #
 # The ceiling's stores (examples/ceiling_receiver.rs): `none` stores nothing; `append` appends each body to
-# a file and answers after fdatasync, syncing the bodies waiting together (the least any durable receiver
-# does); `sqlite` is serve's own queue (`SqliteQueue::send`) without serve's worker, inspector and routes.
+# a file and answers after fdatasync, syncing the bodies waiting together (the simplest durable receiver
+# we could write); `sqlite` is serve's own queue (`SqliteQueue::send`) without serve's worker, inspector and routes.
 #
 # The worker of `serve` runs during the load (there is no intake-only mode), at a lower CPU priority than
 # the intake, and shares the cores with it and with wrk. Every POST carries the same notification id, so the

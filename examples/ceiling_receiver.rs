@@ -8,8 +8,8 @@
 //! is on this machine:
 //! - `none` (default): stores nothing.
 //! - `append`: appends each body to a file and answers once `fdatasync` has returned, with the writes of
-//!   the requests waiting meanwhile synced together (group commit): what any receiver that keeps its
-//!   promise must do at least, without a queue's bookkeeping.
+//!   the requests waiting meanwhile synced together (group commit): the simplest receiver that keeps its
+//!   promise, without a queue's bookkeeping.
 //! - `sqlite`: `serve`'s own queue (`SqliteQueue::send` on the same `Db`: one database thread, group
 //!   commit, synchronous = FULL) without its worker, its inspector or its other routes.
 //!
