@@ -18,6 +18,8 @@ use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, SdkConfig};
 use aws_credential_types::provider::SharedCredentialsProvider;
+use aws_smithy_http_client::tls;
+use aws_smithy_runtime_api::client::http::SharedHttpClient;
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_smithy_runtime_api::client::result::SdkError;
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
@@ -63,11 +65,20 @@ impl CallBudget {
     }
 }
 
+/// The HTTP client of every AWS call: hyper 1 and rustls with ring's cryptography (the stack reqwest uses
+/// too, see [`crate::plumbing::tls`]), trusting the platform's root certificates.
+pub fn https_client() -> SharedHttpClient {
+    aws_smithy_http_client::Builder::new()
+        .tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::Ring))
+        .build_https()
+}
+
 /// Loads the shared AWS configuration (region, credentials, `AWS_ENDPOINT_URL`, …) from the environment,
 /// as every AWS SDK does (profiles, SSO, the instance's or container's role, …), with the timeouts and
 /// retries of `budget`. For the command line; the Lambda functions use [`lambda_config`].
 pub async fn load_config(budget: CallBudget) -> SdkConfig {
     aws_config::defaults(BehaviorVersion::latest())
+        .http_client(https_client())
         .timeout_config(budget.timeouts())
         .retry_config(budget.retries())
         .load()
@@ -97,7 +108,8 @@ fn lambda_config_from(budget: CallBudget, var: impl Fn(&str) -> Option<String>) 
         .identity_cache(aws_config::identity::IdentityCache::lazy().build())
         .timeout_config(budget.timeouts())
         .retry_config(budget.retries())
-        .time_source(aws_smithy_async::time::SystemTimeSource::new());
+        .time_source(aws_smithy_async::time::SystemTimeSource::new())
+        .http_client(https_client());
     builder.set_sleep_impl(aws_smithy_async::rt::sleep::default_async_sleep());
     builder.set_endpoint_url(var("AWS_ENDPOINT_URL"));
     builder.build()
@@ -148,6 +160,10 @@ mod tests {
         assert_eq!(sdk.endpoint_url(), Some("http://127.0.0.1:5000"));
         assert!(sdk.credentials_provider().is_some());
         assert!(sdk.sleep_impl().is_some(), "retries and timeouts need a sleep");
+        assert!(
+            sdk.http_client().is_some(),
+            "the SDK has no default HTTP client here"
+        );
         assert_eq!(
             sdk.timeout_config().and_then(|t| t.operation_timeout()),
             Some(CallBudget::RECEIVER.operation)

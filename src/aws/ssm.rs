@@ -2,7 +2,10 @@
 //! start-up. A Secrets Manager secret is read through SSM by the name
 //! `/aws/reference/secretsmanager/<secret-name>`.
 
+use std::sync::OnceLock;
+
 use async_trait::async_trait;
+use aws_config::SdkConfig;
 use aws_sdk_ssm::error::DisplayErrorContext;
 use aws_sdk_ssm::operation::get_parameter::GetParameterError;
 use aws_sdk_ssm::Client;
@@ -14,12 +17,37 @@ use crate::plumbing::config::{ParameterError, ParameterStore};
 
 #[derive(Clone, Debug)]
 pub struct SsmParameters {
-    client: Client,
+    client: OnceLock<Client>,
+    /// Where the client is made from when it is first needed; `None` when it was given.
+    sdk: Option<SdkConfig>,
 }
 
 impl SsmParameters {
     pub fn new(client: Client) -> Self {
-        Self { client }
+        Self {
+            client: OnceLock::from(client),
+            sdk: None,
+        }
+    }
+
+    /// The client is made on the first read, so a process whose secrets are all given as values never
+    /// makes it: making an SDK client builds its TLS connector, which parses the platform's root
+    /// certificates, a few milliseconds of every cold start.
+    pub fn from_config(sdk: &SdkConfig) -> Self {
+        Self {
+            client: OnceLock::new(),
+            sdk: Some(sdk.clone()),
+        }
+    }
+
+    fn client(&self) -> &Client {
+        self.client.get_or_init(|| {
+            Client::new(
+                self.sdk
+                    .as_ref()
+                    .expect("the configuration is kept when no client is given"),
+            )
+        })
     }
 }
 
@@ -28,7 +56,7 @@ impl ParameterStore for SsmParameters {
     /// Decrypts SecureString parameters (Secrets Manager references require it).
     async fn value(&self, name: &str) -> Result<String, ParameterError> {
         let out = self
-            .client
+            .client()
             .get_parameter()
             .name(name)
             .with_decryption(true)

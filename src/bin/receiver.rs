@@ -14,7 +14,7 @@ use intercom_webhooks::receiving::intake::Intake;
 async fn main() -> anyhow::Result<()> {
     telemetry::init_lambda();
     let sdk = lambda_config(CallBudget::RECEIVER);
-    let parameters = SsmParameters::new(aws_sdk_ssm::Client::new(&sdk));
+    let parameters = SsmParameters::from_config(&sdk);
     let config = Env::process()
         .resolve(&[CLIENT_SECRET], &parameters)
         .await

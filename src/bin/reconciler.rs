@@ -90,7 +90,7 @@ impl Reconcile {
 async fn main() -> Result<(), lambda_runtime::Error> {
     telemetry::init_lambda();
     let sdk = lambda_config(CallBudget::WORKER);
-    let parameters = SsmParameters::new(aws_sdk_ssm::Client::new(&sdk));
+    let parameters = SsmParameters::from_config(&sdk);
     let config = Env::process()
         .resolve(&[ACCESS_TOKEN], &parameters)
         .await

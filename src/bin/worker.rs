@@ -22,7 +22,7 @@ use lambda_runtime::{service_fn, LambdaEvent};
 async fn main() -> anyhow::Result<()> {
     telemetry::init_lambda();
     let sdk = lambda_config(CallBudget::WORKER);
-    let parameters = SsmParameters::new(aws_sdk_ssm::Client::new(&sdk));
+    let parameters = SsmParameters::from_config(&sdk);
     let config = Env::process()
         .resolve(&worker_secrets(), &parameters)
         .await

@@ -172,7 +172,7 @@ async fn configuration() -> anyhow::Result<(ClientSecrets, WorkerConfig)> {
     secrets.extend(worker_secrets());
     let resolved = if secrets.iter().any(|s| env.optional(s.parameter).is_some()) {
         let sdk = crate::aws::load_config(crate::aws::CallBudget::WORKER).await;
-        let parameters = crate::aws::ssm::SsmParameters::new(aws_sdk_ssm::Client::new(&sdk));
+        let parameters = crate::aws::ssm::SsmParameters::from_config(&sdk);
         env.resolve(&secrets, &parameters).await?
     } else {
         env.resolve(&secrets, &NoParameters).await?

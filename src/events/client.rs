@@ -147,7 +147,7 @@ impl EventsClientBuilder {
         headers.insert(VERSION_HEADER, version_value);
         headers.insert(ACCEPT, HeaderValue::from_static("application/json"));
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        let http = reqwest::Client::builder()
+        let http = crate::plumbing::tls::client_builder()
             .default_headers(headers)
             .user_agent(concat!("intercom-webhooks/", env!("CARGO_PKG_VERSION")))
             .timeout(self.timeout)

@@ -7,7 +7,7 @@ use crate::receiving::signature::ClientSecret;
 
 /// The HTTP client deliveries go through: 10 s per delivery, 5 s to connect.
 pub fn client() -> Result<reqwest::Client, reqwest::Error> {
-    reqwest::Client::builder()
+    crate::plumbing::tls::client_builder()
         .timeout(Duration::from_secs(10))
         .connect_timeout(Duration::from_secs(5))
         .build()

@@ -100,6 +100,7 @@ fn eventbridge() -> Arc<dyn intercom_webhooks::processing::handler::Handler> {
     let config = aws_sdk_eventbridge::Config::builder()
         .behavior_version(aws_sdk_eventbridge::config::BehaviorVersion::latest())
         .region(aws_sdk_eventbridge::config::Region::new("us-east-1"))
+        .http_client(intercom_webhooks::aws::https_client())
         .build();
     Arc::new(intercom_webhooks::aws::eventbridge::EventBridgeHandler::new(
         aws_sdk_eventbridge::Client::from_conf(config),

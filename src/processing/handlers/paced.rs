@@ -39,7 +39,7 @@ pub struct PacedPoster {
 impl PacedPoster {
     /// `rate_per_second` must be positive and finite (the configuration checks it).
     pub fn new(what: impl Into<String>, timeout: Duration, rate_per_second: f64) -> Self {
-        let client = reqwest::Client::builder()
+        let client = crate::plumbing::tls::client_builder()
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(3)))
             .user_agent(concat!("intercom-webhooks/", env!("CARGO_PKG_VERSION")))
