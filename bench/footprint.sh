@@ -4,7 +4,8 @@
 # `cargo lambda build --arm64`; x86_64 from `cargo build --release` otherwise); the start-up time of the
 # x86_64 release `receiver` under the Lambda runtime emulator (`cargo lambda watch --only-lambda-apis`),
 # from process start to its "receiver ready" log line and to its first answer (a signed ping, which needs
-# no AWS call); and the peak memory (max RSS, /usr/bin/time -v) of `serve` under the intake load of
+# no AWS call), with the machine's root certificates and again with them from one bundle file as on
+# Lambda; and the peak memory (max RSS, /usr/bin/time -v) of `serve` under the intake load of
 # bench/intake.sh. Prints Markdown.
 #
 #   bench/footprint.sh                       # 20 start-ups, wrk -t2 -c64 -d15s
@@ -106,7 +107,7 @@ for _ in $(seq 1 300); do
   sleep 0.1
 done
 SECRET=footprint-secret
-echo "start-up: $RUNS runs of target/release/receiver under cargo lambda watch..." >&2
+echo "start-up: $RUNS runs of target/release/receiver under cargo lambda watch (twice as many with a bundle)..." >&2
 python3 - "$ROOT/target/release/receiver" "$LPORT" "$RUNS" "$ROOT/events/notifications/ping.json" "$SECRET" \
   >"$TMP/startup.txt" <<'PY' &
 import hashlib, hmac, os, select, signal, statistics, subprocess, sys, time, urllib.request
@@ -133,10 +134,17 @@ env = dict(
     RUST_LOG="info",
 )
 env.pop("AWS_ENDPOINT_URL", None)
-ready, first, hwm = [], [], []
-for _ in range(runs):
+# The root certificates the SDK's TLS client loads at start-up: the machine's own layout, and, when the
+# machine has one, a single bundle file named by SSL_CERT_FILE, which is how Lambda's Amazon Linux keeps
+# them (Debian adds a directory of one file per root, which rustls-native-certs reads as well).
+bundle = next((b for b in ("/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt")
+               if os.path.isfile(b)), None)
+ready, first, hwm, ready_bundle = [], [], [], []
+for i in range(2 * runs if bundle else runs):
+    one_bundle = i % 2 == 1
     start = time.perf_counter()
-    p = subprocess.Popen([binary], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    p = subprocess.Popen([binary], env=dict(env, SSL_CERT_FILE=bundle) if one_bundle else env,
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     try:
         buf, deadline, t_ready = b"", start + 10, None
         while t_ready is None and time.perf_counter() < deadline:
@@ -150,12 +158,14 @@ for _ in range(runs):
                     t_ready = time.perf_counter()
         if t_ready is None:
             sys.exit(f"no 'receiver ready' line within 10 s: {buf[-500:]!r}")
-        ready.append((t_ready - start) * 1000)
+        (ready_bundle if one_bundle else ready).append((t_ready - start) * 1000)
         request = urllib.request.Request(
             f"http://127.0.0.1:{port}/lambda-url/receiver/", data=body, method="POST",
             headers={"content-type": "application/json", "x-hub-signature": signature})
         with urllib.request.urlopen(request, timeout=10) as answer:
             assert answer.status == 200, answer.status
+        if one_bundle:
+            continue
         first.append((time.perf_counter() - start) * 1000)
         with open(f"/proc/{p.pid}/status") as status:
             for line in status:
@@ -171,6 +181,8 @@ def row(name, xs, unit="ms", fmt="{:.1f}"):
 print("| measure | median | min | p90 | max |")
 print("|---|---:|---:|---:|---:|")
 print(row("process start → `receiver ready` log line", ready))
+if ready_bundle:
+    print(row(f"the same, root certificates from one bundle file (`SSL_CERT_FILE={bundle}`)", ready_bundle))
 print(row("process start → first answer (a signed ping through the Function URL)", first))
 print(row("peak RSS (VmHWM) after that first answer", [h / 1024 for h in hwm], "MiB"))
 PY
