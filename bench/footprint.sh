@@ -146,6 +146,9 @@ env = dict(
     RUST_LOG="info",
 )
 env.pop("AWS_ENDPOINT_URL", None)
+# Lambda sets neither; a developer's shell may (both name where OpenSSL's roots are).
+env.pop("SSL_CERT_FILE", None)
+env.pop("SSL_CERT_DIR", None)
 # The root certificates the SDK's TLS client loads at start-up: the machine's own layout, and, when the
 # machine has one, a single bundle file named by SSL_CERT_FILE, which is how Lambda's Amazon Linux keeps
 # them (Debian adds a directory of one file per root, which rustls-native-certs reads as well).
@@ -195,13 +198,13 @@ print("|---|---:|---:|---:|---:|")
 print(row("process start → `receiver ready` log line", ready))
 if ready_bundle:
     print(row(f"the same, root certificates from one bundle file (`SSL_CERT_FILE={bundle}`)", ready_bundle))
+print(row("process start → first answer (a signed ping through the Function URL)", first))
+print(row("peak RSS (VmHWM) after that first answer", [h / 1024 for h in hwm], "MiB"))
 print()
 for name, xs in (("the machine's root certificates", ready), ("one bundle file", ready_bundle)):
     if xs:
         verdict = "met" if statistics.median(xs) <= 10 else "not met"
         print(f"Goal: process start → ready ≤ 10 ms at the median, {name}: **{verdict}**.")
-print(row("process start → first answer (a signed ping through the Function URL)", first))
-print(row("peak RSS (VmHWM) after that first answer", [h / 1024 for h in hwm], "MiB"))
 PY
 HARNESS_PID=$!
 PIDS+=("$HARNESS_PID")
