@@ -24,5 +24,6 @@ mod sample_events;
 mod secret_parameters;
 mod serve;
 mod sqs_intake;
+mod tls;
 mod worker;
 mod worker_logic;
