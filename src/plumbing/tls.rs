@@ -1,6 +1,6 @@
-//! TLS for the HTTP clients of the library's own (Intercom's API, deliveries to users' endpoints): rustls
-//! with ring's cryptography, the same stack as the AWS SDK's client ([`crate::aws::https_client`]), and
-//! the platform's root certificates.
+//! TLS for the library's own HTTP clients (Intercom's API, deliveries to users' endpoints): rustls with
+//! ring's cryptography, the same stack as the AWS SDK's client ([`crate::aws::https_client`]), and the
+//! platform's root certificates (`tests/it/tls.rs` checks both against a local HTTPS server).
 
 /// A reqwest client builder whose TLS is rustls with ring. Makes ring the process's rustls provider if
 /// none is installed yet (a program that embeds the library and installed its own keeps it).
