@@ -29,13 +29,12 @@ async fn main() -> anyhow::Result<()> {
         .and_then(|env| env.parse(WorkerLambdaConfig::from_env))
         .context("the worker cannot start")?;
     let metrics = Arc::new(Metrics::new());
+    // One client per service: each client made builds a TLS connector, parsing the root certificates.
+    let dynamodb = aws_sdk_dynamodb::Client::new(&sdk);
     let mirror = match config.mirror_table {
         Some(table) => Some(
-            MirrorHandler::new(Arc::new(DynamoMirror::new(
-                aws_sdk_dynamodb::Client::new(&sdk),
-                table,
-            )))
-            .with_metrics(metrics.clone()),
+            MirrorHandler::new(Arc::new(DynamoMirror::new(dynamodb.clone(), table)))
+                .with_metrics(metrics.clone()),
         ),
         None => {
             tracing::info!("MIRROR_TABLE is not set: the mirror is off, and state handlers run for every notification, stale ones included");
@@ -74,20 +73,17 @@ async fn main() -> anyhow::Result<()> {
     if queue_url.is_none() {
         tracing::warn!("QUEUE_URL is not set: a record to retry comes back after the queue's visibility timeout, even when a handler asked for another delay");
     }
-    tracing::info!(routes = ?router.describe(), "worker ready");
+    let routes = router.describe();
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let worker = Arc::new(Worker::new(
-        Arc::new(DynamoStore::new(
-            aws_sdk_dynamodb::Client::new(&sdk),
-            config.table,
-            clock.clone(),
-        )),
+        Arc::new(DynamoStore::new(dynamodb, config.table, clock.clone())),
         Arc::new(SqsDeadLetterQueue::new(sqs.clone(), config.dead_letter_queue_url)),
         router,
         clock,
         metrics,
         config.worker.settings,
     ));
+    tracing::info!(?routes, "worker ready");
     let handler = service_fn(move |event: LambdaEvent<SqsEvent>| {
         let (worker, sqs, queue_url) = (worker.clone(), sqs.clone(), queue_url.clone());
         async move {
