@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# Lambda footprint: the size of the release `receiver` and `worker` binaries and of their deployment zips
-# (arm64 when a build is there: .aws-sam/build from `sam build`, or target/lambda from
+# Lambda footprint: the size of the release `receiver`, `worker` and `reconciler` binaries and of their
+# deployment zips (arm64 when a build is there: .aws-sam/build from `sam build`, or target/lambda from
 # `cargo lambda build --arm64`; x86_64 from `cargo build --release` otherwise); the start-up time of the
 # x86_64 release `receiver` under the Lambda runtime emulator (`cargo lambda watch --only-lambda-apis`),
 # from process start to its "receiver ready" log line and to its first answer (a signed ping, which needs
-# no AWS call), with the machine's root certificates and again with them from one bundle file as on
-# Lambda; and the peak memory (max RSS, /usr/bin/time -v) of `serve` under the intake load of
+# no AWS call), and of the `worker` to its "worker ready" line, each with the machine's root certificates
+# and again with them from one bundle file as on Lambda; and the peak memory (max RSS, /usr/bin/time -v) of `serve` under the intake load of
 # bench/intake.sh. Prints Markdown.
 #
 #   bench/footprint.sh                       # 20 start-ups, wrk -t2 -c64 -d15s
@@ -119,14 +119,16 @@ for _ in $(seq 1 300); do
   sleep 0.1
 done
 SECRET=footprint-secret
-echo "start-up: $RUNS runs of target/release/receiver under cargo lambda watch (twice as many with a bundle)..." >&2
+echo "start-up: $RUNS runs each of target/release/{receiver,worker} under cargo lambda watch (twice as many with a bundle)..." >&2
 python3 - "$ROOT/target/release/receiver" "$LPORT" "$RUNS" "$ROOT/events/notifications/ping.json" "$SECRET" \
+  "$ROOT/target/release/worker" \
   >"$TMP/startup.txt" <<'PY' &
 import hashlib, hmac, os, select, signal, statistics, subprocess, sys, time, urllib.request
 
 signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # runs the `finally` that kills the receiver
 
 binary, port, runs, ping, secret = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
+worker = sys.argv[6]
 body = open(ping, "rb").read()
 signature = "sha1=" + hmac.new(secret.encode(), body, hashlib.sha1).hexdigest()
 env = dict(
@@ -154,26 +156,31 @@ env.pop("SSL_CERT_DIR", None)
 # them (Debian adds a directory of one file per root, which rustls-native-certs reads as well).
 bundle = next((b for b in ("/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt")
                if os.path.isfile(b)), None)
+def spawn(binary, env, marker):
+    """Starts `binary` and waits for its `marker` log line: the process and the milliseconds it took."""
+    start = time.perf_counter()
+    p = subprocess.Popen([binary], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    buf, deadline = b"", start + 10
+    while time.perf_counter() < deadline:
+        r, _, _ = select.select([p.stdout], [], [], 0.5)
+        if r:
+            chunk = os.read(p.stdout.fileno(), 65536)
+            if not chunk:
+                break
+            buf += chunk
+            if marker in buf:
+                return p, start, (time.perf_counter() - start) * 1000
+    p.kill()
+    p.wait()
+    sys.exit(f"no {marker!r} line within 10 s: {buf[-500:]!r}")
+
+with_bundle = lambda e: dict(e, SSL_CERT_FILE=bundle)
 ready, first, hwm, ready_bundle = [], [], [], []
 for i in range(2 * runs if bundle else runs):
     one_bundle = i % 2 == 1
-    start = time.perf_counter()
-    p = subprocess.Popen([binary], env=dict(env, SSL_CERT_FILE=bundle) if one_bundle else env,
-                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    p, start, ms = spawn(binary, with_bundle(env) if one_bundle else env, b"receiver ready")
     try:
-        buf, deadline, t_ready = b"", start + 10, None
-        while t_ready is None and time.perf_counter() < deadline:
-            r, _, _ = select.select([p.stdout], [], [], 0.5)
-            if r:
-                chunk = os.read(p.stdout.fileno(), 65536)
-                if not chunk:
-                    break
-                buf += chunk
-                if b"receiver ready" in buf:
-                    t_ready = time.perf_counter()
-        if t_ready is None:
-            sys.exit(f"no 'receiver ready' line within 10 s: {buf[-500:]!r}")
-        (ready_bundle if one_bundle else ready).append((t_ready - start) * 1000)
+        (ready_bundle if one_bundle else ready).append(ms)
         request = urllib.request.Request(
             f"http://127.0.0.1:{port}/lambda-url/receiver/", data=body, method="POST",
             headers={"content-type": "application/json", "x-hub-signature": signature})
@@ -189,22 +196,47 @@ for i in range(2 * runs if bundle else runs):
     finally:
         p.kill()
         p.wait()
+
+# The worker as template.yaml configures it with the mirror and EventBridge on: every client it can make
+# (DynamoDB, SQS, EventBridge) is made before its "worker ready" line. Nothing is invoked.
+worker_env = dict(
+    env,
+    AWS_LAMBDA_FUNCTION_NAME="worker",
+    AWS_LAMBDA_FUNCTION_MEMORY_SIZE="256",
+    AWS_LAMBDA_RUNTIME_API=f"http://127.0.0.1:{port}/.rt/worker",
+    IDEMPOTENCY_TABLE="idempotency",
+    MIRROR_TABLE="mirror",
+    EVENT_BUS_NAME="default",
+)
+worker_ready, worker_ready_bundle = [], []
+for i in range(2 * runs if bundle else runs):
+    one_bundle = i % 2 == 1
+    p, _, ms = spawn(worker, with_bundle(worker_env) if one_bundle else worker_env, b"worker ready")
+    p.kill()
+    p.wait()
+    (worker_ready_bundle if one_bundle else worker_ready).append(ms)
+
 def row(name, xs, unit="ms", fmt="{:.1f}"):
     xs = sorted(xs)
     return (f"| {name} | " + " | ".join(fmt.format(v) + f" {unit}" for v in
             (statistics.median(xs), xs[0], xs[int(0.9 * (len(xs) - 1))], xs[-1])) + " |")
 print("| measure | median | min | p90 | max |")
 print("|---|---:|---:|---:|---:|")
-print(row("process start → `receiver ready` log line", ready))
+one_file = f"root certificates from one bundle file (`SSL_CERT_FILE={bundle}`)"
+print(row("`receiver`: process start → `receiver ready` log line", ready))
 if ready_bundle:
-    print(row(f"the same, root certificates from one bundle file (`SSL_CERT_FILE={bundle}`)", ready_bundle))
-print(row("process start → first answer (a signed ping through the Function URL)", first))
-print(row("peak RSS (VmHWM) after that first answer", [h / 1024 for h in hwm], "MiB"))
+    print(row(f"the same, {one_file}", ready_bundle))
+print(row("`receiver`: process start → first answer (a signed ping through the Function URL)", first))
+print(row("`receiver`: peak RSS (VmHWM) after that first answer", [h / 1024 for h in hwm], "MiB"))
+print(row("`worker`: process start → `worker ready` log line", worker_ready))
+if worker_ready_bundle:
+    print(row(f"the same, {one_file}", worker_ready_bundle))
 print()
-for name, xs in (("the machine's root certificates", ready), ("one bundle file", ready_bundle)):
-    if xs:
-        verdict = "met" if statistics.median(xs) <= 10 else "not met"
-        print(f"Goal: process start → ready ≤ 10 ms at the median, {name}: **{verdict}**.")
+for function, machine, one in (("receiver", ready, ready_bundle), ("worker", worker_ready, worker_ready_bundle)):
+    for name, xs in (("the machine's root certificates", machine), ("one bundle file", one)):
+        if xs:
+            verdict = "met" if statistics.median(xs) <= 10 else "not met"
+            print(f"Goal: `{function}` process start → ready ≤ 10 ms at the median, {name}: **{verdict}**.")
 PY
 HARNESS_PID=$!
 PIDS+=("$HARNESS_PID")
@@ -244,10 +276,11 @@ echo "| binary | arch | file | size | zip | zip ≤ 4 MB (4,000,000 B) |"
 echo "|---|---|---|---:|---:|---|"
 printf '%s\n' "${LAMBDA_ROWS[@]}"
 echo
-echo "Start-up of the x86_64 release \`receiver\` ($RUNS runs) under \`cargo lambda watch --only-lambda-apis\`"
-echo "($("$CARGO_LAMBDA" lambda --version 2>/dev/null | head -1)), with INTERCOM_CLIENT_SECRET, an unreachable QUEUE_URL and"
-echo "DEAD_LETTER_QUEUE_URL, AWS_REGION and static credentials set as Lambda sets them; timed by a Python harness"
-echo "from just before the process is spawned (hyperfine does not fit: the receiver never exits by itself):"
+echo "Start-up of the x86_64 release \`receiver\` and \`worker\` ($RUNS runs each) under \`cargo lambda watch --only-lambda-apis\`"
+echo "($("$CARGO_LAMBDA" lambda --version 2>/dev/null | head -1)), with INTERCOM_CLIENT_SECRET (receiver), IDEMPOTENCY_TABLE,"
+echo "MIRROR_TABLE and EVENT_BUS_NAME (worker), an unreachable QUEUE_URL and DEAD_LETTER_QUEUE_URL, AWS_REGION and"
+echo "static credentials set as Lambda sets them; timed by a Python harness from just before the process is"
+echo "spawned (hyperfine does not fit: the functions never exit by themselves):"
 echo
 cat "$TMP/startup.txt"
 echo
