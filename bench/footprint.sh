@@ -5,8 +5,9 @@
 # x86_64 release `receiver` under the Lambda runtime emulator (`cargo lambda watch --only-lambda-apis`),
 # from process start to its "receiver ready" log line and to its first answer (a signed ping, which needs
 # no AWS call), and of the `worker` to its "worker ready" line, each with the machine's root certificates
-# and again with them from one bundle file as on Lambda; and the peak memory (max RSS, /usr/bin/time -v) of `serve` under the intake load of
-# bench/intake.sh. Prints Markdown.
+# and again with them from one bundle file as on Lambda; the receiver's peak memory after its first answer
+# and after a burst of pings of about 1 MB each on one instance; and the peak memory (max RSS,
+# /usr/bin/time -v) of `serve` under the intake load of bench/intake.sh. Prints Markdown.
 #
 #   bench/footprint.sh                       # 20 start-ups, wrk -t2 -c64 -d15s
 #   bench/footprint.sh --runs 50 --duration 30s
@@ -123,7 +124,7 @@ echo "start-up: $RUNS runs each of target/release/{receiver,worker} under cargo 
 python3 - "$ROOT/target/release/receiver" "$LPORT" "$RUNS" "$ROOT/events/notifications/ping.json" "$SECRET" \
   "$ROOT/target/release/worker" \
   >"$TMP/startup.txt" <<'PY' &
-import hashlib, hmac, os, select, signal, statistics, subprocess, sys, time, urllib.request
+import hashlib, hmac, json, os, select, signal, statistics, subprocess, sys, time, urllib.request
 
 signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # runs the `finally` that kills the receiver
 
@@ -197,6 +198,28 @@ for i in range(2 * runs if bundle else runs):
         p.kill()
         p.wait()
 
+# A burst on one instance: Lambda gives an instance one request at a time, so what its 128 MB must hold is
+# the largest request the receiver accepts on top of whatever the requests before it left behind. Pings
+# need no AWS call; each carries a message that makes it about 1 MB (MAX_BODY_BYTES is 1,040,384).
+big = json.loads(body)
+big["data"]["item"]["message"] = "x" * 1_000_000
+big = json.dumps(big).encode()
+big_signature = "sha1=" + hmac.new(secret.encode(), big, hashlib.sha1).hexdigest()
+BURST = 50
+p, _, _ = spawn(binary, env, b"receiver ready")
+try:
+    for _ in range(BURST):
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/lambda-url/receiver/", data=big, method="POST",
+            headers={"content-type": "application/json", "x-hub-signature": big_signature})
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            assert answer.status == 200, answer.status
+    with open(f"/proc/{p.pid}/status") as status:
+        burst_hwm = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+finally:
+    p.kill()
+    p.wait()
+
 # The worker as template.yaml configures it with the mirror and EventBridge on: every client it can make
 # (DynamoDB, SQS, EventBridge) is made before its "worker ready" line. Nothing is invoked.
 worker_env = dict(
@@ -228,6 +251,8 @@ if ready_bundle:
     print(row(f"the same, {one_file}", ready_bundle))
 print(row("`receiver`: process start → first answer (a signed ping through the Function URL)", first))
 print(row("`receiver`: peak RSS (VmHWM) after that first answer", [h / 1024 for h in hwm], "MiB"))
+print(row(f"`receiver`: peak RSS after {BURST} signed pings of {len(big):,} bytes each, one instance",
+          [burst_hwm / 1024], "MiB"))
 print(row("`worker`: process start → `worker ready` log line", worker_ready))
 if worker_ready_bundle:
     print(row(f"the same, {one_file}", worker_ready_bundle))
