@@ -126,7 +126,7 @@ python3 - "$ROOT/target/release/receiver" "$LPORT" "$RUNS" "$ROOT/events/notific
   >"$TMP/startup.txt" <<'PY' &
 import hashlib, hmac, json, os, select, signal, statistics, subprocess, sys, time, urllib.request
 
-signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # runs the `finally` that kills the receiver
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # runs the clean-ups that kill the functions
 
 binary, port, runs, ping, secret = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
 worker = sys.argv[6]
@@ -161,21 +161,26 @@ def spawn(binary, env, marker):
     """Starts `binary` and waits for its `marker` log line: the process and the milliseconds it took."""
     start = time.perf_counter()
     p = subprocess.Popen([binary], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    buf, deadline = b"", start + 10
-    while time.perf_counter() < deadline:
-        r, _, _ = select.select([p.stdout], [], [], 0.5)
-        if r:
-            chunk = os.read(p.stdout.fileno(), 65536)
-            if not chunk:
-                break
-            buf += chunk
-            if marker in buf:
-                return p, start, (time.perf_counter() - start) * 1000
-    p.kill()
-    p.wait()
-    sys.exit(f"no {marker!r} line within 10 s: {buf[-500:]!r}")
+    try:
+        buf, deadline = b"", start + 10
+        while time.perf_counter() < deadline:
+            r, _, _ = select.select([p.stdout], [], [], 0.5)
+            if r:
+                chunk = os.read(p.stdout.fileno(), 65536)
+                if not chunk:
+                    break
+                buf += chunk
+                if marker in buf:
+                    return p, start, (time.perf_counter() - start) * 1000
+        sys.exit(f"no {marker!r} line within 10 s: {buf[-500:]!r}")
+    except BaseException:  # also SIGTERM's SystemExit: the process is not left behind
+        p.kill()
+        p.wait()
+        raise
 
-with_bundle = lambda e: dict(e, SSL_CERT_FILE=bundle)
+def with_bundle(e):
+    return dict(e, SSL_CERT_FILE=bundle)
+
 ready, first, hwm, ready_bundle = [], [], [], []
 for i in range(2 * runs if bundle else runs):
     one_bundle = i % 2 == 1
