@@ -49,9 +49,7 @@ impl CallBudget {
         operation: Duration::from_secs(10),
         max_attempts: 3,
     };
-}
 
-impl CallBudget {
     fn timeouts(self) -> TimeoutConfig {
         TimeoutConfig::builder()
             .connect_timeout(self.connect)
