@@ -20,7 +20,7 @@ use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 use aws_smithy_types::config_bag::ConfigBag;
 use intercom_webhooks::aws::dynamodb::DynamoStore;
 use intercom_webhooks::aws::eventbridge::{EventBridgeHandler, EventBridgeSettings};
-use intercom_webhooks::aws::mirror::DynamoMirror;
+use intercom_webhooks::aws::mirror::{billed_size, DynamoMirror};
 use intercom_webhooks::aws::sqs::{SqsDeadLetterQueue, SqsQueue};
 use intercom_webhooks::aws::{load_config, CallBudget};
 use intercom_webhooks::plumbing::clock::SystemClock;
@@ -161,7 +161,7 @@ async fn main() -> anyhow::Result<()> {
         }
         let bytes = serde_json::to_vec_pretty(&body)?;
         if let Extracted::Write(write) = extract(&Notification::parse(&bytes)?) {
-            item_bytes.push(write.item.map_or(0, |item| item.len()));
+            item_bytes.push((write.item.as_ref().map_or(0, Vec::len), billed_size(&write)));
         }
         let mut headers = axum::http::HeaderMap::new();
         headers.insert("x-hub-signature", secrets.primary().sign(&bytes).parse()?);
@@ -297,17 +297,19 @@ async fn main() -> anyhow::Result<()> {
     println!("DynamoDB requests per notification: {:.3}", per(dynamo_total));
 
     // Write units. The idempotency claim and completion are small items: 1 unit each. A mirror write is
-    // billed per started KB of its item (the compressed object plus about 200 bytes of keys and
-    // attributes), applied or refused; an applied one also writes the `by_type` index entry (1 unit for a
-    // new object, 2 when a newer version moves it); a stale one adds the 1-unit counter update, which is
-    // among the UpdateItem calls counted above.
+    // billed per started KB of its item (the compressed object with its keys and attributes, sized by
+    // DynamoDB's rules: `billed_size`), applied or refused; an applied one also writes the `by_type`
+    // index entry (1 unit for a new object, 2 when a newer version moves it); a stale one adds the 1-unit
+    // counter update, which is among the UpdateItem calls counted above.
     let results =
         |result: &str| metrics.get("mirror_writes", &[("type", "conversation"), ("result", result)]);
     let (written, unchanged, stale) = (results("written"), results("unchanged"), results("stale"));
-    let item_kb = item_bytes.iter().sum::<usize>() as f64 / item_bytes.len().max(1) as f64 / 1024.0;
+    let average_kb = |sizes: usize| sizes as f64 / item_bytes.len().max(1) as f64 / 1024.0;
+    let item_kb = average_kb(item_bytes.iter().map(|(compressed, _)| compressed).sum());
+    let billed_kb = average_kb(item_bytes.iter().map(|(_, billed)| billed).sum());
     let put_units = item_bytes
         .iter()
-        .map(|b| (((b + 200) as f64) / 1024.0).ceil())
+        .map(|(_, billed)| billed.div_ceil(1024) as f64)
         .sum::<f64>()
         / n as f64;
     let index_units = if updates {
@@ -321,8 +323,9 @@ async fn main() -> anyhow::Result<()> {
     let write_units = other_writes + mirror_units;
     if mirror_on {
         println!(
-            "Mirror: {} ({written} applied, {unchanged} unchanged, {stale} stale); compressed item {item_kb:.2} KB on \
-             average: {put_units:.2} units per put and {index_units:.2} for its index, per notification",
+            "Mirror: {} ({written} applied, {unchanged} unchanged, {stale} stale); compressed item {item_kb:.2} KB, \
+             {billed_kb:.2} KB with its keys and attributes on average: {put_units:.2} units per put and \
+             {index_units:.2} for its index, per notification",
             if updates { "versions of one conversation (--updates)" } else { "a new conversation each" }
         );
     } else {

@@ -1,7 +1,7 @@
 //! The DynamoDB adapter of the [`Mirror`] port (the worker Lambda's). One item per object: partition key
 //! `pk` = `{type}#{id}` and sort key `app_id` (`#none` when the notification named no app), so one Query
 //! finds an object in every app; then `type`, `id`, `version_ms`, `tiebreak_ms`, `deleted`, `truncated`,
-//! `notification_id` and `item` (the LZ4-compressed JSON as the domain hands it over; absent for a
+//! `notification_id` and `item` (the JSON as one gzip member, as the domain hands it over; absent for a
 //! tombstone). A global secondary index `by_type` (`type`, `version_ms`, keys only) lists a type newest
 //! first. The count of refused stale deliveries is the item `#counters` / `stale_refused` (attribute
 //! `count`), which has no `type` and so stays out of the index.
@@ -325,6 +325,29 @@ fn stored_item(write: &MirrorWrite) -> Item {
     item
 }
 
+/// The size DynamoDB bills a write of `write` by: the UTF-8 length of every attribute name and string
+/// value, binary values as they are, a boolean 1 byte, a number 1 byte per two significant digits plus 1
+/// (the rules of DynamoDB's documentation, "Item sizes and formats"). A put costs one write unit per
+/// started KB of it, plus the `by_type` index entry when the index changes.
+pub fn billed_size(write: &MirrorWrite) -> usize {
+    stored_item(write)
+        .iter()
+        .map(|(name, value)| {
+            name.len()
+                + match value {
+                    AttributeValue::S(text) => text.len(),
+                    AttributeValue::B(bytes) => bytes.as_ref().len(),
+                    AttributeValue::N(number) => {
+                        let digits = number.trim_start_matches('-').replace('.', "");
+                        let significant = digits.trim_start_matches('0').trim_end_matches('0').len();
+                        significant.div_ceil(2) + 1
+                    }
+                    _ => 1,
+                }
+        })
+        .sum()
+}
+
 /// A stored item as an entry, its item decoded.
 fn entry(item: &Item) -> Result<MirrorEntry, MirrorError> {
     let text = |name: &str| item.get(name).and_then(|v| v.as_s().ok()).cloned();
@@ -509,5 +532,77 @@ impl Mirror for DynamoMirror {
             .unwrap_or(0)
             .max(0) as u64;
         Ok(stats)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::processing::mirror::{extract, Extracted};
+    use crate::receiving::notification::Notification;
+
+    fn fixture_write(name: &str) -> MirrorWrite {
+        let path = format!("{}/events/notifications/{name}", env!("CARGO_MANIFEST_DIR"));
+        let bytes = std::fs::read(&path).unwrap();
+        match extract(&Notification::parse(&bytes).unwrap()) {
+            Extracted::Write(write) => write,
+            other => panic!("{name}: expected a write, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn intercoms_objects_are_one_write_unit_each_but_a_ticket() {
+        // The captured notifications, as Intercom sent them: each mirrored object's item with its keys
+        // and attributes, in write units (started KB).
+        let units = |name: &str| billed_size(&fixture_write(name)).div_ceil(1024);
+        for name in [
+            "contact_user_created.json",
+            "conversation_admin_closed.json",
+            "conversation_admin_replied.json",
+            "conversation_user_created.json",
+            "conversation_user_replied.json",
+        ] {
+            assert_eq!(
+                units(name),
+                1,
+                "{name}: {} bytes",
+                billed_size(&fixture_write(name))
+            );
+        }
+        // A 4.4 KB ticket with its attributes and linked objects: 1.2 KB compressed.
+        assert_eq!(units("ticket_created.json"), 2);
+    }
+
+    #[test]
+    fn the_billed_size_counts_names_values_and_numbers_by_digits() {
+        let write = fixture_write("conversation_user_created.json");
+        let item = write.item.as_ref().unwrap().len();
+        let names: usize = [
+            "pk",
+            "app_id",
+            "type",
+            "id",
+            "version_ms",
+            "tiebreak_ms",
+            "deleted",
+            "truncated",
+            "notification_id",
+            "item",
+        ]
+        .iter()
+        .map(|n| n.len())
+        .sum();
+        let strings = pk(&write.key.kind, &write.key.id).len()
+            + app_sort_key(&write.key.app_id).len()
+            + write.key.kind.len()
+            + write.key.id.len()
+            + write.notification_id.len();
+        // version_ms 1553291389000 and tiebreak_ms: 10 significant digits each, 5 bytes + 1.
+        assert_eq!(write.version.at_ms % 1000, 0);
+        let numbers: usize = [write.version.at_ms, write.version.tiebreak_ms]
+            .iter()
+            .map(|n| n.to_string().trim_end_matches('0').len().div_ceil(2) + 1)
+            .sum();
+        assert_eq!(billed_size(&write), names + strings + numbers + 2 + item);
     }
 }

@@ -1,10 +1,10 @@
 //! The SQLite adapter of the [`Mirror`] port, in `serve`'s file: one row per object in `mirror`, written
 //! by one upsert whose `WHERE` refuses anything not newer than the stored version, so concurrent
-//! workers converge on the newest version whatever the order. Items are stored LZ4-compressed as the
+//! workers converge on the newest version whatever the order. Items are stored gzip-compressed as the
 //! domain hands them over; `mirror_counters` keeps the count of stale deliveries refused.
 //!
 //! To read it directly: `sqlite3 FILE "SELECT type, id, app_id, version_ms, deleted FROM mirror"` (the
-//! `item` column is compressed: use `intercom-webhooks mirror get` for the JSON).
+//! `item` column is one gzip member: use `intercom-webhooks mirror get` for the JSON).
 
 use async_trait::async_trait;
 use rusqlite::{params, OptionalExtension, Row};

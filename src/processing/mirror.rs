@@ -39,6 +39,12 @@ pub const RECONCILED_SUFFIX: &str = ".reconciled";
 /// attribute names; this leaves room for them.
 pub const MAX_STORED_ITEM_BYTES: usize = 350_000;
 
+/// The first bytes of a gzip member (RFC 1952, deflate): how a stored item starts.
+const GZIP_MAGIC: [u8; 3] = [0x1f, 0x8b, 0x08];
+
+/// The most JSON a stored item may inflate to; more means the stored bytes are not an item of ours.
+const MAX_ITEM_JSON_BYTES: u64 = 64 << 20;
+
 /// An object's identity: the app it belongs to (empty when the notification names none), its type, its id.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub struct MirrorKey {
@@ -81,7 +87,7 @@ pub struct MirrorWrite {
     pub deleted: bool,
     /// The notification that carried it.
     pub notification_id: String,
-    /// The item as JSON, LZ4-compressed (`None` for a tombstone).
+    /// The item as JSON, gzip-compressed (`None` for a tombstone): see [`encode_item`].
     pub item: Option<Vec<u8>>,
     /// The item did not fit in [`MAX_STORED_ITEM_BYTES`]: only its identity, version and the fields
     /// that fit are kept.
@@ -277,14 +283,27 @@ pub fn rfc3339(ms: i64) -> String {
 /// The item compressed, and whether it had to be cut to fit [`MAX_STORED_ITEM_BYTES`].
 fn stored_item(item: &Value) -> (Vec<u8>, bool) {
     let whole = serde_json::to_vec(item).unwrap_or_default();
-    let compressed = lz4_flex::compress_prepend_size(&whole);
+    let compressed = encode_item(&whole);
     if compressed.len() <= MAX_STORED_ITEM_BYTES {
         return (compressed, false);
     }
-    (
-        lz4_flex::compress_prepend_size(&truncate(item, MAX_STORED_ITEM_BYTES)),
-        true,
-    )
+    (encode_item(&truncate(item, MAX_STORED_ITEM_BYTES)), true)
+}
+
+/// An item's JSON as stored: one gzip member (deflate at the default level, no file name, time 0), which
+/// any gzip reader opens. DynamoDB bills a write per started KB of the item: Intercom's objects shrink to
+/// a third to a half, so a typical conversation or contact with its keys is one write unit (LZ4, used
+/// before, left most of them just over 1 KB, two units).
+pub fn encode_item(json: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut encoder = flate2::GzBuilder::new().write(
+        Vec::with_capacity(json.len() / 2 + 32),
+        flate2::Compression::default(),
+    );
+    encoder
+        .write_all(json)
+        .and_then(|()| encoder.finish())
+        .expect("a Vec takes every write")
 }
 
 /// The fields that identify and version the object, then the others smallest first while the JSON stays
@@ -330,11 +349,34 @@ fn truncate(item: &Value, budget: usize) -> Vec<u8> {
     serde_json::to_vec(&Value::Object(kept)).unwrap_or_default()
 }
 
-/// A stored item back as JSON.
+/// A stored item back as JSON: a gzip member ([`encode_item`]), or the LZ4 block with its size in front
+/// that earlier versions wrote (still read, never written). An LZ4 item whose size happens to begin with
+/// gzip's magic bytes fails gzip's checks (CRC-32 and length) and is read as LZ4.
 pub fn decode_item(key: &MirrorKey, stored: &[u8]) -> Result<Value, MirrorError> {
-    let json = lz4_flex::decompress_size_prepended(stored)
-        .map_err(|e| MirrorError::Corrupt(key.to_string(), e.to_string()))?;
-    serde_json::from_slice(&json).map_err(|e| MirrorError::Corrupt(key.to_string(), e.to_string()))
+    let corrupt = |why: String| MirrorError::Corrupt(key.to_string(), why);
+    let json = if stored.starts_with(&GZIP_MAGIC) {
+        match gunzip(stored) {
+            Ok(json) => json,
+            Err(gzip) => lz4_flex::decompress_size_prepended(stored).map_err(|_| corrupt(gzip))?,
+        }
+    } else {
+        lz4_flex::decompress_size_prepended(stored).map_err(|e| corrupt(e.to_string()))?
+    };
+    serde_json::from_slice(&json).map_err(|e| corrupt(e.to_string()))
+}
+
+/// One gzip member inflated, at most [`MAX_ITEM_JSON_BYTES`].
+fn gunzip(stored: &[u8]) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let mut json = Vec::with_capacity(stored.len() * 3);
+    flate2::read::GzDecoder::new(stored)
+        .take(MAX_ITEM_JSON_BYTES + 1)
+        .read_to_end(&mut json)
+        .map_err(|e| format!("gzip: {e}"))?;
+    if json.len() as u64 > MAX_ITEM_JSON_BYTES {
+        return Err(format!("gzip: inflates past {MAX_ITEM_JSON_BYTES} bytes"));
+    }
+    Ok(json)
 }
 
 /// The built-in state handler: applies each notification to the mirror. The worker runs it before the
@@ -559,8 +601,8 @@ mod tests {
 
     #[test]
     fn an_item_too_large_keeps_its_identity_version_and_what_fits() {
-        // Random hex, which LZ4 cannot shrink: about 770 KB in 400 parts.
-        let parts: Vec<Value> = (0..400)
+        // Random hex, which deflate shrinks to about half: about 960 KB in 500 parts.
+        let parts: Vec<Value> = (0..500)
             .map(|_| {
                 let text: String = (0..60)
                     .map(|_| uuid::Uuid::new_v4().simple().to_string())
@@ -581,6 +623,66 @@ mod tests {
         assert_eq!(kept["title"], "small field");
         assert_eq!(kept["truncated"], true);
         assert!(kept.get("conversation_parts").is_none());
+    }
+
+    #[test]
+    fn items_are_stored_as_gzip_any_reader_opens() {
+        use std::io::Read;
+        let item =
+            serde_json::json!({"type": "contact", "id": "c1", "updated_at": 1_700_000_000, "name": "Zoë"});
+        let w = write(&notification("contact.user.created", 1_700_000_001, item.clone()));
+        let stored = w.item.as_ref().unwrap();
+        assert!(stored.starts_with(&GZIP_MAGIC));
+        let mut json = String::new();
+        flate2::read::GzDecoder::new(stored.as_slice())
+            .read_to_string(&mut json)
+            .unwrap();
+        assert_eq!(serde_json::from_str::<Value>(&json).unwrap(), item);
+        assert_eq!(decode_item(&w.key, stored).unwrap(), item);
+    }
+
+    #[test]
+    fn items_written_as_lz4_before_are_still_read() {
+        let key = MirrorKey {
+            app_id: "abc".into(),
+            kind: "contact".into(),
+            id: "c1".into(),
+        };
+        let item = serde_json::json!({"type": "contact", "id": "c1", "updated_at": 1_700_000_000});
+        let old = lz4_flex::compress_prepend_size(&serde_json::to_vec(&item).unwrap());
+        assert_eq!(decode_item(&key, &old).unwrap(), item);
+        // An LZ4 item of 0x088b1f bytes begins with gzip's magic (1f 8b 08): gzip's checks refuse it, and it
+        // is read as LZ4.
+        let filler = "x".repeat(0x08_8b1f - r#"{"a":""}"#.len());
+        let json = format!(r#"{{"a":"{filler}"}}"#);
+        assert_eq!(json.len(), 0x08_8b1f);
+        let lookalike = lz4_flex::compress_prepend_size(json.as_bytes());
+        assert!(lookalike.starts_with(&GZIP_MAGIC));
+        assert_eq!(
+            decode_item(&key, &lookalike).unwrap()["a"]
+                .as_str()
+                .unwrap()
+                .len(),
+            filler.len()
+        );
+    }
+
+    #[test]
+    fn a_damaged_item_is_an_error_naming_the_object() {
+        let key = MirrorKey {
+            app_id: "abc".into(),
+            kind: "contact".into(),
+            id: "c1".into(),
+        };
+        let mut stored = encode_item(br#"{"type":"contact","id":"c1"}"#);
+        let last = stored.len() - 5;
+        stored[last] ^= 0xff; // the CRC-32
+        let error = decode_item(&key, &stored).unwrap_err().to_string();
+        assert!(
+            error.contains("abc/contact/c1") && error.contains("gzip"),
+            "{error}"
+        );
+        assert!(decode_item(&key, b"\x01\x02").is_err());
     }
 
     #[test]
