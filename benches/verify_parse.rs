@@ -1,8 +1,11 @@
 //! Time per call of what the receiver does with a delivery before enqueueing it: verify the
-//! `X-Hub-Signature` of a real ~10 KB notification and parse its envelope. Goal: < 20 µs.
+//! `X-Hub-Signature` of a real ~10 KB notification and parse its envelope. Goal: < 20 µs. Then what the
+//! worker does with one: parse it, and make the mirror's write (the item compressed as gzip, against
+//! LZ4, the format before).
 //! Run with `cargo bench --bench verify_parse`.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use intercom_webhooks::processing::mirror::{decode_item, encode_item, extract, Extracted};
 use intercom_webhooks::receiving::notification::{Envelope, Notification};
 use intercom_webhooks::receiving::signature::ClientSecrets;
 use std::hint::black_box;
@@ -57,6 +60,33 @@ fn bench(c: &mut Criterion) {
         })
     });
     worker.finish();
+
+    let replied = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/events/notifications/conversation_user_replied.json"
+    ))
+    .unwrap();
+    let notification = Notification::parse(&replied).unwrap();
+    let Extracted::Write(write) = extract(&notification) else {
+        panic!("conversation_user_replied.json is mirrored");
+    };
+    let item = serde_json::to_vec(&notification.data["item"]).unwrap();
+    let mut mirror = c.benchmark_group("mirror");
+    mirror.throughput(Throughput::Bytes(item.len() as u64));
+    mirror.bench_function("extract the write (conversation_user_replied.json)", |b| {
+        b.iter(|| extract(black_box(&notification)))
+    });
+    mirror.bench_function("item compressed: gzip", |b| {
+        b.iter(|| encode_item(black_box(&item)))
+    });
+    mirror.bench_function("item compressed: LZ4 (the earlier format)", |b| {
+        b.iter(|| lz4_flex::compress_prepend_size(black_box(&item)))
+    });
+    let stored = write.item.clone().unwrap();
+    mirror.bench_function("item decoded: gzip", |b| {
+        b.iter(|| decode_item(&write.key, black_box(&stored)).unwrap())
+    });
+    mirror.finish();
 }
 
 criterion_group!(benches, bench);
