@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # AWS requests per notification on the Lambda path (receiver + worker + the SQS event source), counted
 # against moto_server, with the resulting cost per million notifications.
-# Usage: bench/aws-calls.sh [N] [--no-mirror]   (the mirror is on unless --no-mirror, as in the template)
+# Usage: bench/aws-calls.sh [N] [--no-mirror] [--index] [--updates] [--eventbridge]
+#   the mirror is on unless --no-mirror, without its by_type index unless --index, as in the template
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-200}

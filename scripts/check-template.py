@@ -711,10 +711,27 @@ def checks(t):
         keys = lambda schema: [(k.get("AttributeName"), k.get("KeyType")) for k in schema or []]
         expect(keys(props.get("KeySchema")) == [("pk", "HASH"), ("app_id", "RANGE")],
                f"MirrorTable's KeySchema is {keys(props.get('KeySchema'))}, expected pk HASH, app_id RANGE")
-        attributes = {a.get("AttributeName"): a.get("AttributeType") for a in props.get("AttributeDefinitions") or []}
-        expect(attributes == {"pk": "S", "app_id": "S", "type": "S", "version_ms": "N"},
-               f"MirrorTable's AttributeDefinitions are {attributes}, expected pk S, app_id S, type S, version_ms N")
-        indexes = props.get("GlobalSecondaryIndexes") or []
+        # The index exactly when MirrorIndex is "true" (default "false"); DynamoDB takes definitions only of
+        # attributes some key uses, so those follow the same condition.
+        p = t.param("MirrorIndex")
+        expect(str(p.get("Default")) == "false", f"MirrorIndex defaults to {p.get('Default')!r}, not \"false\"")
+        expect(sorted(str(v) for v in p.get("AllowedValues") or []) == ["false", "true"],
+               f"MirrorIndex allows {p.get('AllowedValues')!r}, expected exactly \"true\" and \"false\"")
+        definitions = if_parts(props.get("AttributeDefinitions"))
+        expect(definitions is not None, "MirrorTable's AttributeDefinitions are not !If [MirrorIndex's condition, …]")
+        cond, with_index, without_index = definitions
+        tied_to(t, cond, "MirrorIndex", ["true"], ["false"])
+        shape = lambda defs: {a.get("AttributeName"): a.get("AttributeType") for a in defs or []}
+        expect(shape(with_index) == {"pk": "S", "app_id": "S", "type": "S", "version_ms": "N"},
+               f"MirrorTable's AttributeDefinitions with the index are {shape(with_index)}, "
+               "expected pk S, app_id S, type S, version_ms N")
+        expect(shape(without_index) == {"pk": "S", "app_id": "S"},
+               f"MirrorTable's AttributeDefinitions without the index are {shape(without_index)}, expected pk S, app_id S")
+        index_parts = if_parts(props.get("GlobalSecondaryIndexes"))
+        expect(index_parts is not None and index_parts[2] == NO_VALUE,
+               "MirrorTable's GlobalSecondaryIndexes are not !If [MirrorIndex's condition, …, !Ref AWS::NoValue]")
+        tied_to(t, index_parts[0], "MirrorIndex", ["true"], ["false"])
+        indexes = index_parts[1] or []
         expect([i.get("IndexName") for i in indexes] == ["by_type"],
                f"MirrorTable's indexes are {[i.get('IndexName') for i in indexes]}, expected exactly by_type")
         (index,) = indexes
@@ -724,7 +741,8 @@ def checks(t):
         expect("ProvisionedThroughput" not in index, "by_type has ProvisionedThroughput")
 
     yield ("MirrorTable (only when EnableMirror is \"true\", the default): on demand, SSE, point-in-time recovery, "
-           "key pk + app_id, keys-only index by_type on type + version_ms", mirror_table)
+           "key pk + app_id; the keys-only index by_type on type + version_ms only when MirrorIndex is \"true\" "
+           "(default \"false\")", mirror_table)
 
     def mirror_grant():
         table_cond = mirror_condition()

@@ -2,9 +2,11 @@
 //! `pk` = `{type}#{id}` and sort key `app_id` (`#none` when the notification named no app), so one Query
 //! finds an object in every app; then `type`, `id`, `version_ms`, `tiebreak_ms`, `deleted`, `truncated`,
 //! `notification_id` and `item` (the JSON as one gzip member, as the domain hands it over; absent for a
-//! tombstone). A global secondary index `by_type` (`type`, `version_ms`, keys only) lists a type newest
-//! first. The count of refused stale deliveries is the item `#counters` / `stale_refused` (attribute
-//! `count`), which has no `type` and so stays out of the index.
+//! tombstone). A table made with the global secondary index `by_type` (`type`, `version_ms`, keys only;
+//! `template.yaml`'s `MirrorIndex=true`) is listed newest first through it; one without it, by a Scan.
+//! The index costs a write unit for every new object and two for every newer version (its entry moves),
+//! which the worker never reads. The count of refused stale deliveries is the item `#counters` /
+//! `stale_refused` (attribute `count`), which has no `type` and so stays out of the index and the lists.
 //!
 //! Every version is written by one conditional `PutItem` that refuses anything not newer than the stored
 //! version, so concurrent workers converge on the newest version whatever the order.
@@ -17,7 +19,9 @@ use async_trait::async_trait;
 use aws_sdk_dynamodb::error::DisplayErrorContext;
 use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::primitives::Blob;
-use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes, ReturnValuesOnConditionCheckFailure};
+use aws_sdk_dynamodb::types::{
+    AttributeValue, IndexStatus, KeysAndAttributes, ReturnValuesOnConditionCheckFailure,
+};
 use aws_sdk_dynamodb::Client;
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_smithy_runtime_api::client::result::SdkError;
@@ -77,9 +81,10 @@ impl DynamoMirror {
         &self.table
     }
 
-    /// Creates a table shaped like `template.yaml`'s MirrorTable (key `pk` + `app_id`, the keys-only
-    /// index `by_type` on `type` + `version_ms`, on demand): for the emulator, local runs and benchmarks.
-    pub async fn create_table(client: &Client, name: &str) -> Result<(), MirrorError> {
+    /// Creates a table shaped like `template.yaml`'s MirrorTable (key `pk` + `app_id`, on demand; with
+    /// `type_index`, the keys-only index `by_type` on `type` + `version_ms` of `MirrorIndex=true`): for
+    /// the emulator, local runs and benchmarks.
+    pub async fn create_table(client: &Client, name: &str, type_index: bool) -> Result<(), MirrorError> {
         use aws_sdk_dynamodb::types::{
             AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection,
             ProjectionType, ScalarAttributeType,
@@ -99,32 +104,101 @@ impl DynamoMirror {
                 .build()
                 .map_err(invalid)
         };
-        let index = GlobalSecondaryIndex::builder()
-            .index_name(BY_TYPE_INDEX)
-            .key_schema(key("type", KeyType::Hash)?)
-            .key_schema(key("version_ms", KeyType::Range)?)
-            .projection(
-                Projection::builder()
-                    .projection_type(ProjectionType::KeysOnly)
-                    .build(),
-            )
-            .build()
-            .map_err(invalid)?;
-        client
+        let mut table = client
             .create_table()
             .table_name(name)
             .billing_mode(BillingMode::PayPerRequest)
             .attribute_definitions(attribute("pk", ScalarAttributeType::S)?)
             .attribute_definitions(attribute("app_id", ScalarAttributeType::S)?)
-            .attribute_definitions(attribute("type", ScalarAttributeType::S)?)
-            .attribute_definitions(attribute("version_ms", ScalarAttributeType::N)?)
             .key_schema(key("pk", KeyType::Hash)?)
-            .key_schema(key("app_id", KeyType::Range)?)
-            .global_secondary_indexes(index)
+            .key_schema(key("app_id", KeyType::Range)?);
+        if type_index {
+            let index = GlobalSecondaryIndex::builder()
+                .index_name(BY_TYPE_INDEX)
+                .key_schema(key("type", KeyType::Hash)?)
+                .key_schema(key("version_ms", KeyType::Range)?)
+                .projection(
+                    Projection::builder()
+                        .projection_type(ProjectionType::KeysOnly)
+                        .build(),
+                )
+                .build()
+                .map_err(invalid)?;
+            table = table
+                .attribute_definitions(attribute("type", ScalarAttributeType::S)?)
+                .attribute_definitions(attribute("version_ms", ScalarAttributeType::N)?)
+                .global_secondary_indexes(index);
+        }
+        table
             .send()
             .await
             .map(|_| ())
             .map_err(|e| MirrorError::Unavailable(DisplayErrorContext(&e).to_string()))
+    }
+
+    /// Whether the table has the `by_type` index, ready to be queried (an index being added is still
+    /// filling, and a listing then scans).
+    async fn has_type_index(&self) -> Result<bool, MirrorError> {
+        let out = self
+            .client
+            .describe_table()
+            .table_name(&self.table)
+            .send()
+            .await
+            .map_err(unavailable)?;
+        Ok(out.table().is_some_and(|table| {
+            table.global_secondary_indexes().iter().any(|index| {
+                index.index_name() == Some(BY_TYPE_INDEX)
+                    && index.index_status() == Some(&IndexStatus::Active)
+            })
+        }))
+    }
+
+    /// The `limit` newest items of `kind` (at or after `since_ms`) by a Scan of the whole table, the
+    /// order decided as the items come: how a table without the `by_type` index is listed. Holds at most
+    /// twice `limit` items (at least 100) and one page of the Scan at a time.
+    async fn scan_newest(
+        &self,
+        kind: &str,
+        since_ms: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<Item>, MirrorError> {
+        let keep = limit.saturating_mul(2).max(100);
+        let mut newest: Vec<(Version, MirrorKey, Item)> = Vec::new();
+        let mut start = None;
+        loop {
+            let mut scan = self
+                .client
+                .scan()
+                .table_name(&self.table)
+                .consistent_read(true)
+                .set_exclusive_start_key(start.take())
+                .expression_attribute_names("#type", "type")
+                .expression_attribute_values(":type", s(kind));
+            scan = match since_ms {
+                Some(since) => scan
+                    .filter_expression("#type = :type AND #version >= :since")
+                    .expression_attribute_names("#version", "version_ms")
+                    .expression_attribute_values(":since", n(since)),
+                None => scan.filter_expression("#type = :type"),
+            };
+            let out = scan.send().await.map_err(unavailable)?;
+            for item in out.items.unwrap_or_default() {
+                let key = key_of(&item)?;
+                newest.push((version_of(&key, &item)?, key, item));
+            }
+            if newest.len() > keep {
+                newest.sort_by(|a, b| newest_first((&a.0, &a.1), (&b.0, &b.1)));
+                newest.truncate(limit);
+            }
+            match out.last_evaluated_key {
+                Some(next) if !next.is_empty() => start = Some(next),
+                _ => break,
+            }
+        }
+        newest.sort_by(|a, b| newest_first((&a.0, &a.1), (&b.0, &b.1)));
+        newest.truncate(limit);
+        Ok(newest.into_iter().map(|(_, _, item)| item).collect())
     }
 
     /// The stored version of `key`, read consistently. Used when a refused write came back without the
@@ -348,16 +422,28 @@ pub fn billed_size(write: &MirrorWrite) -> usize {
         .sum()
 }
 
-/// A stored item as an entry, its item decoded.
-fn entry(item: &Item) -> Result<MirrorEntry, MirrorError> {
+/// The order of a listing: newest version first (time, then the notification's time), then by key, as
+/// the SQLite adapter lists.
+fn newest_first(a: (&Version, &MirrorKey), b: (&Version, &MirrorKey)) -> std::cmp::Ordering {
+    b.0.cmp(a.0).then_with(|| a.1.cmp(b.1))
+}
+
+/// A stored item's identity.
+fn key_of(item: &Item) -> Result<MirrorKey, MirrorError> {
     let text = |name: &str| item.get(name).and_then(|v| v.as_s().ok()).cloned();
-    let flag = |name: &str| item.get(name).and_then(|v| v.as_bool().ok()).copied();
     let (Some(kind), Some(id), Some(app_id)) = (text("type"), text("id"), text("app_id")) else {
         let name = text("pk").unwrap_or_default();
         return Err(corrupt(name, "no type, id or app_id"));
     };
     let app_id = if app_id == NO_APP { String::new() } else { app_id };
-    let key = MirrorKey { app_id, kind, id };
+    Ok(MirrorKey { app_id, kind, id })
+}
+
+/// A stored item as an entry, its item decoded.
+fn entry(item: &Item) -> Result<MirrorEntry, MirrorError> {
+    let text = |name: &str| item.get(name).and_then(|v| v.as_s().ok()).cloned();
+    let flag = |name: &str| item.get(name).and_then(|v| v.as_bool().ok()).copied();
+    let key = key_of(item)?;
     let version = version_of(&key, item)?;
     let (Some(deleted), Some(truncated)) = (flag("deleted"), flag("truncated")) else {
         return Err(corrupt(key.to_string(), "no boolean deleted and truncated"));
@@ -469,15 +555,14 @@ impl Mirror for DynamoMirror {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let keys = self.newest_keys(kind, since_ms, limit).await?;
-        let mut entries = self
-            .items(keys)
-            .await?
-            .iter()
-            .map(entry)
-            .collect::<Result<Vec<_>, _>>()?;
-        // The index's order, ties on time broken by the notification's time, as the SQLite adapter does.
-        entries.sort_by(|a, b| b.version.cmp(&a.version).then_with(|| a.key.cmp(&b.key)));
+        let items = if self.has_type_index().await? {
+            let keys = self.newest_keys(kind, since_ms, limit).await?;
+            self.items(keys).await?
+        } else {
+            self.scan_newest(kind, since_ms, limit).await?
+        };
+        let mut entries = items.iter().map(entry).collect::<Result<Vec<_>, _>>()?;
+        entries.sort_by(|a, b| newest_first((&a.version, &a.key), (&b.version, &b.key)));
         entries.truncate(limit);
         Ok(entries)
     }

@@ -3,19 +3,25 @@
 //! fixture), and the worker's use of it (`stale` outcomes, state handlers skipped).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
+use aws_smithy_runtime_api::box_error::BoxError;
+use aws_smithy_runtime_api::client::interceptors::context::BeforeTransmitInterceptorContextRef;
+use aws_smithy_runtime_api::client::interceptors::Intercept;
+use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
+use aws_smithy_types::config_bag::ConfigBag;
 use intercom_webhooks::aws::mirror::DynamoMirror;
 use intercom_webhooks::local::{Db, SqliteMirror};
 use intercom_webhooks::processing::handler::{Handler, HandlerContext, HandlerError, Wants};
 use intercom_webhooks::processing::mirror::{
-    extract, Applied, Extracted, Mirror, MirrorEntry, MirrorHandler, MirrorKey, MirrorStats, MirrorWrite,
+    extract, id_text, Applied, Extracted, Mirror, MirrorEntry, MirrorHandler, MirrorKey, MirrorStats,
+    MirrorWrite,
 };
 use intercom_webhooks::receiving::notification::Notification;
 use serde_json::{json, Value};
 
-use crate::support::{create_mirror_table, fixtures, scan_items, unique};
+use crate::support::{create_indexed_mirror_table, create_mirror_table, fixtures, scan_items, unique};
 
 /// A notification about `kind`/`id` whose item was updated at `updated_at` (any shape), created at
 /// `created_at` (Unix seconds).
@@ -368,13 +374,70 @@ async fn sqlite_mirror_listing() {
     listing(sqlite_mirror(&dir)).await;
 }
 
-/// A mirror on a new table in the AWS emulator, and the table's client and name.
+/// A mirror on a new table in the AWS emulator (the template's default shape, without the `by_type`
+/// index), and the table's client and name.
 async fn dynamo_mirror() -> (Arc<dyn Mirror>, aws_sdk_dynamodb::Client, String) {
     let sdk = crate::support::aws_config().await;
     let dynamo = aws_sdk_dynamodb::Client::new(&sdk);
     let table = unique("mirror");
     create_mirror_table(&dynamo, &table).await;
     (Arc::new(DynamoMirror::new(dynamo.clone(), &table)), dynamo, table)
+}
+
+/// Records the operation (`X-Amz-Target`) of every request a client sends.
+#[derive(Debug, Clone, Default)]
+struct Operations(Arc<Mutex<Vec<String>>>);
+
+impl Intercept for Operations {
+    fn name(&self) -> &'static str {
+        "operations"
+    }
+
+    fn read_before_transmit(
+        &self,
+        context: &BeforeTransmitInterceptorContextRef<'_>,
+        _: &RuntimeComponents,
+        _: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        let target = context.request().headers().get("x-amz-target").unwrap_or("");
+        let operation = target.rsplit('.').next().unwrap_or_default().to_owned();
+        self.0.lock().unwrap().push(operation);
+        Ok(())
+    }
+}
+
+impl Operations {
+    /// The operations sent since the last call.
+    fn take(&self) -> Vec<String> {
+        std::mem::take(&mut self.0.lock().unwrap())
+    }
+}
+
+/// A mirror on a new table (with the `by_type` index when `indexed`, as `MirrorIndex=true` makes it)
+/// whose client records its operations, and the table's client and name.
+async fn observed_dynamo_mirror(
+    indexed: bool,
+) -> (Arc<dyn Mirror>, Operations, aws_sdk_dynamodb::Client, String) {
+    let sdk = crate::support::aws_config().await;
+    let dynamo = aws_sdk_dynamodb::Client::new(&sdk);
+    let table = unique("mirror-listed");
+    if indexed {
+        create_indexed_mirror_table(&dynamo, &table).await;
+    } else {
+        create_mirror_table(&dynamo, &table).await;
+    }
+    let operations = Operations::default();
+    let observed = aws_sdk_dynamodb::Client::from_conf(
+        aws_sdk_dynamodb::config::Builder::from(&sdk)
+            .interceptor(operations.clone())
+            .build(),
+    );
+    (
+        Arc::new(DynamoMirror::new(observed, &table)),
+        operations,
+        dynamo,
+        table,
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -403,7 +466,13 @@ async fn dynamodb_mirror_contract() {
         assert!(item["truncated"].as_bool().is_ok(), "{item:?}");
         assert_eq!(item.contains_key("item"), !deleted, "{item:?}");
         if !deleted {
-            assert!(item["item"].as_b().is_ok(), "{item:?}");
+            // One gzip member, which any reader of the table can open.
+            let stored = item["item"].as_b().unwrap().as_ref();
+            assert_eq!(&stored[..3], [0x1f, 0x8b, 0x08], "{item:?}");
+            let mut json = Vec::new();
+            std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(stored), &mut json).unwrap();
+            let object: Value = serde_json::from_slice(&json).unwrap();
+            assert_eq!(id_text(&object["id"]), Some(id), "{item:?}");
         }
     }
     assert_eq!(counters, 1);
@@ -416,10 +485,40 @@ async fn dynamodb_mirror_keeps_every_fixture() {
     assert_fixture_counts(&mirror.stats().await.unwrap());
 }
 
+/// Without the `by_type` index (the template's default) a listing scans the table.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dynamodb_mirror_listing() {
-    let (mirror, _, _) = dynamo_mirror().await;
-    listing(mirror).await;
+    let (mirror, operations, _, _) = observed_dynamo_mirror(false).await;
+    listing(mirror.clone()).await;
+    operations.take();
+    assert_eq!(mirror.list("company", None, 3).await.unwrap().len(), 3);
+    assert_eq!(operations.take(), ["DescribeTable", "Scan"]);
+}
+
+/// With `MirrorIndex=true` a listing queries the index, then reads the items it names: the same answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamodb_mirror_listing_through_the_index() {
+    let (mirror, operations, dynamo, table) = observed_dynamo_mirror(true).await;
+    listing(mirror.clone()).await;
+    operations.take();
+    assert_eq!(mirror.list("company", None, 3).await.unwrap().len(), 3);
+    assert_eq!(operations.take(), ["DescribeTable", "Query", "BatchGetItem"]);
+    let newest = dynamo
+        .query()
+        .table_name(&table)
+        .index_name("by_type")
+        .key_condition_expression("#type = :type")
+        .expression_attribute_names("#type", "type")
+        .expression_attribute_values(
+            ":type",
+            aws_sdk_dynamodb::types::AttributeValue::S("company".into()),
+        )
+        .scan_index_forward(false)
+        .limit(1)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(newest.items()[0]["pk"].as_s().unwrap(), "company#co149");
 }
 
 /// `intercom-webhooks mirror … --table` reads the DynamoDB mirror as `--db` reads the file.

@@ -299,11 +299,17 @@ pub async fn create_table(dynamo: &aws_sdk_dynamodb::Client, name: &str) {
         .unwrap();
 }
 
-/// Creates a mirror table in the emulator shaped like the SAM template's `MirrorTable` (its shape is
-/// checked by scripts/check-template.py): key `pk` + `app_id`, index `by_type` on `type` + `version_ms`,
-/// keys only.
+/// Creates a mirror table in the emulator shaped like the SAM template's `MirrorTable` by default (its
+/// shape is checked by scripts/check-template.py): key `pk` + `app_id`, no index.
 pub async fn create_mirror_table(dynamo: &aws_sdk_dynamodb::Client, name: &str) {
-    intercom_webhooks::aws::mirror::DynamoMirror::create_table(dynamo, name)
+    intercom_webhooks::aws::mirror::DynamoMirror::create_table(dynamo, name, false)
+        .await
+        .unwrap();
+}
+
+/// The same with `MirrorIndex=true`: the keys-only index `by_type` on `type` + `version_ms` too.
+pub async fn create_indexed_mirror_table(dynamo: &aws_sdk_dynamodb::Client, name: &str) {
+    intercom_webhooks::aws::mirror::DynamoMirror::create_table(dynamo, name, true)
         .await
         .unwrap();
 }
