@@ -19,12 +19,11 @@ use async_trait::async_trait;
 use aws_sdk_dynamodb::error::DisplayErrorContext;
 use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::primitives::Blob;
-use aws_sdk_dynamodb::types::{
-    AttributeValue, IndexStatus, KeysAndAttributes, ReturnValuesOnConditionCheckFailure,
-};
+use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes, ReturnValuesOnConditionCheckFailure};
 use aws_sdk_dynamodb::Client;
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_smithy_runtime_api::client::result::SdkError;
+use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 
 use crate::processing::mirror::{
     decode_item, Applied, Mirror, MirrorEntry, MirrorError, MirrorKey, MirrorStats, MirrorWrite, Version,
@@ -136,24 +135,6 @@ impl DynamoMirror {
             .map_err(|e| MirrorError::Unavailable(DisplayErrorContext(&e).to_string()))
     }
 
-    /// Whether the table has the `by_type` index, ready to be queried (an index being added is still
-    /// filling, and a listing then scans).
-    async fn has_type_index(&self) -> Result<bool, MirrorError> {
-        let out = self
-            .client
-            .describe_table()
-            .table_name(&self.table)
-            .send()
-            .await
-            .map_err(unavailable)?;
-        Ok(out.table().is_some_and(|table| {
-            table.global_secondary_indexes().iter().any(|index| {
-                index.index_name() == Some(BY_TYPE_INDEX)
-                    && index.index_status() == Some(&IndexStatus::Active)
-            })
-        }))
-    }
-
     /// The `limit` newest items of `kind` (at or after `since_ms`) by a Scan of the whole table, the
     /// order decided as the items come: how a table without the `by_type` index is listed. Holds at most
     /// twice `limit` items (at least 100) and one page of the Scan at a time.
@@ -238,13 +219,15 @@ impl DynamoMirror {
 
     /// The keys of the `limit` newest objects of `kind` (at or after `since_ms`) by the index, plus any
     /// tied on time with the last of them: the index does not hold `tiebreak_ms`, so which of those ties
-    /// come first is decided once the items are read.
+    /// come first is decided once the items are read. `None` when the index cannot be queried: DynamoDB
+    /// answers `ValidationException` for a table without it (the template's default; the emulator,
+    /// `ResourceNotFoundException`) and for an index still being filled after it was added.
     async fn newest_keys(
         &self,
         kind: &str,
         since_ms: Option<i64>,
         limit: usize,
-    ) -> Result<Vec<Item>, MirrorError> {
+    ) -> Result<Option<Vec<Item>>, MirrorError> {
         let mut keys: Vec<Item> = Vec::new();
         let mut boundary: Option<i64> = None;
         let mut start: Option<Item> = None;
@@ -268,11 +251,23 @@ impl DynamoMirror {
                     .expression_attribute_values(":since", n(since)),
                 None => query.key_condition_expression("#type = :type"),
             };
-            let out = query.send().await.map_err(unavailable)?;
+            let out = match query.send().await {
+                Ok(out) => out,
+                // No such index, or one still filling. (A missing table fails the Scan that follows.)
+                Err(e)
+                    if matches!(
+                        e.code(),
+                        Some("ValidationException" | "ResourceNotFoundException")
+                    ) =>
+                {
+                    return Ok(None)
+                }
+                Err(e) => return Err(unavailable(e)),
+            };
             for index_item in out.items.unwrap_or_default() {
                 let version_ms = number(&index_item, "version_ms");
                 if keys.len() >= limit && (boundary.is_none() || version_ms != boundary) {
-                    return Ok(keys);
+                    return Ok(Some(keys));
                 }
                 let (Some(pk), Some(app_id)) = (index_item.get("pk"), index_item.get("app_id")) else {
                     continue;
@@ -287,7 +282,7 @@ impl DynamoMirror {
             }
             match out.last_evaluated_key {
                 Some(next) if !next.is_empty() => start = Some(next),
-                _ => return Ok(keys),
+                _ => return Ok(Some(keys)),
             }
         }
     }
@@ -555,11 +550,9 @@ impl Mirror for DynamoMirror {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let items = if self.has_type_index().await? {
-            let keys = self.newest_keys(kind, since_ms, limit).await?;
-            self.items(keys).await?
-        } else {
-            self.scan_newest(kind, since_ms, limit).await?
+        let items = match self.newest_keys(kind, since_ms, limit).await? {
+            Some(keys) => self.items(keys).await?,
+            None => self.scan_newest(kind, since_ms, limit).await?,
         };
         let mut entries = items.iter().map(entry).collect::<Result<Vec<_>, _>>()?;
         entries.sort_by(|a, b| newest_first((&a.version, &a.key), (&b.version, &b.key)));
