@@ -136,8 +136,9 @@ impl DynamoMirror {
     }
 
     /// The `limit` newest items of `kind` (at or after `since_ms`) by a Scan of the whole table, the
-    /// order decided as the items come: how a table without the `by_type` index is listed. Holds at most
-    /// twice `limit` items (at least 100) and one page of the Scan at a time.
+    /// order decided as the items come: how a table without the `by_type` index is listed. Eventually
+    /// consistent, as the index is (half the read units). Holds at most twice `limit` items (at least 100)
+    /// and one page of the Scan at a time.
     async fn scan_newest(
         &self,
         kind: &str,
@@ -152,7 +153,6 @@ impl DynamoMirror {
                 .client
                 .scan()
                 .table_name(&self.table)
-                .consistent_read(true)
                 .set_exclusive_start_key(start.take())
                 .expression_attribute_names("#type", "type")
                 .expression_attribute_values(":type", s(kind));
@@ -397,7 +397,7 @@ fn stored_item(write: &MirrorWrite) -> Item {
 /// The size DynamoDB bills a write of `write` by: the UTF-8 length of every attribute name and string
 /// value, binary values as they are, a boolean 1 byte, a number 1 byte per two significant digits plus 1
 /// (the rules of DynamoDB's documentation, "Item sizes and formats"). A put costs one write unit per
-/// started KB of it, plus the `by_type` index entry when the index changes.
+/// started KB of it, plus, on a table with the `by_type` index, the writes of its entry.
 pub fn billed_size(write: &MirrorWrite) -> usize {
     stored_item(write)
         .iter()

@@ -292,8 +292,9 @@ fn stored_item(item: &Value) -> (Vec<u8>, bool) {
 
 /// An item's JSON as stored: one gzip member (deflate at the default level, no file name, time 0), which
 /// any gzip reader opens. DynamoDB bills a write per started KB of the item: Intercom's objects shrink to
-/// a third to a half, so a typical conversation or contact with its keys is one write unit (LZ4, used
-/// before, left most of them just over 1 KB, two units).
+/// a third to a half, so a typical conversation or contact with its keys is one write unit with a few
+/// hundred bytes to spare (LZ4, used before, left conversations a few dozen bytes under the second unit
+/// and a contact over it).
 pub fn encode_item(json: &[u8]) -> Vec<u8> {
     use std::io::Write;
     let mut encoder = flate2::GzBuilder::new().write(
