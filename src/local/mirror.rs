@@ -1,17 +1,19 @@
 //! The SQLite adapter of the [`Mirror`] port, in `serve`'s file: one row per object in `mirror`, written
 //! by one upsert whose `WHERE` refuses anything not newer than the stored version, so concurrent
-//! workers converge on the newest version whatever the order. Items are stored gzip-compressed as the
-//! domain hands them over; `mirror_counters` keeps the count of stale deliveries refused.
+//! workers converge on the newest version whatever the order. Items are stored LZ4-compressed (this
+//! store's [`ItemCodec`]: ten times faster to make than gzip, and a file is not billed by the KB);
+//! `mirror_counters` keeps the count of stale deliveries refused.
 //!
 //! To read it directly: `sqlite3 FILE "SELECT type, id, app_id, version_ms, deleted FROM mirror"` (the
-//! `item` column is one gzip member: use `intercom-webhooks mirror get` for the JSON).
+//! `item` column is compressed: use `intercom-webhooks mirror get` for the JSON).
 
 use async_trait::async_trait;
 use rusqlite::{params, OptionalExtension, Row};
 
 use super::db::{Db, DbError};
 use crate::processing::mirror::{
-    decode_item, Applied, Mirror, MirrorEntry, MirrorError, MirrorKey, MirrorStats, MirrorWrite, Version,
+    decode_item, Applied, ItemCodec, Mirror, MirrorEntry, MirrorError, MirrorKey, MirrorStats, MirrorWrite,
+    Version,
 };
 
 /// The counter of refused stale writes in `mirror_counters`.
@@ -81,6 +83,10 @@ impl Stored {
 
 #[async_trait]
 impl Mirror for SqliteMirror {
+    fn codec(&self) -> ItemCodec {
+        ItemCodec::Lz4
+    }
+
     async fn apply(&self, write: &MirrorWrite) -> Result<Applied, MirrorError> {
         let write = write.clone();
         // One write statement on each path (the upsert, or the counter after a refusal): no savepoint.

@@ -588,6 +588,50 @@ impl Handler for CrmSync {
     }
 }
 
+/// The handler compresses an item as its store asks: LZ4 in `serve`'s file (fast; a file is not billed by
+/// size), gzip in DynamoDB (billed per started KB). `mirror get` reads both, and either store reads the
+/// other's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_store_gets_items_in_its_own_codec() {
+    use intercom_webhooks::processing::handler::Versions;
+    let n = versioned("contact", "codec-1", json!(1_700_000_000), 1_700_000_001, "m");
+    let gzip = |bytes: &[u8]| bytes.starts_with(&[0x1f, 0x8b, 0x08]);
+
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = sqlite_mirror(&dir);
+    MirrorHandler::new(sqlite.clone()).record(&n).await.unwrap();
+    let stored: Vec<u8> = rusqlite::Connection::open(dir.path().join("mirror.db"))
+        .unwrap()
+        .query_row("SELECT item FROM mirror WHERE id = 'codec-1'", [], |r| r.get(0))
+        .unwrap();
+    assert!(!gzip(&stored));
+    let json = lz4_flex::decompress_size_prepended(&stored).unwrap();
+    assert_eq!(serde_json::from_slice::<Value>(&json).unwrap()["marker"], "m");
+
+    let (table_mirror, dynamo, table) = dynamo_mirror().await;
+    MirrorHandler::new(table_mirror.clone()).record(&n).await.unwrap();
+    let item = scan_items(&dynamo, &table)
+        .await
+        .into_iter()
+        .find(|item| item.get("id").and_then(|v| v.as_s().ok()).map(String::as_str) == Some("codec-1"))
+        .unwrap();
+    assert!(gzip(item["item"].as_b().unwrap().as_ref()));
+
+    // A gzip item in the file and an LZ4 one in the table (as the table held before gzip) read back.
+    let newer = versioned("contact", "codec-1", json!(1_700_000_100), 1_700_000_101, "newer");
+    let mut newer_write = write_of(&newer);
+    assert!(gzip(newer_write.item.as_ref().unwrap()));
+    assert_eq!(sqlite.apply(&newer_write).await.unwrap(), Applied::Written);
+    newer_write.item = Some(lz4_flex::compress_prepend_size(
+        &serde_json::to_vec(newer.item()).unwrap(),
+    ));
+    assert_eq!(table_mirror.apply(&newer_write).await.unwrap(), Applied::Written);
+    for mirror in [sqlite, table_mirror] {
+        let entries = mirror.get("contact", "codec-1").await.unwrap();
+        assert_eq!(entries[0].item["marker"], "newer");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_notification_ends_stale_and_skips_state_handlers_only() {
     use intercom_webhooks::memory::{MemoryQueue, MemoryStore};
