@@ -1,7 +1,7 @@
 //! Time per call of what the receiver does with a delivery before enqueueing it: verify the
 //! `X-Hub-Signature` of a real ~10 KB notification and parse its envelope. Goal: < 20 µs. Then what the
 //! worker does with one: parse it, and make the mirror's write (the item compressed as gzip, against
-//! LZ4, the format before).
+//! LZ4, which `serve`'s file keeps).
 //! Run with `cargo bench --bench verify_parse`.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
@@ -79,7 +79,7 @@ fn bench(c: &mut Criterion) {
     mirror.bench_function("item compressed: gzip", |b| {
         b.iter(|| encode_item(black_box(&item)))
     });
-    mirror.bench_function("item compressed: LZ4 (the earlier format)", |b| {
+    mirror.bench_function("item compressed: LZ4 (serve's file)", |b| {
         b.iter(|| lz4_flex::compress_prepend_size(black_box(&item)))
     });
     let stored = write.item.clone().unwrap();

@@ -17,9 +17,10 @@ It proves, by reading the template and by evaluating its conditions and rules fo
 - the function that reads a parameter may call exactly ssm:GetParameter on exactly that parameter's ARN, in a
   statement that exists only when the parameter is given; no other statement anywhere grants ssm actions;
 - the mirror table exists exactly when EnableMirror is "true", is on-demand, encrypted and point-in-time
-  recoverable, and has the key and index src/aws/mirror.rs uses; the worker gets MIRROR_TABLE from it and may
-  call exactly PutItem, GetItem and UpdateItem on exactly that table, in a statement that exists only with
-  it; no other statement anywhere names the table or grants dynamodb actions on every resource;
+  recoverable, and has the key src/aws/mirror.rs uses, and the index by_type exactly when MirrorIndex is
+  "true"; the worker gets MIRROR_TABLE from it and may call exactly PutItem, GetItem and UpdateItem on
+  exactly that table, in a statement that exists only with it; no other statement anywhere names the table
+  or grants dynamodb actions on every resource;
 - with an EventBus (none, default, create), the worker alone may call exactly events:PutEvents on exactly that
   bus, EVENT_BUS_NAME names it, the example rule and its queue exist only with it, a failed-entries alarm;
 - the reconciler exists exactly when ReconcileSchedule is given (a rule then requires the token parameter),

@@ -253,15 +253,10 @@ impl DynamoMirror {
             };
             let out = match query.send().await {
                 Ok(out) => out,
-                // No such index, or one still filling. (A missing table fails the Scan that follows.)
-                Err(e)
-                    if matches!(
-                        e.code(),
-                        Some("ValidationException" | "ResourceNotFoundException")
-                    ) =>
-                {
-                    return Ok(None)
-                }
+                // No such index, or one still filling: DynamoDB's messages name the index ("does not have
+                // the specified index", "backfilling global secondary index"), unlike its other
+                // validation errors, which stay errors. (A missing table fails the Scan that follows.)
+                Err(e) if refused_index(&e) => return Ok(None),
                 Err(e) => return Err(unavailable(e)),
             };
             for index_item in out.items.unwrap_or_default() {
@@ -417,8 +412,20 @@ pub fn billed_size(write: &MirrorWrite) -> usize {
         .sum()
 }
 
-/// The order of a listing: newest version first (time, then the notification's time), then by key, as
-/// the SQLite adapter lists.
+/// Whether a Query's error says the index cannot be queried (absent or still filling), rather than
+/// something else being wrong.
+fn refused_index<E: ProvideErrorMetadata>(error: &E) -> bool {
+    let names_index = error
+        .message()
+        .is_some_and(|m| m.to_ascii_lowercase().contains("index"));
+    match error.code() {
+        Some("ValidationException") | Some("ResourceNotFoundException") => names_index,
+        _ => false,
+    }
+}
+
+/// The order of a listing: newest version first (time, then the notification's time, as the SQLite
+/// adapter lists), then by key, so that objects tied on both come in one order.
 fn newest_first(a: (&Version, &MirrorKey), b: (&Version, &MirrorKey)) -> std::cmp::Ordering {
     b.0.cmp(a.0).then_with(|| a.1.cmp(b.1))
 }
@@ -626,6 +633,39 @@ mod tests {
             Extracted::Write(write) => write,
             other => panic!("{name}: expected a write, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn only_an_index_that_cannot_be_queried_turns_a_listing_into_a_scan() {
+        use aws_smithy_types::error::ErrorMetadata;
+        let error = |code: &str, message: &str| ErrorMetadata::builder().code(code).message(message).build();
+        // DynamoDB's answers for a table without the index and for an index still being filled, and the
+        // emulator's for the first.
+        assert!(refused_index(&error(
+            "ValidationException",
+            "The table does not have the specified index: by_type"
+        )));
+        assert!(refused_index(&error(
+            "ValidationException",
+            "Cannot read from backfilling global secondary index: by_type"
+        )));
+        assert!(refused_index(&error(
+            "ResourceNotFoundException",
+            "Invalid index: by_type for table: t. Available indexes are: "
+        )));
+        // Anything else stays an error.
+        assert!(!refused_index(&error(
+            "ValidationException",
+            "Invalid KeyConditionExpression: Syntax error"
+        )));
+        assert!(!refused_index(&error(
+            "ResourceNotFoundException",
+            "Requested resource not found"
+        )));
+        assert!(!refused_index(&error(
+            "ProvisionedThroughputExceededException",
+            "index throttled"
+        )));
     }
 
     #[test]

@@ -182,7 +182,7 @@ pub trait Mirror: Send + Sync {
 pub enum ItemCodec {
     /// One gzip member ([`encode_item`]): the smaller, for a store that bills by the KB (DynamoDB).
     Gzip,
-    /// An LZ4 block with its length in front: ten times faster to make, a third larger; for a store
+    /// An LZ4 block with its length in front: ten times faster to make, about 40 % larger; for a store
     /// that does not bill by size (`serve`'s SQLite file).
     Lz4,
 }
