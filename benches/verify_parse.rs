@@ -5,7 +5,7 @@
 //! Run with `cargo bench --bench verify_parse`.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use intercom_webhooks::processing::mirror::{decode_item, encode_item, extract, Extracted};
+use intercom_webhooks::processing::mirror::{decode_item, extract, Extracted, ItemCodec};
 use intercom_webhooks::receiving::notification::{Envelope, Notification};
 use intercom_webhooks::receiving::signature::ClientSecrets;
 use std::hint::black_box;
@@ -77,10 +77,10 @@ fn bench(c: &mut Criterion) {
         b.iter(|| extract(black_box(&notification)))
     });
     mirror.bench_function("item compressed: gzip", |b| {
-        b.iter(|| encode_item(black_box(&item)))
+        b.iter(|| ItemCodec::Gzip.encode(black_box(&item)))
     });
     mirror.bench_function("item compressed: LZ4 (serve's file)", |b| {
-        b.iter(|| lz4_flex::compress_prepend_size(black_box(&item)))
+        b.iter(|| ItemCodec::Lz4.encode(black_box(&item)))
     });
     let stored = write.item.clone().unwrap();
     mirror.bench_function("item decoded: gzip", |b| {

@@ -180,7 +180,8 @@ pub trait Mirror: Send + Sync {
 /// How a stored item is compressed. [`decode_item`] reads either, whichever wrote it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ItemCodec {
-    /// One gzip member ([`encode_item`]): the smaller, for a store that bills by the KB (DynamoDB).
+    /// One gzip member (deflate at the default level, no file name, time 0), which any gzip reader
+    /// opens: the smaller, for a store that bills by the KB (DynamoDB).
     Gzip,
     /// An LZ4 block with its length in front: ten times faster to make, about 40 % larger; for a store
     /// that does not bill by size (`serve`'s SQLite file).
@@ -190,7 +191,7 @@ pub enum ItemCodec {
 impl ItemCodec {
     pub fn encode(self, json: &[u8]) -> Vec<u8> {
         match self {
-            ItemCodec::Gzip => encode_item(json),
+            ItemCodec::Gzip => gzip(json),
             ItemCodec::Lz4 => lz4_flex::compress_prepend_size(json),
         }
     }
@@ -319,12 +320,11 @@ fn stored_item(item: &Value, codec: ItemCodec) -> (Vec<u8>, bool) {
     (codec.encode(&truncate(item, MAX_STORED_ITEM_BYTES)), true)
 }
 
-/// An item's JSON as stored: one gzip member (deflate at the default level, no file name, time 0), which
-/// any gzip reader opens. DynamoDB bills a write per started KB of the item: Intercom's objects shrink to
-/// a third to a half, so a typical conversation or contact with its keys is one write unit with a few
+/// [`ItemCodec::Gzip`]. DynamoDB bills a write per started KB of the item: Intercom's objects shrink to a
+/// third to a half, so a typical conversation or contact with its keys is one write unit with a few
 /// hundred bytes to spare (LZ4, used before, left conversations a few dozen bytes under the second unit
 /// and a contact over it).
-pub fn encode_item(json: &[u8]) -> Vec<u8> {
+fn gzip(json: &[u8]) -> Vec<u8> {
     use std::io::Write;
     let mut encoder = flate2::GzBuilder::new().write(
         Vec::with_capacity(json.len() / 2 + 32),
@@ -387,12 +387,27 @@ pub fn decode_item(key: &MirrorKey, stored: &[u8]) -> Result<Value, MirrorError>
     let json = if stored.starts_with(&GZIP_MAGIC) {
         match gunzip(stored) {
             Ok(json) => json,
-            Err(gzip) => lz4_flex::decompress_size_prepended(stored).map_err(|_| corrupt(gzip))?,
+            Err(gzip) => unlz4(stored).map_err(|_| corrupt(gzip))?,
         }
     } else {
-        lz4_flex::decompress_size_prepended(stored).map_err(|e| corrupt(e.to_string()))?
+        unlz4(stored).map_err(corrupt)?
     };
     serde_json::from_slice(&json).map_err(|e| corrupt(e.to_string()))
+}
+
+/// An LZ4 block with its length in front, at most [`MAX_ITEM_JSON_BYTES`]: a damaged length is refused
+/// before anything is allocated for it.
+fn unlz4(stored: &[u8]) -> Result<Vec<u8>, String> {
+    let length = stored
+        .first_chunk::<4>()
+        .map(|prefix| u32::from_le_bytes(*prefix) as u64)
+        .ok_or("lz4: shorter than its length")?;
+    if length > MAX_ITEM_JSON_BYTES {
+        return Err(format!(
+            "lz4: a length of {length} bytes, past {MAX_ITEM_JSON_BYTES}"
+        ));
+    }
+    lz4_flex::decompress_size_prepended(stored).map_err(|e| format!("lz4: {e}"))
 }
 
 /// One gzip member inflated, at most [`MAX_ITEM_JSON_BYTES`].
@@ -675,7 +690,7 @@ mod tests {
             .flat_map(|_| *uuid::Uuid::new_v4().as_bytes())
             .collect();
         for input in [b"{}".to_vec(), random, br#"{"a":"b"}"#.repeat(10_000), Vec::new()] {
-            let stored = encode_item(&input);
+            let stored = ItemCodec::Gzip.encode(&input);
             let mut inflated = Vec::new();
             flate2::read::GzDecoder::new(stored.as_slice())
                 .read_to_end(&mut inflated)
@@ -717,7 +732,7 @@ mod tests {
             kind: "contact".into(),
             id: "c1".into(),
         };
-        let mut stored = encode_item(br#"{"type":"contact","id":"c1"}"#);
+        let mut stored = ItemCodec::Gzip.encode(br#"{"type":"contact","id":"c1"}"#);
         let last = stored.len() - 5;
         stored[last] ^= 0xff; // the CRC-32
         let error = decode_item(&key, &stored).unwrap_err().to_string();
@@ -726,6 +741,14 @@ mod tests {
             "{error}"
         );
         assert!(decode_item(&key, b"\x01\x02").is_err());
+        // An LZ4 item whose length says 4 GiB is refused before anything is allocated for it.
+        let mut huge = ItemCodec::Lz4.encode(br#"{"type":"contact","id":"c1"}"#);
+        huge[..4].copy_from_slice(&u32::MAX.to_le_bytes());
+        let error = decode_item(&key, &huge).unwrap_err().to_string();
+        assert!(
+            error.contains("abc/contact/c1") && error.contains("past"),
+            "{error}"
+        );
     }
 
     #[test]
