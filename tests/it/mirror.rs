@@ -3,14 +3,9 @@
 //! fixture), and the worker's use of it (`stale` outcomes, state handlers skipped).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use async_trait::async_trait;
-use aws_smithy_runtime_api::box_error::BoxError;
-use aws_smithy_runtime_api::client::interceptors::context::BeforeTransmitInterceptorContextRef;
-use aws_smithy_runtime_api::client::interceptors::Intercept;
-use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
-use aws_smithy_types::config_bag::ConfigBag;
 use intercom_webhooks::aws::mirror::DynamoMirror;
 use intercom_webhooks::local::{Db, SqliteMirror};
 use intercom_webhooks::processing::handler::{Handler, HandlerContext, HandlerError, Wants};
@@ -21,7 +16,10 @@ use intercom_webhooks::processing::mirror::{
 use intercom_webhooks::receiving::notification::Notification;
 use serde_json::{json, Value};
 
-use crate::support::{create_indexed_mirror_table, create_mirror_table, fixtures, scan_items, unique};
+use crate::support::{
+    create_indexed_mirror_table, create_mirror_table, fixtures, observed_dynamo, scan_items, unique,
+    Operations,
+};
 
 /// A notification about `kind`/`id` whose item was updated at `updated_at` (any shape), created at
 /// `created_at` (Unix seconds).
@@ -384,35 +382,6 @@ async fn dynamo_mirror() -> (Arc<dyn Mirror>, aws_sdk_dynamodb::Client, String) 
     (Arc::new(DynamoMirror::new(dynamo.clone(), &table)), dynamo, table)
 }
 
-/// Records the operation (`X-Amz-Target`) of every request a client sends.
-#[derive(Debug, Clone, Default)]
-struct Operations(Arc<Mutex<Vec<String>>>);
-
-impl Intercept for Operations {
-    fn name(&self) -> &'static str {
-        "operations"
-    }
-
-    fn read_before_transmit(
-        &self,
-        context: &BeforeTransmitInterceptorContextRef<'_>,
-        _: &RuntimeComponents,
-        _: &mut ConfigBag,
-    ) -> Result<(), BoxError> {
-        let target = context.request().headers().get("x-amz-target").unwrap_or("");
-        let operation = target.rsplit('.').next().unwrap_or_default().to_owned();
-        self.0.lock().unwrap().push(operation);
-        Ok(())
-    }
-}
-
-impl Operations {
-    /// The operations sent since the last call.
-    fn take(&self) -> Vec<String> {
-        std::mem::take(&mut self.0.lock().unwrap())
-    }
-}
-
 /// A mirror on a new table (with the `by_type` index when `indexed`, as `MirrorIndex=true` makes it)
 /// whose client records its operations, and the table's client and name.
 async fn observed_dynamo_mirror(
@@ -427,11 +396,7 @@ async fn observed_dynamo_mirror(
         create_mirror_table(&dynamo, &table).await;
     }
     let operations = Operations::default();
-    let observed = aws_sdk_dynamodb::Client::from_conf(
-        aws_sdk_dynamodb::config::Builder::from(&sdk)
-            .interceptor(operations.clone())
-            .build(),
-    );
+    let observed = observed_dynamo(&sdk, &operations);
     (
         Arc::new(DynamoMirror::new(observed, &table)),
         operations,

@@ -354,3 +354,43 @@ pub fn reconcile_total(report: &serde_json::Value, field: &str) -> u64 {
         .map(|t| t[field].as_u64().expect("a count"))
         .sum()
 }
+
+/// Records the operation (`X-Amz-Target`) of every request a client sends.
+#[derive(Debug, Clone, Default)]
+pub struct Operations(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl aws_smithy_runtime_api::client::interceptors::Intercept for Operations {
+    fn name(&self) -> &'static str {
+        "operations"
+    }
+
+    fn read_before_transmit(
+        &self,
+        context: &aws_smithy_runtime_api::client::interceptors::context::BeforeTransmitInterceptorContextRef<
+            '_,
+        >,
+        _: &aws_smithy_runtime_api::client::runtime_components::RuntimeComponents,
+        _: &mut aws_smithy_types::config_bag::ConfigBag,
+    ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
+        let target = context.request().headers().get("x-amz-target").unwrap_or("");
+        let operation = target.rsplit('.').next().unwrap_or_default().to_owned();
+        self.0.lock().unwrap().push(operation);
+        Ok(())
+    }
+}
+
+impl Operations {
+    /// The operations sent since the last call.
+    pub fn take(&self) -> Vec<String> {
+        std::mem::take(&mut self.0.lock().unwrap())
+    }
+}
+
+/// A DynamoDB client whose every request's operation `operations` records.
+pub fn observed_dynamo(sdk: &aws_config::SdkConfig, operations: &Operations) -> aws_sdk_dynamodb::Client {
+    aws_sdk_dynamodb::Client::from_conf(
+        aws_sdk_dynamodb::config::Builder::from(sdk)
+            .interceptor(operations.clone())
+            .build(),
+    )
+}
