@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # AWS requests per notification on the Lambda path (receiver + worker + the SQS event source), counted
 # against moto_server, with the resulting cost per million notifications.
-# Usage: bench/aws-calls.sh [N] [--no-mirror] [--index] [--updates] [--eventbridge]
-#   the mirror is on unless --no-mirror, without its by_type index unless --index, as in the template
+# Usage: bench/aws-calls.sh [N] [--no-mirror] [--index] [--updates] [--eventbridge] [--record-completion]
+#   the mirror is on unless --no-mirror, without its by_type index unless --index, as in the template;
+#   the worker completes a batch with one write unless --record-completion (IDEMPOTENCY_COMPLETION=record)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-200}

@@ -1,6 +1,14 @@
 //! The DynamoDB adapter of the [`IdempotencyStore`] port. Record shape (Powertools-compatible): `pk`,
 //! `status`, `expiration` (Unix s, the table's TTL attribute), `in_progress_expiration` (Unix ms, the
 //! lease), `lease_token`, `payload_hash`, `claimed_at` / `completed_at` (Unix ms).
+//!
+//! Completing by batch ([`DynamoStore::with_batch_completion`], the worker Lambda's default): a claim
+//! also carries `batch` (the batch's id) and `slot` (its index in the batch) and stays IN_PROGRESS; the
+//! batch's completion is one item, `pk` = `batch#<id>`, with `slots` (a number set of the completed
+//! slots), `expiration` and `completed_at`. One write completes up to a whole batch instead of one per
+//! record. A refused claim on such a record reads the batch's item to tell a completed record from one in
+//! flight or abandoned; a claim never takes over a record of a batch without that read, since the write's
+//! condition cannot look at another item.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -17,20 +25,27 @@ use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 
 use crate::plumbing::clock::Clock;
 use crate::processing::idempotency::{
-    Claim, ClaimOutcome, IdempotencyStore, Lease, StoreError, StoredRecord, COMPLETED, IN_PROGRESS,
+    BatchSlot, Claim, ClaimOutcome, IdempotencyStore, Lease, StoreError, StoredRecord, COMPLETED, IN_PROGRESS,
 };
 use crate::reconcile::watermark::{self, WatermarkError, Watermarks};
 use crate::reconcile::ObjectType;
 
-const CLAIM_CONDITION: &str =
-    "attribute_not_exists(pk) OR #exp < :now OR (#status = :in_progress AND #lease < :now_ms)";
+/// Absent, expired, or abandoned (an expired lease) by a holder that completes on its own: a record of a
+/// batch is only taken over after its batch's completion was read ([`TAKEOVER_CONDITION`]).
+const CLAIM_CONDITION: &str = "attribute_not_exists(pk) OR #exp < :now \
+     OR (#status = :in_progress AND #lease < :now_ms AND attribute_not_exists(#batch))";
+/// Still the abandoned record that was read: the same holder, its lease expired.
+const TAKEOVER_CONDITION: &str = "#status = :in_progress AND lease_token = :old_token AND #lease < :now_ms";
 const HOLDER_CONDITION: &str = "#status = :in_progress AND lease_token = :token";
+/// The key prefix of a batch's completion item.
+const BATCH_PREFIX: &str = "batch#";
 
 #[derive(Clone)]
 pub struct DynamoStore {
     client: Client,
     table: String,
     clock: Arc<dyn Clock>,
+    batch_completion: bool,
 }
 
 impl fmt::Debug for DynamoStore {
@@ -43,11 +58,21 @@ impl fmt::Debug for DynamoStore {
 
 impl DynamoStore {
     /// A store on `table`, with completion times from `clock` (claims carry their own times).
+    /// Each record is completed on its own (one write each).
     pub fn new(client: Client, table: impl Into<String>, clock: Arc<dyn Clock>) -> Self {
         Self {
             client,
             table: table.into(),
             clock,
+            batch_completion: false,
+        }
+    }
+
+    /// This store, completing a batch's records with one write when `on` (see the module's comment).
+    pub fn with_batch_completion(self, on: bool) -> Self {
+        Self {
+            batch_completion: on,
+            ..self
         }
     }
 
@@ -56,7 +81,7 @@ impl DynamoStore {
     }
 
     /// Reads a record (consistently). Used when a refused claim came back without the old item.
-    async fn read(&self, key: &str) -> Result<Option<StoredRecord>, StoreError> {
+    async fn read(&self, key: &str) -> Result<Option<Refused>, StoreError> {
         let out = self
             .client
             .get_item()
@@ -66,8 +91,151 @@ impl DynamoStore {
             .send()
             .await
             .map_err(store_error)?;
-        Ok(out.item.as_ref().map(record_from))
+        Ok(out.item.as_ref().map(refused_from))
     }
+
+    /// Writes `claim` as held by `lease`: a new claim, or, with `from`, a takeover of the abandoned record
+    /// whose holder had that lease token.
+    async fn put_claim(
+        &self,
+        claim: &Claim,
+        lease: &Lease,
+        from: Option<&str>,
+    ) -> Result<(), SdkError<PutItemError, HttpResponse>> {
+        let mut put = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .item("pk", s(claim.key.as_str()))
+            .item("status", s(IN_PROGRESS))
+            .item("expiration", n(claim.expiration))
+            .item("in_progress_expiration", n(claim.lease_until_ms))
+            .item("lease_token", s(&lease.token))
+            .item("payload_hash", s(&claim.payload_hash))
+            .item("claimed_at", n(claim.now_ms))
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_names("#lease", "in_progress_expiration")
+            .expression_attribute_values(":now_ms", n(claim.now_ms))
+            .expression_attribute_values(":in_progress", s(IN_PROGRESS))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
+        if let Some(slot) = &lease.batch {
+            put = put
+                .item("batch", s(&slot.batch))
+                .item("slot", n(i64::from(slot.slot)));
+        }
+        put = match from {
+            Some(token) => put
+                .condition_expression(TAKEOVER_CONDITION)
+                .expression_attribute_values(":old_token", s(token)),
+            None => put
+                .condition_expression(CLAIM_CONDITION)
+                .expression_attribute_names("#exp", "expiration")
+                .expression_attribute_names("#batch", "batch")
+                .expression_attribute_values(":now", n(claim.now_secs())),
+        };
+        put.send().await.map(|_| ())
+    }
+
+    /// Whether the batch's completion lists `slot` (read consistently).
+    async fn batch_completed(&self, slot: &BatchSlot) -> Result<bool, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(format!("{BATCH_PREFIX}{}", slot.batch)))
+            .projection_expression("slots")
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(store_error)?;
+        let wanted = slot.slot.to_string();
+        Ok(out
+            .item
+            .as_ref()
+            .and_then(|item| item.get("slots"))
+            .and_then(|slots| slots.as_ns().ok())
+            .is_some_and(|slots| slots.contains(&wanted)))
+    }
+
+    /// Completes one batch's `leases` with one write: their slots are added to the batch's item.
+    async fn complete_slots(
+        &self,
+        batch: &str,
+        leases: &[&Lease],
+        expiration: i64,
+    ) -> Result<(), StoreError> {
+        let slots = leases
+            .iter()
+            .filter_map(|lease| lease.batch.as_ref())
+            .map(|slot| slot.slot.to_string())
+            .collect();
+        self.client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(format!("{BATCH_PREFIX}{batch}")))
+            .update_expression("ADD slots :slots SET #exp = :exp, completed_at = :now_ms")
+            .expression_attribute_names("#exp", "expiration")
+            .expression_attribute_values(":slots", AttributeValue::Ns(slots))
+            .expression_attribute_values(":exp", n(expiration))
+            .expression_attribute_values(":now_ms", n(self.clock.now_ms()))
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(store_error)
+    }
+
+    /// Completes one record on its own, if `lease` still holds it.
+    async fn complete_record(&self, lease: &Lease, expiration: i64) -> Result<(), StoreError> {
+        let now_ms = self.clock.now_ms();
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(lease.key.as_str()))
+            .update_expression("SET #status = :completed, #exp = :exp, completed_at = :now_ms")
+            .condition_expression(HOLDER_CONDITION)
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_names("#exp", "expiration")
+            .expression_attribute_values(":completed", s(COMPLETED))
+            .expression_attribute_values(":in_progress", s(IN_PROGRESS))
+            .expression_attribute_values(":exp", n(expiration))
+            .expression_attribute_values(":now_ms", n(now_ms))
+            .expression_attribute_values(":token", s(&lease.token))
+            .send()
+            .await;
+        held(result, lease)
+    }
+}
+
+impl DynamoStore {
+    /// The record behind a claim's failed condition (`None` when it has gone since); any other error is
+    /// the store's.
+    async fn refusing(
+        &self,
+        error: SdkError<PutItemError, HttpResponse>,
+        claim: &Claim,
+    ) -> Result<Option<Refused>, StoreError> {
+        let old = match &error {
+            SdkError::ServiceError(c) => match c.err() {
+                PutItemError::ConditionalCheckFailedException(e) => Some(e.item().map(refused_from)),
+                _ => None,
+            },
+            _ => None,
+        };
+        match old {
+            None => Err(store_error(error)),
+            Some(Some(record)) => Ok(Some(record)),
+            Some(None) => self.read(claim.key.as_str()).await,
+        }
+    }
+}
+
+/// A record that refused a claim, with what a takeover needs.
+struct Refused {
+    record: StoredRecord,
+    lease_token: Option<String>,
+    /// The batch that completes it, when its holder completes by batch.
+    batch: Option<BatchSlot>,
 }
 
 fn s(v: impl Into<String>) -> AttributeValue {
@@ -78,19 +246,27 @@ fn n(v: i64) -> AttributeValue {
     AttributeValue::N(v.to_string())
 }
 
-fn record_from(item: &HashMap<String, AttributeValue>) -> StoredRecord {
+fn refused_from(item: &HashMap<String, AttributeValue>) -> Refused {
     let text = |name: &str| item.get(name).and_then(|v| v.as_s().ok()).cloned();
     let number = |name: &str| {
         item.get(name)
             .and_then(|v| v.as_n().ok())
             .and_then(|v| v.parse::<i64>().ok())
-            .unwrap_or(0)
     };
-    StoredRecord {
-        status: text("status").unwrap_or_default(),
-        payload_hash: text("payload_hash"),
-        expiration: number("expiration"),
-        in_progress_expiration: number("in_progress_expiration"),
+    Refused {
+        record: StoredRecord {
+            status: text("status").unwrap_or_default(),
+            payload_hash: text("payload_hash"),
+            expiration: number("expiration").unwrap_or(0),
+            in_progress_expiration: number("in_progress_expiration").unwrap_or(0),
+        },
+        lease_token: text("lease_token"),
+        batch: text("batch").map(|batch| BatchSlot {
+            batch,
+            slot: number("slot")
+                .and_then(|n| u32::try_from(n).ok())
+                .unwrap_or(u32::MAX),
+        }),
     }
 }
 
@@ -125,46 +301,42 @@ impl IdempotencyStore for DynamoStore {
         // A refused claim explains itself from the old item. If the record changed between the write and
         // that explanation (it expired or was released just then), try again, a bounded number of times.
         for _ in 0..3 {
-            let lease = Lease::new(claim.key.clone());
-            let result = self
-                .client
-                .put_item()
-                .table_name(&self.table)
-                .item("pk", s(claim.key.as_str()))
-                .item("status", s(IN_PROGRESS))
-                .item("expiration", n(claim.expiration))
-                .item("in_progress_expiration", n(claim.lease_until_ms))
-                .item("lease_token", s(&lease.token))
-                .item("payload_hash", s(&claim.payload_hash))
-                .item("claimed_at", n(claim.now_ms))
-                .condition_expression(CLAIM_CONDITION)
-                .expression_attribute_names("#exp", "expiration")
-                .expression_attribute_names("#status", "status")
-                .expression_attribute_names("#lease", "in_progress_expiration")
-                .expression_attribute_values(":now", n(claim.now_secs()))
-                .expression_attribute_values(":now_ms", n(claim.now_ms))
-                .expression_attribute_values(":in_progress", s(IN_PROGRESS))
-                .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
-                .send()
-                .await;
-            let error = match result {
-                Ok(_) => return Ok(ClaimOutcome::Claimed(lease)),
+            let lease = Lease::new(claim.key.clone()).in_batch(claim.batch.clone());
+            let error = match self.put_claim(claim, &lease, None).await {
+                Ok(()) => return Ok(ClaimOutcome::Claimed(lease)),
                 Err(error) => error,
             };
-            let old = match &error {
-                SdkError::ServiceError(c) => match c.err() {
-                    PutItemError::ConditionalCheckFailedException(e) => Some(e.item().map(record_from)),
-                    _ => None,
-                },
-                _ => None,
+            let Some(old) = self.refusing(error, claim).await? else {
+                continue;
             };
-            let old = match old {
-                None => return Err(store_error(error)),
-                Some(Some(record)) => Some(record),
-                Some(None) => self.read(claim.key.as_str()).await?,
+            let refusal = old.record.refusal(claim);
+            // Only an unexpired IN_PROGRESS record of a batch needs its batch's completion read.
+            let slot = old
+                .batch
+                .as_ref()
+                .filter(|_| old.record.status == IN_PROGRESS && old.record.expiration >= claim.now_secs());
+            let Some(slot) = slot else {
+                match refusal {
+                    Some(refusal) => return Ok(refusal),
+                    None => continue,
+                }
             };
-            if let Some(refusal) = old.and_then(|record| record.refusal(claim)) {
-                return Ok(refusal);
+            if self.batch_completed(slot).await? {
+                return Ok(ClaimOutcome::Completed {
+                    same_payload: old.record.payload_hash.as_deref() == Some(claim.payload_hash.as_str()),
+                });
+            }
+            if let Some(in_flight) = refusal {
+                return Ok(in_flight);
+            }
+            // Abandoned: its lease expired and its batch never completed it. Take it over from that
+            // holder, unless another worker did first.
+            let token = old.lease_token.unwrap_or_default();
+            match self.put_claim(claim, &lease, Some(&token)).await {
+                Ok(()) => return Ok(ClaimOutcome::Claimed(lease)),
+                Err(error) => {
+                    self.refusing(error, claim).await?;
+                }
             }
         }
         Err(StoreError::Unavailable(format!(
@@ -174,24 +346,40 @@ impl IdempotencyStore for DynamoStore {
     }
 
     async fn complete(&self, lease: &Lease, expiration: i64) -> Result<(), StoreError> {
-        let now_ms = self.clock.now_ms();
-        let result = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key("pk", s(lease.key.as_str()))
-            .update_expression("SET #status = :completed, #exp = :exp, completed_at = :now_ms")
-            .condition_expression(HOLDER_CONDITION)
-            .expression_attribute_names("#status", "status")
-            .expression_attribute_names("#exp", "expiration")
-            .expression_attribute_values(":completed", s(COMPLETED))
-            .expression_attribute_values(":in_progress", s(IN_PROGRESS))
-            .expression_attribute_values(":exp", n(expiration))
-            .expression_attribute_values(":now_ms", n(now_ms))
-            .expression_attribute_values(":token", s(&lease.token))
-            .send()
-            .await;
-        held(result, lease)
+        match &lease.batch {
+            Some(slot) => self.complete_slots(&slot.batch, &[lease], expiration).await,
+            None => self.complete_record(lease, expiration).await,
+        }
+    }
+
+    fn completes_by_batch(&self) -> bool {
+        self.batch_completion
+    }
+
+    /// One write per batch among `leases` (its item's `slots` gain theirs), one per lease without one.
+    async fn complete_batch(&self, leases: &[Lease], expiration: i64) -> Vec<Result<(), StoreError>> {
+        let mut batches: Vec<(&str, Vec<&Lease>)> = Vec::new();
+        for slot in leases.iter().filter_map(|lease| lease.batch.as_ref()) {
+            if !batches.iter().any(|(batch, _)| *batch == slot.batch) {
+                let members = leases
+                    .iter()
+                    .filter(|lease| lease.batch.as_ref().is_some_and(|s| s.batch == slot.batch))
+                    .collect();
+                batches.push((&slot.batch, members));
+            }
+        }
+        let mut written = HashMap::new();
+        for (batch, members) in &batches {
+            written.insert(*batch, self.complete_slots(batch, members, expiration).await);
+        }
+        let mut results = Vec::with_capacity(leases.len());
+        for lease in leases {
+            results.push(match &lease.batch {
+                Some(slot) => written[slot.batch.as_str()].clone(),
+                None => self.complete_record(lease, expiration).await,
+            });
+        }
+        results
     }
 
     async fn release(&self, lease: &Lease) -> Result<(), StoreError> {

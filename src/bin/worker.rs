@@ -76,7 +76,10 @@ async fn main() -> anyhow::Result<()> {
     let routes = router.describe();
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let worker = Arc::new(Worker::new(
-        Arc::new(DynamoStore::new(dynamodb, config.table, clock.clone())),
+        Arc::new(
+            DynamoStore::new(dynamodb, config.table, clock.clone())
+                .with_batch_completion(config.batch_completion),
+        ),
         Arc::new(SqsDeadLetterQueue::new(sqs.clone(), config.dead_letter_queue_url)),
         router,
         clock,

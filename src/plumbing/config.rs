@@ -461,6 +461,9 @@ pub struct WorkerLambdaConfig {
     pub mirror_table: Option<String>,
     /// The EventBridge bus to publish to (`EVENT_BUS_NAME`), with the entries' source and the topics.
     pub eventbridge: Option<EventBridgeConfig>,
+    /// `IDEMPOTENCY_COMPLETION`: `batch` (the default) completes a batch's records with one write,
+    /// `record` writes each record's completion on its own.
+    pub batch_completion: bool,
     pub worker: WorkerConfig,
 }
 
@@ -487,6 +490,16 @@ impl WorkerLambdaConfig {
                         .unwrap_or_else(|| "intercom".to_owned()),
                     topics: topic_list(env, "EVENTBRIDGE_TOPICS", &["*"])?,
                 }),
+            },
+            batch_completion: match env.optional("IDEMPOTENCY_COMPLETION").as_deref().map(str::trim) {
+                None | Some("" | "batch") => true,
+                Some("record") => false,
+                Some(other) => {
+                    return Err(ConfigError::Invalid {
+                        name: "IDEMPOTENCY_COMPLETION",
+                        reason: format!("{other:?} is neither \"batch\" nor \"record\""),
+                    })
+                }
             },
             worker: WorkerConfig::from_env(env)?,
         })
@@ -998,5 +1011,24 @@ mod tests {
             ))
             .unwrap();
         assert_eq!(config.mirror_table.as_deref(), Some("stack-MirrorTable-1"));
+    }
+
+    #[test]
+    fn worker_lambda_completes_by_batch_unless_told_record() {
+        let base = [("IDEMPOTENCY_TABLE", "t"), ("DEAD_LETTER_QUEUE_URL", "d")];
+        let with = |value: &str| {
+            WorkerLambdaConfig::from_env(&env(&[&base[..], &[("IDEMPOTENCY_COMPLETION", value)]].concat()))
+        };
+        assert!(
+            WorkerLambdaConfig::from_env(&env(&base))
+                .unwrap()
+                .batch_completion
+        );
+        assert!(with("batch").unwrap().batch_completion);
+        assert!(with(" ").unwrap().batch_completion, "blank counts as unset");
+        assert!(!with("record").unwrap().batch_completion);
+        let err = with("per-batch").unwrap_err().to_string();
+        assert!(err.contains("IDEMPOTENCY_COMPLETION"), "{err}");
+        assert!(err.contains("\"per-batch\" is neither"), "{err}");
     }
 }

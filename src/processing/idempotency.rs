@@ -1,6 +1,12 @@
 //! The idempotency state machine: a notification is claimed (IN_PROGRESS, with a lease), then completed
 //! (COMPLETED until the retention ends) or released (deleted) by whoever holds the lease. Every move is
 //! one conditional write in the store; nothing is read-then-written.
+//!
+//! A store may also complete a whole batch with one write ([`IdempotencyStore::completes_by_batch`]): each
+//! claim then names its [`BatchSlot`], the worker completes the batch's handled claims together when the
+//! batch ends, and a record still IN_PROGRESS counts as completed when its batch's completion lists its
+//! slot. A record taken over or released names another batch or none, so a late batch completion never
+//! marks it.
 
 use std::fmt;
 
@@ -59,6 +65,23 @@ pub struct Claim {
     pub lease_until_ms: i64,
     /// When the record may be forgotten (Unix seconds; the table's TTL attribute).
     pub expiration: i64,
+    /// The claim's place in its batch, when the store completes by batch; `None` otherwise.
+    pub batch: Option<BatchSlot>,
+}
+
+/// Where a claim's completion will be written: the batch (a random 128-bit id, one per batch the worker
+/// processes) and the claim's slot in it (its record's index in the batch).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct BatchSlot {
+    pub batch: String,
+    pub slot: u32,
+}
+
+impl BatchSlot {
+    /// A new batch's id.
+    pub fn new_batch_id() -> String {
+        uuid::Uuid::new_v4().simple().to_string()
+    }
 }
 
 impl Claim {
@@ -72,6 +95,8 @@ impl Claim {
 pub struct Lease {
     pub key: IdempotencyKey,
     pub token: String,
+    /// The batch whose completion completes this claim, when the store completes by batch.
+    pub batch: Option<BatchSlot>,
 }
 
 impl Lease {
@@ -79,7 +104,13 @@ impl Lease {
         Self {
             key,
             token: uuid::Uuid::new_v4().simple().to_string(),
+            batch: None,
         }
+    }
+
+    /// This lease, completed with the batch `slot` names.
+    pub fn in_batch(self, slot: Option<BatchSlot>) -> Self {
+        Self { batch: slot, ..self }
     }
 }
 
@@ -134,6 +165,24 @@ pub trait IdempotencyStore: Send + Sync {
     async fn complete(&self, lease: &Lease, expiration: i64) -> Result<(), StoreError>;
     /// Deletes the record, if `lease` still holds it, so a later delivery can claim it.
     async fn release(&self, lease: &Lease) -> Result<(), StoreError>;
+
+    /// Whether claims should name their [`BatchSlot`] and be completed together with
+    /// [`IdempotencyStore::complete_batch`] when their batch ends (one write per batch instead of one
+    /// per record). `false` unless the store says otherwise.
+    fn completes_by_batch(&self) -> bool {
+        false
+    }
+
+    /// Marks every lease completed until `expiration` (Unix s), one result per lease in order. By
+    /// default one [`IdempotencyStore::complete`] each; a store that completes by batch writes each
+    /// batch's completion once.
+    async fn complete_batch(&self, leases: &[Lease], expiration: i64) -> Vec<Result<(), StoreError>> {
+        let mut results = Vec::with_capacity(leases.len());
+        for lease in leases {
+            results.push(self.complete(lease, expiration).await);
+        }
+        results
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -188,6 +237,7 @@ mod tests {
             now_ms,
             lease_until_ms: now_ms + 1000,
             expiration: now_ms / 1000 + 60,
+            batch: None,
         }
     }
 

@@ -14,7 +14,7 @@ use crate::plumbing::clock::Clock;
 use crate::plumbing::metrics::Metrics;
 use crate::processing::handler::{Freshness, HandlerContext, HandlerError, Wants};
 use crate::processing::idempotency::{
-    payload_hash, Claim, ClaimOutcome, IdempotencyKey, IdempotencyStore, StoreError,
+    payload_hash, BatchSlot, Claim, ClaimOutcome, IdempotencyKey, IdempotencyStore, Lease, StoreError,
 };
 use crate::processing::router::Router;
 use crate::receiving::notification::{EnvelopeError, Notification};
@@ -172,6 +172,8 @@ struct RecordEnd {
     error: Option<RecordError>,
     /// The handlers that ran, when an observer wants them.
     handlers: Vec<HandlerRun>,
+    /// A handled claim the batch completes when it ends (stores that complete by batch).
+    to_complete: Option<Lease>,
 }
 
 impl RecordEnd {
@@ -180,6 +182,7 @@ impl RecordEnd {
             outcome,
             error: None,
             handlers: Vec::new(),
+            to_complete: None,
         }
     }
 
@@ -188,6 +191,7 @@ impl RecordEnd {
             outcome,
             error: Some(error),
             handlers: Vec::new(),
+            to_complete: None,
         }
     }
 
@@ -297,31 +301,67 @@ impl Worker {
     ///
     /// Records still being claimed or handled `deadline_margin` before the deadline are cut off and
     /// retried; a completion write or a dead-letter send that has started is never cut off.
+    ///
+    /// With a store that completes by batch, each claim names its slot in this batch, and the handled
+    /// records are completed together once every record has ended (within the margin).
     pub async fn process_batch(&self, records: Vec<Record>, deadline_ms: i64) -> BatchResult {
         let concurrency = self.settings.concurrency.max(1);
         let cutoff = self.cutoff(deadline_ms);
-        let results: Vec<(String, RecordEnd)> = futures::stream::iter(records)
-            .map(|record| async move {
-                let end = self.process_record(&record, deadline_ms, cutoff).await;
+        let batch = self.store.completes_by_batch().then(BatchSlot::new_batch_id);
+        let batch = batch.as_deref();
+        let results: Vec<(String, RecordEnd)> = futures::stream::iter(records.into_iter().enumerate())
+            .map(|(index, record)| async move {
+                let slot = batch.map(|batch| BatchSlot {
+                    batch: batch.to_owned(),
+                    slot: index as u32,
+                });
+                let end = self.process_record(&record, deadline_ms, cutoff, slot).await;
                 (record.message_id, end)
             })
             .buffered(concurrency)
             .collect()
             .await;
         let mut result = BatchResult::default();
+        let mut handled = Vec::new();
         for (id, end) in results {
             if let Some(error) = end.error {
                 result.errors.insert(id.clone(), error);
             }
+            handled.extend(end.to_complete);
             result.outcomes.push((id, end.outcome));
+        }
+        if !handled.is_empty() {
+            self.complete_batch(&handled).await;
         }
         result
     }
 
-    /// Processes one record, logging its outcome line.
+    /// Processes one record, logging its outcome line. Its claim is completed on its own.
     pub async fn process(&self, record: &Record, deadline_ms: i64) -> Outcome {
         let cutoff = self.cutoff(deadline_ms);
-        self.process_record(record, deadline_ms, cutoff).await.outcome
+        self.process_record(record, deadline_ms, cutoff, None)
+            .await
+            .outcome
+    }
+
+    /// Completes the handled claims of a batch. A failure is logged: the effects happened, and
+    /// acknowledging keeps them from happening again for these messages.
+    async fn complete_batch(&self, leases: &[Lease]) {
+        let results = self.store.complete_batch(leases, self.expiration()).await;
+        let failed: Vec<&StoreError> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+        if let Some(error) = failed.first() {
+            warn!(
+                failed = failed.len(),
+                handled = leases.len(),
+                %error,
+                "handled, but the batch's records could not all be marked completed"
+            );
+        }
+    }
+
+    /// When a record completed now may be forgotten (Unix s).
+    fn expiration(&self) -> i64 {
+        self.clock.now_ms().div_euclid(1000) + self.settings.retention.as_secs() as i64
     }
 
     fn cutoff(&self, deadline_ms: i64) -> Cutoff {
@@ -342,7 +382,13 @@ impl Worker {
     }
 
     /// One record, from its body to its outcome line: parse, then [`Worker::handle_once`].
-    async fn process_record(&self, record: &Record, deadline_ms: i64, cutoff: Cutoff) -> RecordEnd {
+    async fn process_record(
+        &self,
+        record: &Record,
+        deadline_ms: i64,
+        cutoff: Cutoff,
+        slot: Option<BatchSlot>,
+    ) -> RecordEnd {
         let span = tracing::info_span!(
             "notification",
             notification_id = field::Empty,
@@ -375,7 +421,7 @@ impl Worker {
         span.record("topic", topic);
         let end = match &parsed {
             Ok(notification) => {
-                self.handle_once(record, notification, deadline_ms, cutoff)
+                self.handle_once(record, notification, deadline_ms, cutoff, slot)
                     .instrument(span.clone())
                     .await
             }
@@ -415,13 +461,14 @@ impl Worker {
     }
 
     /// Claims the notification, runs its handlers, then completes the claim (or releases it and retries,
-    /// or dead-letters): handled once in effect.
+    /// or dead-letters): handled once in effect. A claim in a batch `slot` is completed with its batch.
     async fn handle_once(
         &self,
         record: &Record,
         notification: &Notification,
         deadline_ms: i64,
         cutoff: Cutoff,
+        slot: Option<BatchSlot>,
     ) -> RecordEnd {
         let handlers = self.router.handlers_for(notification.topic().as_str());
         if handlers.is_empty() || notification.envelope.is_ping() {
@@ -440,6 +487,7 @@ impl Worker {
             now_ms,
             lease_until_ms: lease_end(now_ms, deadline_ms, visibility_ms),
             expiration: now_ms.div_euclid(1000) + self.settings.retention.as_secs() as i64,
+            batch: slot,
         };
         // Cut off, a claim that was written holds its lease until the deadline, when it ends on its own.
         let claimed = match tokio::time::timeout_at(cutoff.at, self.store.claim(&claim)).await {
@@ -533,9 +581,12 @@ impl Worker {
 
         let end = match ran {
             Ok(stale) => {
-                let expiration =
-                    self.clock.now_ms().div_euclid(1000) + self.settings.retention.as_secs() as i64;
-                match self.store.complete(&lease, expiration).await {
+                let mut end = RecordEnd::new(if stale { Outcome::Stale } else { Outcome::Processed });
+                if lease.batch.is_some() {
+                    end.to_complete = Some(lease);
+                    return end.with_handlers(runs);
+                }
+                match self.store.complete(&lease, self.expiration()).await {
                     Ok(()) => {}
                     Err(StoreError::LeaseLost(_)) => {
                         warn!("handled, but the lease expired and another worker took the claim over")
@@ -543,7 +594,7 @@ impl Worker {
                     // The effects happened; acknowledging keeps them from happening again for this message.
                     Err(error) => warn!(%error, "handled, but the record could not be marked completed"),
                 }
-                RecordEnd::new(if stale { Outcome::Stale } else { Outcome::Processed })
+                end
             }
             Err(
                 error @ RecordError::Handler {
@@ -566,13 +617,13 @@ impl Worker {
     }
 
     /// Releases, giving up at `by` (the lease's end, when the claim lapses anyway).
-    async fn release_by(&self, lease: &crate::processing::idempotency::Lease, by: Instant) {
+    async fn release_by(&self, lease: &Lease, by: Instant) {
         if tokio::time::timeout_at(by, self.release(lease)).await.is_err() {
             warn!("could not release the claim before its lease ends; it lapses then");
         }
     }
 
-    async fn release(&self, lease: &crate::processing::idempotency::Lease) {
+    async fn release(&self, lease: &Lease) {
         if let Err(error) = self.store.release(lease).await {
             // The lease expires on its own; a later delivery can then claim the record.
             warn!(%error, "could not release the claim");

@@ -25,6 +25,7 @@ fn claim(key: &str, hash: &str, now_ms: i64, lease_ms: i64) -> Claim {
         now_ms,
         lease_until_ms: now_ms + lease_ms,
         expiration: now_ms / 1000 + 3600,
+        batch: None,
     }
 }
 

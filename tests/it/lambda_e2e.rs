@@ -12,8 +12,14 @@ use std::time::{Duration, Instant};
 use crate::support::{
     create_mirror_table, create_queue, create_table, fixture, free_port, sign, unique, TEST_SECRET,
 };
+use intercom_webhooks::aws::dynamodb::DynamoStore;
 use intercom_webhooks::aws::mirror::DynamoMirror;
+use intercom_webhooks::plumbing::clock::{unix_ms_now, SystemClock};
+use intercom_webhooks::processing::idempotency::{
+    payload_hash, Claim, ClaimOutcome, IdempotencyKey, IdempotencyStore,
+};
 use intercom_webhooks::processing::mirror::Mirror;
+use intercom_webhooks::receiving::notification::Notification;
 use intercom_webhooks::receiving::queue::attr;
 use serde_json::{json, Value};
 
@@ -271,19 +277,39 @@ async fn receiver_and_worker_under_the_lambda_emulator() {
     // The duplicate in the same batch is either reported for retry (claim in flight) or acknowledged.
     assert!(failures.len() <= 1, "{answer}");
 
-    // The table holds one COMPLETED record per notification.
+    // The table holds one record per notification and the batch's completion (the worker completes by
+    // batch by default), and a claim of either notification now finds it completed.
     let items = crate::support::scan_items(&dynamo, &table).await;
-    assert_eq!(items.len(), 2, "{items:?}");
-    assert!(items.iter().all(|i| i["status"].as_s().unwrap() == "COMPLETED"));
+    assert_eq!(items.len(), 3, "{items:?}");
     let mut keys: Vec<String> = items.iter().map(|i| i["pk"].as_s().unwrap().clone()).collect();
     keys.sort();
+    assert!(keys[0].starts_with("batch#"), "{keys:?}");
     assert_eq!(
-        keys,
+        keys[1..],
         [
             "i6wc9ipe#notif_2c71fff0-65ef-46be-bbfe-dbf637bbff15",
             "i6wc9ipe#notif_3ac27816-d27c-45fd-a65a-bbaf021cf780"
         ]
     );
+    let store = DynamoStore::new(dynamo.clone(), &table, std::sync::Arc::new(SystemClock));
+    for body in [&created, &replied] {
+        let n = Notification::parse(body).unwrap();
+        let now = unix_ms_now();
+        let claim = Claim {
+            key: IdempotencyKey::for_notification(&n.id, n.app_id()),
+            payload_hash: payload_hash(&n.data),
+            now_ms: now,
+            lease_until_ms: now + 30_000,
+            expiration: now / 1000 + 3600,
+            batch: None,
+        };
+        assert_eq!(
+            store.claim(&claim).await.unwrap(),
+            ClaimOutcome::Completed { same_payload: true },
+            "{}",
+            n.id
+        );
+    }
     // The mirror holds both conversations, as delivered.
     let mirror = DynamoMirror::new(dynamo.clone(), &mirror_table);
     for (id, body) in [("21321941764", &created), ("21322009097", &replied)] {

@@ -3,6 +3,7 @@
 mod support;
 
 mod bad_input;
+mod batch_completion;
 mod cli;
 mod contract;
 mod dlq;

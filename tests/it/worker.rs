@@ -137,6 +137,7 @@ async fn concurrent_claims_of_one_id_have_exactly_one_winner() {
         now_ms: now,
         lease_until_ms: now + 30_000,
         expiration: now / 1000 + 3600,
+        batch: None,
     };
     let results = futures::future::join_all((0..16).map(|_| s.store.claim(&claim))).await;
     let winners = results
@@ -183,6 +184,7 @@ async fn an_expired_lease_is_taken_over_and_the_dead_workers_late_writes_are_ref
             now_ms: now,
             lease_until_ms: now + 1_000,
             expiration: now / 1000 + 3600,
+            batch: None,
         })
         .await
         .unwrap()

@@ -1,0 +1,454 @@
+//! Completing by batch (the worker Lambda's default, `IDEMPOTENCY_COMPLETION=batch`) against the AWS
+//! emulator: a batch's handled records are completed with one write, and every way a record can end or
+//! be found again (a duplicate, a copy in flight, a failure, an abandoned claim, a late completion, the
+//! retention's end) keeps each notification handled once.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_sdk_dynamodb::types::AttributeValue;
+use serde_json::json;
+
+use crate::support::scripted::Scripted;
+use crate::support::{
+    create_queue, create_table, notification_body, observed_dynamo, record, unique, Operations,
+};
+use intercom_webhooks::aws::dynamodb::DynamoStore;
+use intercom_webhooks::aws::sqs::SqsDeadLetterQueue;
+use intercom_webhooks::plumbing::clock::{Clock, ShiftedClock};
+use intercom_webhooks::plumbing::metrics::Metrics;
+use intercom_webhooks::processing::handler::HandlerError;
+use intercom_webhooks::processing::idempotency::{
+    BatchSlot, Claim, ClaimOutcome, IdempotencyKey, IdempotencyStore, Lease, StoreError,
+};
+use intercom_webhooks::processing::router::Router;
+use intercom_webhooks::processing::worker::{Outcome, Record, Worker, WorkerSettings};
+
+type Item = HashMap<String, AttributeValue>;
+
+struct Setup {
+    worker: Worker,
+    handler: Arc<Scripted>,
+    store: Arc<DynamoStore>,
+    /// The operations the store sent (the worker's claims, reads and completions).
+    operations: Operations,
+    dynamo: aws_sdk_dynamodb::Client,
+    table: String,
+    clock: Arc<ShiftedClock>,
+    metrics: Arc<Metrics>,
+}
+
+async fn setup() -> Setup {
+    let sdk = crate::support::aws_config().await;
+    let dynamo = aws_sdk_dynamodb::Client::new(&sdk);
+    let sqs = aws_sdk_sqs::Client::new(&sdk);
+    let table = unique("idem-batch");
+    create_table(&dynamo, &table).await;
+    let dlq = create_queue(&sqs, &unique("dlq")).await;
+    let handler = Arc::new(Scripted::with_pause(Duration::from_millis(20)));
+    let clock = Arc::new(ShiftedClock::default());
+    let operations = Operations::default();
+    let store = Arc::new(
+        DynamoStore::new(observed_dynamo(&sdk, &operations), &table, clock.clone())
+            .with_batch_completion(true),
+    );
+    let metrics = Arc::new(Metrics::new());
+    let worker = Worker::new(
+        store.clone(),
+        Arc::new(SqsDeadLetterQueue::new(sqs, &dlq)),
+        Router::new().route("*", handler.clone()).unwrap(),
+        clock.clone(),
+        metrics.clone(),
+        WorkerSettings::default(),
+    );
+    Setup {
+        worker,
+        handler,
+        store,
+        operations,
+        dynamo,
+        table,
+        clock,
+        metrics,
+    }
+}
+
+fn body(id: &str) -> Vec<u8> {
+    notification_body(
+        id,
+        "conversation.user.created",
+        json!({"type": "conversation", "id": "1"}),
+    )
+}
+
+impl Setup {
+    fn deadline(&self) -> i64 {
+        self.clock.now_ms() + 60_000
+    }
+
+    async fn item(&self, key: &str) -> Option<Item> {
+        self.dynamo
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", AttributeValue::S(key.into()))
+            .consistent_read(true)
+            .send()
+            .await
+            .unwrap()
+            .item
+    }
+
+    /// The batch and slot a record names.
+    async fn slot_of(&self, id: &str) -> (String, u32) {
+        let item = self.item(&format!("testapp#{id}")).await.expect("a record");
+        assert_eq!(item["status"].as_s().unwrap(), "IN_PROGRESS", "{item:?}");
+        (
+            item["batch"].as_s().unwrap().clone(),
+            item["slot"].as_n().unwrap().parse().unwrap(),
+        )
+    }
+
+    /// The slots a batch's completion lists, sorted (empty when it has none).
+    async fn completed_slots(&self, batch: &str) -> Vec<u32> {
+        let mut slots: Vec<u32> = match self.item(&format!("batch#{batch}")).await {
+            Some(item) => item["slots"]
+                .as_ns()
+                .unwrap()
+                .iter()
+                .map(|s| s.parse().unwrap())
+                .collect(),
+            None => Vec::new(),
+        };
+        slots.sort();
+        slots
+    }
+
+    /// How many of each operation the store sent since the last call.
+    fn sent(&self) -> HashMap<String, usize> {
+        let mut counts = HashMap::new();
+        for operation in self.operations.take() {
+            *counts.entry(operation).or_default() += 1;
+        }
+        counts
+    }
+
+    /// A claim of `id` as a batch's worker makes it, held for `lease_ms`.
+    fn claim(&self, id: &str, batch: &str, slot: u32, lease_ms: i64) -> Claim {
+        let now = self.clock.now_ms();
+        Claim {
+            key: IdempotencyKey::from_stored(format!("testapp#{id}")),
+            payload_hash: intercom_webhooks::processing::idempotency::payload_hash(
+                &intercom_webhooks::receiving::notification::Notification::parse(&body(id))
+                    .unwrap()
+                    .data,
+            ),
+            now_ms: now,
+            lease_until_ms: now + lease_ms,
+            expiration: now / 1000 + 3600,
+            batch: Some(BatchSlot {
+                batch: batch.into(),
+                slot,
+            }),
+        }
+    }
+
+    async fn claimed(&self, claim: &Claim) -> Lease {
+        match self.store.claim(claim).await.unwrap() {
+            ClaimOutcome::Claimed(lease) => lease,
+            other => panic!("expected a claim, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_batch_is_completed_with_one_write_and_every_later_copy_is_a_duplicate() {
+    let s = setup().await;
+    let ids: Vec<String> = (0..9).map(|i| format!("notif_b{i}")).collect();
+    // Nine notifications and a second copy of the first, in one batch of ten.
+    let mut records: Vec<Record> = ids
+        .iter()
+        .map(|id| record(&format!("m-{id}"), &body(id)))
+        .collect();
+    records.push(record("m-copy", &body(&ids[0])));
+    let result = s.worker.process_batch(records.clone(), s.deadline()).await;
+    for id in &ids {
+        assert_eq!(s.handler.calls(id), 1, "{id}");
+    }
+    assert_eq!(result.count(Outcome::Processed), 9, "{result:?}");
+    // The copy met its twin's claim in flight: retried later, as SQS would.
+    assert_eq!(result.failures().len(), 1, "{result:?}");
+    let sent = s.sent();
+    assert_eq!(sent.get("PutItem"), Some(&10), "ten claims: {sent:?}");
+    assert_eq!(
+        sent.get("UpdateItem"),
+        Some(&1),
+        "one completion for the batch: {sent:?}"
+    );
+    assert_eq!(
+        sent.get("GetItem"),
+        Some(&1),
+        "the copy read its twin's batch: {sent:?}"
+    );
+
+    // Every record names the batch and its own slot; the batch's item lists exactly those slots.
+    let mut slots = Vec::new();
+    let mut batches = std::collections::BTreeSet::new();
+    for id in &ids {
+        let (batch, slot) = s.slot_of(id).await;
+        batches.insert(batch);
+        slots.push(slot);
+    }
+    assert_eq!(batches.len(), 1, "{batches:?}");
+    let batch = batches.into_iter().next().unwrap();
+    assert_eq!(batch.len(), 32);
+    slots.sort();
+    assert_eq!(s.completed_slots(&batch).await, slots);
+    let item = s.item(&format!("batch#{batch}")).await.unwrap();
+    let expiration: i64 = item["expiration"].as_n().unwrap().parse().unwrap();
+    assert!(
+        (expiration - s.clock.now_ms() / 1000 - 7 * 86_400).abs() < 60,
+        "retention of 7 days by default: {item:?}"
+    );
+
+    // All ten again, in the order of another batch: duplicates, found through the batch's item.
+    let mut again = records.clone();
+    again.reverse();
+    let result = s.worker.process_batch(again, s.deadline()).await;
+    assert_eq!(result.count(Outcome::Duplicate), 10, "{result:?}");
+    assert!(result.failures().is_empty());
+    for id in &ids {
+        assert_eq!(s.handler.calls(id), 1, "{id}: the effect happened once");
+    }
+    let sent = s.sent();
+    assert_eq!(sent.get("UpdateItem"), None, "nothing new to complete: {sent:?}");
+    assert_eq!((sent.get("PutItem"), sent.get("GetItem")), (Some(&10), Some(&10)));
+
+    // Once the batch's leases have ended (the records stay IN_PROGRESS, with lapsed leases), a copy is
+    // still a duplicate: a claim never takes over a record of a batch without reading the batch's item.
+    s.clock.advance(120_000);
+    let result = s
+        .worker
+        .process_batch(vec![record("m-after", &body(&ids[3]))], s.deadline())
+        .await;
+    assert_eq!(result.outcomes[0].1, Outcome::Duplicate);
+    assert_eq!(s.handler.calls(&ids[3]), 1);
+
+    // The id with another payload is a duplicate too, counted as a reused key.
+    let reused = notification_body(
+        &ids[1],
+        "conversation.user.created",
+        json!({"type": "conversation", "id": "2"}),
+    );
+    let result = s
+        .worker
+        .process_batch(vec![record("m-reused", &reused)], s.deadline())
+        .await;
+    assert_eq!(result.outcomes[0].1, Outcome::Duplicate);
+    assert_eq!(s.metrics.get("duplicate_payload_mismatch", &[]), 1);
+
+    // After the retention (7 days; moto never deletes by TTL, the claim's condition does) it is new again.
+    s.clock.advance(8 * 86_400 * 1000);
+    let result = s
+        .worker
+        .process_batch(vec![record("m-late", &body(&ids[2]))], s.deadline())
+        .await;
+    assert_eq!(result.outcomes[0].1, Outcome::Processed);
+    assert_eq!(s.handler.calls(&ids[2]), 2);
+}
+
+#[tokio::test]
+async fn only_the_handled_records_of_a_batch_are_completed() {
+    let s = setup().await;
+    s.handler
+        .fail("notif_down", 1, HandlerError::retryable("CRM down"));
+    s.handler
+        .fail("notif_bad", 1, HandlerError::permanent("contact has no e-mail"));
+    let records = vec![
+        record("ok1", &body("notif_ok1")),
+        record("down", &body("notif_down")),
+        record("bad", &body("notif_bad")),
+        record("ok2", &body("notif_ok2")),
+    ];
+    let result = s.worker.process_batch(records, s.deadline()).await;
+    assert_eq!(
+        result.outcomes,
+        [
+            ("ok1".to_owned(), Outcome::Processed),
+            ("down".to_owned(), Outcome::Retry),
+            ("bad".to_owned(), Outcome::DeadLettered),
+            ("ok2".to_owned(), Outcome::Processed),
+        ]
+    );
+    let (batch, first) = s.slot_of("notif_ok1").await;
+    let (same, last) = s.slot_of("notif_ok2").await;
+    assert_eq!((batch.as_str(), first, last), (same.as_str(), 0, 3));
+    assert_eq!(s.completed_slots(&batch).await, [0, 3]);
+    for released in ["notif_down", "notif_bad"] {
+        assert!(
+            s.item(&format!("testapp#{released}")).await.is_none(),
+            "{released}: claim released"
+        );
+    }
+    // The retried one is processed by its next delivery, once.
+    let result = s
+        .worker
+        .process_batch(vec![record("down", &body("notif_down"))], s.deadline())
+        .await;
+    assert_eq!(result.outcomes[0].1, Outcome::Processed);
+    let result = s
+        .worker
+        .process_batch(vec![record("down2", &body("notif_down"))], s.deadline())
+        .await;
+    assert_eq!(result.outcomes[0].1, Outcome::Duplicate);
+    assert_eq!(s.handler.calls("notif_down"), 2, "failed once, then handled once");
+}
+
+#[tokio::test]
+async fn an_abandoned_claim_is_taken_over_after_its_lease_and_a_late_batch_completion_marks_nothing() {
+    let s = setup().await;
+    // A worker's batch claims with a 1-second lease, then dies before completing.
+    let dead = s.claimed(&s.claim("notif_gone", "deadbatch", 4, 1_000)).await;
+    assert_eq!(dead.batch.as_ref().map(|b| b.slot), Some(4));
+
+    // While the lease holds, another delivery finds it in flight (its batch never completed it).
+    let result = s
+        .worker
+        .process_batch(vec![record("m1", &body("notif_gone"))], s.deadline())
+        .await;
+    assert_eq!(result.outcomes[0].1, Outcome::InFlight);
+    assert_eq!(s.handler.calls("notif_gone"), 0);
+
+    // Once it has lapsed, the next claim takes the record over from that holder.
+    s.clock.advance(2_000);
+    let successor_claim = s.claim("notif_gone", "nextbatch", 0, 30_000);
+    let successor = s.claimed(&successor_claim).await;
+    assert_ne!(successor.token, dead.token);
+    assert_eq!(s.slot_of("notif_gone").await, ("nextbatch".to_owned(), 0));
+
+    // The dead worker wakes up: its release is refused, and its late completion (a batch's completion is
+    // not conditional on the record) marks nothing, since the record names another batch now.
+    assert_eq!(
+        s.store.release(&dead).await,
+        Err(StoreError::LeaseLost(dead.key.clone()))
+    );
+    s.store
+        .complete(&dead, s.clock.now_ms() / 1000 + 3600)
+        .await
+        .unwrap();
+    assert_eq!(s.completed_slots("deadbatch").await, [4]);
+    assert_eq!(
+        s.store
+            .claim(&s.claim("notif_gone", "third", 0, 30_000))
+            .await
+            .unwrap(),
+        ClaimOutcome::InFlight {
+            lease_until_ms: successor_claim.lease_until_ms
+        },
+        "the successor still holds it"
+    );
+
+    // The successor dies too; after its lease the worker takes over, handles it, and completes it.
+    s.clock.advance(31_000);
+    let result = s
+        .worker
+        .process_batch(vec![record("m2", &body("notif_gone"))], s.deadline())
+        .await;
+    assert_eq!(result.outcomes[0].1, Outcome::Processed);
+    assert_eq!(s.handler.calls("notif_gone"), 1);
+    let (batch, slot) = s.slot_of("notif_gone").await;
+    assert_eq!(s.completed_slots(&batch).await, [slot]);
+    let result = s
+        .worker
+        .process_batch(vec![record("m3", &body("notif_gone"))], s.deadline())
+        .await;
+    assert_eq!(result.outcomes[0].1, Outcome::Duplicate);
+    assert_eq!(s.handler.calls("notif_gone"), 1);
+}
+
+#[tokio::test]
+async fn a_released_record_is_claimed_afresh_even_when_its_old_batch_completes_late() {
+    let s = setup().await;
+    let dead = s.claimed(&s.claim("notif_rel", "oldbatch", 2, 1_000)).await;
+    s.clock.advance(2_000);
+    // Taken over by a worker whose handler fails: the claim is released (the record deleted).
+    s.handler
+        .fail("notif_rel", 1, HandlerError::retryable("CRM down"));
+    let result = s
+        .worker
+        .process_batch(vec![record("m1", &body("notif_rel"))], s.deadline())
+        .await;
+    assert_eq!(result.outcomes[0].1, Outcome::Retry);
+    assert!(s.item("testapp#notif_rel").await.is_none());
+    // The first holder's completion arrives late: the next delivery is still handled.
+    s.store
+        .complete(&dead, s.clock.now_ms() / 1000 + 3600)
+        .await
+        .unwrap();
+    let result = s
+        .worker
+        .process_batch(vec![record("m2", &body("notif_rel"))], s.deadline())
+        .await;
+    assert_eq!(result.outcomes[0].1, Outcome::Processed);
+    assert_eq!(s.handler.calls("notif_rel"), 2, "failed once, then handled once");
+}
+
+#[tokio::test]
+async fn records_completed_one_by_one_and_by_batch_are_both_recognised() {
+    // A table used first with IDEMPOTENCY_COMPLETION=record, then with batch (or the other way round).
+    let s = setup().await;
+    let by_record = DynamoStore::new(s.dynamo.clone(), &s.table, s.clock.clone());
+    assert!(!by_record.completes_by_batch());
+    assert!(s.store.completes_by_batch());
+    let mut claim = s.claim("notif_rec", "unused", 0, 30_000);
+    claim.batch = None;
+    let lease = match by_record.claim(&claim).await.unwrap() {
+        ClaimOutcome::Claimed(lease) => lease,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(lease.batch, None);
+    by_record.complete(&lease, claim.expiration).await.unwrap();
+    let result = s
+        .worker
+        .process_batch(vec![record("m1", &body("notif_rec"))], s.deadline())
+        .await;
+    assert_eq!(result.outcomes[0].1, Outcome::Duplicate);
+
+    let result = s
+        .worker
+        .process_batch(vec![record("m2", &body("notif_bat"))], s.deadline())
+        .await;
+    assert_eq!(result.outcomes[0].1, Outcome::Processed);
+    assert_eq!(
+        by_record
+            .claim(&s.claim("notif_bat", "x", 0, 30_000))
+            .await
+            .unwrap(),
+        ClaimOutcome::Completed { same_payload: true }
+    );
+}
+
+#[tokio::test]
+async fn concurrent_takeovers_of_an_abandoned_claim_have_exactly_one_winner() {
+    let s = setup().await;
+    s.claimed(&s.claim("notif_race", "deadbatch", 0, 1_000)).await;
+    s.clock.advance(2_000);
+    let claims: Vec<Claim> = (0..12)
+        .map(|i| s.claim("notif_race", &format!("batch{i}"), i, 30_000))
+        .collect();
+    let results = futures::future::join_all(claims.iter().map(|c| s.store.claim(c))).await;
+    let winners: Vec<&Lease> = results
+        .iter()
+        .filter_map(|r| match r {
+            Ok(ClaimOutcome::Claimed(lease)) => Some(lease),
+            _ => None,
+        })
+        .collect();
+    let in_flight = results
+        .iter()
+        .filter(|r| matches!(r, Ok(ClaimOutcome::InFlight { .. })))
+        .count();
+    assert_eq!((winners.len(), in_flight), (1, 11), "{results:?}");
+    let slot = winners[0].batch.clone().unwrap();
+    assert_eq!(s.slot_of("notif_race").await, (slot.batch, slot.slot));
+}
