@@ -161,7 +161,9 @@ pub trait IdempotencyStore: Send + Sync {
     /// One conditional write: takes the record if it is absent, expired, or IN_PROGRESS with an expired
     /// lease; otherwise says why not.
     async fn claim(&self, claim: &Claim) -> Result<ClaimOutcome, StoreError>;
-    /// Marks the record COMPLETED until `expiration` (Unix s), if `lease` still holds it.
+    /// Marks the record COMPLETED until `expiration` (Unix s), if `lease` still holds it. A lease in a
+    /// batch is completed through its batch instead, without that check: the batch's completion only
+    /// counts for a record that still names the lease's slot.
     async fn complete(&self, lease: &Lease, expiration: i64) -> Result<(), StoreError>;
     /// Deletes the record, if `lease` still holds it, so a later delivery can claim it.
     async fn release(&self, lease: &Lease) -> Result<(), StoreError>;
