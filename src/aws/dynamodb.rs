@@ -1,6 +1,7 @@
-//! The DynamoDB adapter of the [`IdempotencyStore`] port. Record shape (Powertools-compatible): `pk`,
-//! `status`, `expiration` (Unix s, the table's TTL attribute), `in_progress_expiration` (Unix ms, the
-//! lease), `lease_token`, `payload_hash`, `claimed_at` / `completed_at` (Unix ms).
+//! The DynamoDB adapter of the [`IdempotencyStore`] port. Record shape (Powertools-compatible when each
+//! record is completed on its own): `pk`, `status`, `expiration` (Unix s, the table's TTL attribute),
+//! `in_progress_expiration` (Unix ms, the lease), `lease_token`, `payload_hash`, `claimed_at` /
+//! `completed_at` (Unix ms).
 //!
 //! Completing by batch ([`DynamoStore::with_batch_completion`], the worker Lambda's default): a claim
 //! also carries `batch` (the batch's id) and `slot` (its index in the batch) and stays IN_PROGRESS; the
@@ -8,7 +9,10 @@
 //! slots), `expiration` and `completed_at`. One write completes up to a whole batch instead of one per
 //! record. A refused claim on such a record reads the batch's item to tell a completed record from one in
 //! flight or abandoned; a claim never takes over a record of a batch without that read, since the write's
-//! condition cannot look at another item.
+//! condition cannot look at another item. (A reader that knows only Powertools' shape would take such a
+//! record, IN_PROGRESS with a lapsed lease, for an abandoned one.) The takeover is that read and then a
+//! write conditional on the lease token read: a batch completion landing between the two, which only a
+//! completion written after its own lease ended can do, is not seen.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -143,7 +147,8 @@ impl DynamoStore {
             .get_item()
             .table_name(&self.table)
             .key("pk", s(format!("{BATCH_PREFIX}{}", slot.batch)))
-            .projection_expression("slots")
+            .projection_expression("#slots")
+            .expression_attribute_names("#slots", "slots")
             .consistent_read(true)
             .send()
             .await
@@ -164,16 +169,21 @@ impl DynamoStore {
         leases: &[&Lease],
         expiration: i64,
     ) -> Result<(), StoreError> {
-        let slots = leases
+        let mut slots: Vec<u32> = leases
             .iter()
             .filter_map(|lease| lease.batch.as_ref())
-            .map(|slot| slot.slot.to_string())
+            .map(|slot| slot.slot)
             .collect();
+        // A number set holds each number once; DynamoDB refuses a set given with duplicates.
+        slots.sort_unstable();
+        slots.dedup();
+        let slots = slots.iter().map(u32::to_string).collect();
         self.client
             .update_item()
             .table_name(&self.table)
             .key("pk", s(format!("{BATCH_PREFIX}{batch}")))
-            .update_expression("ADD slots :slots SET #exp = :exp, completed_at = :now_ms")
+            .update_expression("ADD #slots :slots SET #exp = :exp, completed_at = :now_ms")
+            .expression_attribute_names("#slots", "slots")
             .expression_attribute_names("#exp", "expiration")
             .expression_attribute_values(":slots", AttributeValue::Ns(slots))
             .expression_attribute_values(":exp", n(expiration))

@@ -1,12 +1,13 @@
 //! The idempotency state machine: a notification is claimed (IN_PROGRESS, with a lease), then completed
 //! (COMPLETED until the retention ends) or released (deleted) by whoever holds the lease. Every move is
-//! one conditional write in the store; nothing is read-then-written.
+//! one conditional write in the store, except around batches (below).
 //!
 //! A store may also complete a whole batch with one write ([`IdempotencyStore::completes_by_batch`]): each
 //! claim then names its [`BatchSlot`], the worker completes the batch's handled claims together when the
 //! batch ends, and a record still IN_PROGRESS counts as completed when its batch's completion lists its
 //! slot. A record taken over or released names another batch or none, so a late batch completion never
-//! marks it.
+//! marks it. Deciding on such a record reads the batch's completion first, so taking it over is a read,
+//! then a write conditional on what was read.
 
 use std::fmt;
 
@@ -158,8 +159,9 @@ impl StoredRecord {
 /// The idempotency port.
 #[async_trait]
 pub trait IdempotencyStore: Send + Sync {
-    /// One conditional write: takes the record if it is absent, expired, or IN_PROGRESS with an expired
-    /// lease; otherwise says why not.
+    /// Takes the record if it is absent, expired, or IN_PROGRESS with an expired lease (and, for a record
+    /// of a batch, not listed by its batch's completion); otherwise says why not. One conditional write,
+    /// plus a read of the batch's completion when the record is a batch's.
     async fn claim(&self, claim: &Claim) -> Result<ClaimOutcome, StoreError>;
     /// Marks the record COMPLETED until `expiration` (Unix s), if `lease` still holds it. A lease in a
     /// batch is completed through its batch instead, without that check: the batch's completion only

@@ -24,7 +24,7 @@ use crate::receiving::queue::{attr, DeadLetterQueue};
 /// How one record ended. Exactly one INFO line per record reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Outcome {
-    /// Handlers succeeded; the record is COMPLETED.
+    /// Handlers succeeded; the record is completed (on its own, or with its batch).
     Processed,
     /// Already completed earlier: acknowledged without running handlers.
     Duplicate,
@@ -37,7 +37,7 @@ pub enum Outcome {
     /// No handler matches the topic: acknowledged and counted.
     Ignored,
     /// The mirror holds a newer version of the object (or its deletion): the event handlers ran, the
-    /// state handlers were skipped; the record is COMPLETED.
+    /// state handlers were skipped; the record is completed.
     Stale,
 }
 
@@ -172,8 +172,6 @@ struct RecordEnd {
     error: Option<RecordError>,
     /// The handlers that ran, when an observer wants them.
     handlers: Vec<HandlerRun>,
-    /// A handled claim the batch completes when it ends (stores that complete by batch).
-    to_complete: Option<Lease>,
 }
 
 impl RecordEnd {
@@ -182,7 +180,6 @@ impl RecordEnd {
             outcome,
             error: None,
             handlers: Vec::new(),
-            to_complete: None,
         }
     }
 
@@ -191,7 +188,6 @@ impl RecordEnd {
             outcome,
             error: Some(error),
             handlers: Vec::new(),
-            to_complete: None,
         }
     }
 
@@ -252,6 +248,95 @@ pub trait RecordObserver: Send + Sync {
     fn finished(&self, report: &RecordReport<'_>);
 }
 
+/// A batch whose handled claims are completed together (a store that completes by batch): its id, the
+/// leases handled so far, and how many records may still add one.
+struct BatchCompletion {
+    id: String,
+    handled: std::sync::Mutex<Vec<Lease>>,
+    undecided: std::sync::atomic::AtomicUsize,
+    all_decided: tokio::sync::Notify,
+}
+
+impl BatchCompletion {
+    fn new(records: usize) -> Self {
+        Self {
+            id: BatchSlot::new_batch_id(),
+            handled: std::sync::Mutex::new(Vec::new()),
+            undecided: std::sync::atomic::AtomicUsize::new(records),
+            all_decided: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// One record can add no lease any more.
+    fn decided(&self) {
+        if self.undecided.fetch_sub(1, std::sync::atomic::Ordering::AcqRel) == 1 {
+            // A stored permit: the waiter sees it even if it starts waiting later.
+            self.all_decided.notify_one();
+        }
+    }
+
+    /// Until no record can add a lease.
+    async fn all_decided(&self) {
+        while self.undecided.load(std::sync::atomic::Ordering::Acquire) > 0 {
+            self.all_decided.notified().await;
+        }
+    }
+
+    /// The leases handled since the last call.
+    fn take(&self) -> Vec<Lease> {
+        std::mem::take(&mut self.handled.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+/// One record's part in its batch's completion: decided once it has been handled (its lease handed to
+/// the batch) or cannot be any more (a failure, a duplicate, a cut-off). Dropping it decides.
+struct Decision<'a> {
+    batch: Option<&'a BatchCompletion>,
+    slot: u32,
+    made: bool,
+}
+
+impl Decision<'_> {
+    /// The claim's slot in its batch, when the batch completes its claims.
+    fn slot(&self) -> Option<BatchSlot> {
+        self.batch.map(|batch| BatchSlot {
+            batch: batch.id.clone(),
+            slot: self.slot,
+        })
+    }
+
+    /// The record was handled: a lease in a batch is handed to it (`None`); any other is returned for
+    /// the caller to complete.
+    fn handled(&mut self, lease: Lease) -> Option<Lease> {
+        let Some(batch) = self.batch.filter(|_| lease.batch.is_some()) else {
+            return Some(lease);
+        };
+        batch
+            .handled
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(lease);
+        self.made();
+        None
+    }
+
+    /// The record will hand no lease to the batch.
+    fn made(&mut self) {
+        if !self.made {
+            self.made = true;
+            if let Some(batch) = self.batch {
+                batch.decided();
+            }
+        }
+    }
+}
+
+impl Drop for Decision<'_> {
+    fn drop(&mut self) {
+        self.made();
+    }
+}
+
 pub struct Worker {
     store: Arc<dyn IdempotencyStore>,
     dead_letters: Arc<dyn DeadLetterQueue>,
@@ -303,35 +388,46 @@ impl Worker {
     /// retried; a completion write or a dead-letter send that has started is never cut off.
     ///
     /// With a store that completes by batch, each claim names its slot in this batch, and the handled
-    /// records are completed together once every record has ended (within the margin).
+    /// records are completed with one write as soon as every record has either been handled or cannot be
+    /// (a failure, a duplicate, a cut-off), or at the cut-off at the latest: before the releases and
+    /// dead-letter sends of the failed ones, so that those cannot delay it past the deadline.
     pub async fn process_batch(&self, records: Vec<Record>, deadline_ms: i64) -> BatchResult {
         let concurrency = self.settings.concurrency.max(1);
         let cutoff = self.cutoff(deadline_ms);
-        let batch = self.store.completes_by_batch().then(BatchSlot::new_batch_id);
-        let batch = batch.as_deref();
-        let results: Vec<(String, RecordEnd)> = futures::stream::iter(records.into_iter().enumerate())
+        let batch = self
+            .store
+            .completes_by_batch()
+            .then(|| BatchCompletion::new(records.len()));
+        let batch = batch.as_ref();
+        let processed = futures::stream::iter(records.into_iter().enumerate())
             .map(|(index, record)| async move {
-                let slot = batch.map(|batch| BatchSlot {
-                    batch: batch.to_owned(),
+                let decision = Decision {
+                    batch,
                     slot: index as u32,
-                });
-                let end = self.process_record(&record, deadline_ms, cutoff, slot).await;
+                    made: false,
+                };
+                let end = self.process_record(&record, deadline_ms, cutoff, decision).await;
                 (record.message_id, end)
             })
             .buffered(concurrency)
-            .collect()
-            .await;
+            .collect::<Vec<(String, RecordEnd)>>();
+        let complete = async {
+            if let Some(batch) = batch {
+                let _ = tokio::time::timeout_at(cutoff.at, batch.all_decided()).await;
+                self.complete_batch(batch.take()).await;
+            }
+        };
+        let (results, ()) = futures::future::join(processed, complete).await;
+        if let Some(batch) = batch {
+            // Handled just as the cut-off came, after the batch's completion was written.
+            self.complete_batch(batch.take()).await;
+        }
         let mut result = BatchResult::default();
-        let mut handled = Vec::new();
         for (id, end) in results {
             if let Some(error) = end.error {
                 result.errors.insert(id.clone(), error);
             }
-            handled.extend(end.to_complete);
             result.outcomes.push((id, end.outcome));
-        }
-        if !handled.is_empty() {
-            self.complete_batch(&handled).await;
         }
         result
     }
@@ -339,15 +435,23 @@ impl Worker {
     /// Processes one record, logging its outcome line. Its claim is completed on its own.
     pub async fn process(&self, record: &Record, deadline_ms: i64) -> Outcome {
         let cutoff = self.cutoff(deadline_ms);
-        self.process_record(record, deadline_ms, cutoff, None)
+        let decision = Decision {
+            batch: None,
+            slot: 0,
+            made: false,
+        };
+        self.process_record(record, deadline_ms, cutoff, decision)
             .await
             .outcome
     }
 
     /// Completes the handled claims of a batch. A failure is logged: the effects happened, and
     /// acknowledging keeps them from happening again for these messages.
-    async fn complete_batch(&self, leases: &[Lease]) {
-        let results = self.store.complete_batch(leases, self.expiration()).await;
+    async fn complete_batch(&self, leases: Vec<Lease>) {
+        if leases.is_empty() {
+            return;
+        }
+        let results = self.store.complete_batch(&leases, self.expiration()).await;
         let failed: Vec<&StoreError> = results.iter().filter_map(|r| r.as_ref().err()).collect();
         if let Some(error) = failed.first() {
             warn!(
@@ -387,7 +491,7 @@ impl Worker {
         record: &Record,
         deadline_ms: i64,
         cutoff: Cutoff,
-        slot: Option<BatchSlot>,
+        mut decision: Decision<'_>,
     ) -> RecordEnd {
         let span = tracing::info_span!(
             "notification",
@@ -421,12 +525,13 @@ impl Worker {
         span.record("topic", topic);
         let end = match &parsed {
             Ok(notification) => {
-                self.handle_once(record, notification, deadline_ms, cutoff, slot)
+                self.handle_once(record, notification, deadline_ms, cutoff, decision)
                     .instrument(span.clone())
                     .await
             }
             Err(_) if cutoff.passed() => span.in_scope(RecordEnd::past_deadline),
             Err(error) => {
+                decision.made();
                 let error = RecordError::Malformed(error.clone());
                 let outcome = self.dead_letter(record, &error).instrument(span.clone()).await;
                 RecordEnd::because(outcome, error)
@@ -461,14 +566,14 @@ impl Worker {
     }
 
     /// Claims the notification, runs its handlers, then completes the claim (or releases it and retries,
-    /// or dead-letters): handled once in effect. A claim in a batch `slot` is completed with its batch.
+    /// or dead-letters): handled once in effect. A claim in a batch is completed with its batch.
     async fn handle_once(
         &self,
         record: &Record,
         notification: &Notification,
         deadline_ms: i64,
         cutoff: Cutoff,
-        slot: Option<BatchSlot>,
+        mut decision: Decision<'_>,
     ) -> RecordEnd {
         let handlers = self.router.handlers_for(notification.topic().as_str());
         if handlers.is_empty() || notification.envelope.is_ping() {
@@ -487,7 +592,7 @@ impl Worker {
             now_ms,
             lease_until_ms: lease_end(now_ms, deadline_ms, visibility_ms),
             expiration: now_ms.div_euclid(1000) + self.settings.retention.as_secs() as i64,
-            batch: slot,
+            batch: decision.slot(),
         };
         // Cut off, a claim that was written holds its lease until the deadline, when it ends on its own.
         let claimed = match tokio::time::timeout_at(cutoff.at, self.store.claim(&claim)).await {
@@ -574,6 +679,7 @@ impl Worker {
         let ran = match tokio::time::timeout_at(cutoff.at, run_handlers).await {
             Ok(ran) => ran,
             Err(_) => {
+                decision.made();
                 self.release_by(&lease, cutoff.lease_end).await;
                 return RecordEnd::past_deadline().with_handlers(runs);
             }
@@ -581,11 +687,10 @@ impl Worker {
 
         let end = match ran {
             Ok(stale) => {
-                let mut end = RecordEnd::new(if stale { Outcome::Stale } else { Outcome::Processed });
-                if lease.batch.is_some() {
-                    end.to_complete = Some(lease);
+                let end = RecordEnd::new(if stale { Outcome::Stale } else { Outcome::Processed });
+                let Some(lease) = decision.handled(lease) else {
                     return end.with_handlers(runs);
-                }
+                };
                 match self.store.complete(&lease, self.expiration()).await {
                     Ok(()) => {}
                     Err(StoreError::LeaseLost(_)) => {
@@ -604,11 +709,13 @@ impl Worker {
             ) => {
                 // Not cut off once started: a record that began dead-lettering finishes, so it is never
                 // dead-lettered twice.
+                decision.made();
                 let outcome = self.dead_letter(record, &error).await;
                 self.release(&lease).await;
                 RecordEnd::because(outcome, error)
             }
             Err(error) => {
+                decision.made();
                 self.release_by(&lease, cutoff.lease_end).await;
                 RecordEnd::because(Outcome::Retry, error)
             }

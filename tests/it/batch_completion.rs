@@ -24,6 +24,7 @@ use intercom_webhooks::processing::idempotency::{
 };
 use intercom_webhooks::processing::router::Router;
 use intercom_webhooks::processing::worker::{Outcome, Record, Worker, WorkerSettings};
+use intercom_webhooks::receiving::queue::{DeadLetterQueue, Message, QueueError};
 
 type Item = HashMap<String, AttributeValue>;
 
@@ -177,6 +178,7 @@ async fn a_batch_is_completed_with_one_write_and_every_later_copy_is_a_duplicate
     }
     assert_eq!(result.count(Outcome::Processed), 9, "{result:?}");
     // The copy met its twin's claim in flight: retried later, as SQS would.
+    assert_eq!(result.count(Outcome::InFlight), 1, "{result:?}");
     assert_eq!(result.failures().len(), 1, "{result:?}");
     let sent = s.sent();
     assert_eq!(sent.get("PutItem"), Some(&10), "ten claims: {sent:?}");
@@ -307,9 +309,16 @@ async fn only_the_handled_records_of_a_batch_are_completed() {
 #[tokio::test]
 async fn an_abandoned_claim_is_taken_over_after_its_lease_and_a_late_batch_completion_marks_nothing() {
     let s = setup().await;
-    // A worker's batch claims with a 1-second lease, then dies before completing.
+    // A worker's batch claims with a 1-second lease, then dies before completing this record; another of
+    // its records was completed, so the batch's item exists without this record's slot.
     let dead = s.claimed(&s.claim("notif_gone", "deadbatch", 4, 1_000)).await;
     assert_eq!(dead.batch.as_ref().map(|b| b.slot), Some(4));
+    let finished = s.claimed(&s.claim("notif_done", "deadbatch", 1, 1_000)).await;
+    s.store
+        .complete(&finished, s.clock.now_ms() / 1000 + 3600)
+        .await
+        .unwrap();
+    assert_eq!(s.completed_slots("deadbatch").await, [1]);
 
     // While the lease holds, another delivery finds it in flight (its batch never completed it).
     let result = s
@@ -323,6 +332,14 @@ async fn an_abandoned_claim_is_taken_over_after_its_lease_and_a_late_batch_compl
     s.clock.advance(2_000);
     let successor_claim = s.claim("notif_gone", "nextbatch", 0, 30_000);
     let successor = s.claimed(&successor_claim).await;
+    // Its completed neighbour stays completed, lease lapsed or not.
+    assert_eq!(
+        s.store
+            .claim(&s.claim("notif_done", "nextbatch", 1, 30_000))
+            .await
+            .unwrap(),
+        ClaimOutcome::Completed { same_payload: true }
+    );
     assert_ne!(successor.token, dead.token);
     assert_eq!(s.slot_of("notif_gone").await, ("nextbatch".to_owned(), 0));
 
@@ -336,7 +353,7 @@ async fn an_abandoned_claim_is_taken_over_after_its_lease_and_a_late_batch_compl
         .complete(&dead, s.clock.now_ms() / 1000 + 3600)
         .await
         .unwrap();
-    assert_eq!(s.completed_slots("deadbatch").await, [4]);
+    assert_eq!(s.completed_slots("deadbatch").await, [1, 4]);
     assert_eq!(
         s.store
             .claim(&s.claim("notif_gone", "third", 0, 30_000))
@@ -451,4 +468,120 @@ async fn concurrent_takeovers_of_an_abandoned_claim_have_exactly_one_winner() {
     assert_eq!((winners.len(), in_flight), (1, 11), "{results:?}");
     let slot = winners[0].batch.clone().unwrap();
     assert_eq!(s.slot_of("notif_race").await, (slot.batch, slot.slot));
+}
+
+#[tokio::test]
+async fn one_write_per_batch_among_the_leases_and_one_per_lease_without_a_batch() {
+    let s = setup().await;
+    let mut leases = Vec::new();
+    for (id, batch, slot) in [
+        ("notif_p", "one", 0),
+        ("notif_q", "two", 0),
+        ("notif_r", "one", 1),
+    ] {
+        leases.push(s.claimed(&s.claim(id, batch, slot, 30_000)).await);
+    }
+    let mut alone = s.claim("notif_s", "unused", 0, 30_000);
+    alone.batch = None;
+    leases.push(s.claimed(&alone).await);
+    // The same lease twice adds its slot once (a number set holds each number once).
+    leases.push(leases[0].clone());
+    s.sent();
+    let results = s
+        .store
+        .complete_batch(&leases, s.clock.now_ms() / 1000 + 3600)
+        .await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    assert_eq!(results.len(), 5);
+    let sent = s.sent();
+    assert_eq!(
+        sent.get("UpdateItem"),
+        Some(&3),
+        "batches one and two, and notif_s: {sent:?}"
+    );
+    assert_eq!(s.completed_slots("one").await, [0, 1]);
+    assert_eq!(s.completed_slots("two").await, [0]);
+    assert_eq!(
+        s.item("testapp#notif_s").await.unwrap()["status"].as_s().unwrap(),
+        "COMPLETED"
+    );
+    for id in ["notif_p", "notif_q", "notif_r", "notif_s"] {
+        assert_eq!(
+            s.store.claim(&s.claim(id, "later", 0, 30_000)).await.unwrap(),
+            ClaimOutcome::Completed { same_payload: true },
+            "{id}"
+        );
+    }
+}
+
+/// A dead-letter queue that takes `stall` to answer, and says when it was called.
+struct SlowDeadLetters {
+    stall: Duration,
+    called: tokio::sync::Notify,
+}
+
+#[async_trait::async_trait]
+impl DeadLetterQueue for SlowDeadLetters {
+    async fn dead_letter(&self, _: &Message, _: &str) -> Result<(), QueueError> {
+        self.called.notify_one();
+        tokio::time::sleep(self.stall).await;
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn the_batch_is_completed_before_a_slow_dead_letter_send_ends() {
+    let s = setup().await;
+    let dead_letters = Arc::new(SlowDeadLetters {
+        stall: Duration::from_secs(3),
+        called: tokio::sync::Notify::new(),
+    });
+    let worker = Worker::new(
+        s.store.clone(),
+        dead_letters.clone(),
+        Router::new().route("*", s.handler.clone()).unwrap(),
+        s.clock.clone(),
+        s.metrics.clone(),
+        WorkerSettings::default(),
+    );
+    s.handler
+        .fail("notif_perm", 1, HandlerError::permanent("contact has no e-mail"));
+    let records = vec![
+        record("ok", &body("notif_fine")),
+        record("perm", &body("notif_perm")),
+    ];
+    let deadline = s.deadline();
+    let batch = tokio::spawn(async move { worker.process_batch(records, deadline).await });
+    dead_letters.called.notified().await;
+    // While the dead-letter send is still under way, the handled record is already completed.
+    let started = std::time::Instant::now();
+    let (batch_id, slot) = loop {
+        if let Some(item) = s.item("testapp#notif_fine").await {
+            let (batch_id, slot) = s.slot_of("notif_fine").await;
+            if !s.completed_slots(&batch_id).await.is_empty() {
+                break (batch_id, slot);
+            }
+            assert!(item.contains_key("batch"));
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "not completed while the dead-letter send was under way"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(!batch.is_finished(), "the dead-letter send is still under way");
+    assert_eq!(s.completed_slots(&batch_id).await, [slot]);
+    let result = batch.await.unwrap();
+    assert_eq!(
+        result.outcomes,
+        [
+            ("ok".to_owned(), Outcome::Processed),
+            ("perm".to_owned(), Outcome::DeadLettered),
+        ]
+    );
+    assert_eq!(
+        s.completed_slots(&batch_id).await,
+        [0],
+        "written once, with the handled slot"
+    );
 }
