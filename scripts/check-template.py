@@ -807,6 +807,24 @@ def checks(t):
     yield ("worker: MIRROR_TABLE is !Ref MirrorTable exactly when the table exists (the receiver gets none); output "
            "MirrorTableName with it", mirror_env)
 
+    # ---------------------------------------------------------------- idempotency completion
+
+    def completion():
+        p = t.param("IdempotencyCompletion")
+        expect(p.get("Type") == "String", "IdempotencyCompletion is not a String")
+        expect(p.get("Default") == "batch", f"IdempotencyCompletion defaults to {p.get('Default')!r}, not batch")
+        expect(sorted(p.get("AllowedValues") or []) == ["batch", "record"],
+               f"IdempotencyCompletion allows {p.get('AllowedValues')!r}, not exactly batch and record")
+        env = function_env(t, "WorkerFunction")
+        expect(env.get("IDEMPOTENCY_COMPLETION") == {"Ref": "IdempotencyCompletion"},
+               f"worker IDEMPOTENCY_COMPLETION is {env.get('IDEMPOTENCY_COMPLETION')!r}, not !Ref IdempotencyCompletion")
+        for other in ("ReceiverFunction", "ReconcilerFunction"):
+            if other in t.resources:
+                expect("IDEMPOTENCY_COMPLETION" not in function_env(t, other), f"{other} gets IDEMPOTENCY_COMPLETION")
+
+    yield ("worker: IDEMPOTENCY_COMPLETION is !Ref IdempotencyCompletion (batch by default, or record); no other "
+           "function gets it", completion)
+
 
 def main():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
