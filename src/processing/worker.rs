@@ -249,10 +249,11 @@ pub trait RecordObserver: Send + Sync {
 }
 
 /// A batch whose handled claims are completed together (a store that completes by batch): its id, the
-/// leases handled so far, and how many records may still add one.
+/// leases handled so far (and whether their completion has been taken), and how many records may still
+/// add one.
 struct BatchCompletion {
     id: String,
-    handled: std::sync::Mutex<Vec<Lease>>,
+    handled: std::sync::Mutex<Handled>,
     undecided: std::sync::atomic::AtomicUsize,
     all_decided: tokio::sync::Notify,
 }
@@ -261,7 +262,7 @@ impl BatchCompletion {
     fn new(records: usize) -> Self {
         Self {
             id: BatchSlot::new_batch_id(),
-            handled: std::sync::Mutex::new(Vec::new()),
+            handled: std::sync::Mutex::new(Handled::default()),
             undecided: std::sync::atomic::AtomicUsize::new(records),
             all_decided: tokio::sync::Notify::new(),
         }
@@ -282,10 +283,29 @@ impl BatchCompletion {
         }
     }
 
-    /// The leases handled since the last call.
-    fn take(&self) -> Vec<Lease> {
-        std::mem::take(&mut self.handled.lock().unwrap_or_else(|e| e.into_inner()))
+    /// The leases handled so far, for the batch's completion. A lease handled later is not the batch's
+    /// to complete any more: its record completes it at once.
+    fn close(&self) -> Vec<Lease> {
+        let mut handled = self.handled.lock().unwrap_or_else(|e| e.into_inner());
+        handled.closed = true;
+        std::mem::take(&mut handled.leases)
     }
+
+    /// Hands a handled lease to the batch; returns it if the batch's completion was already taken.
+    fn add(&self, lease: Lease) -> Option<Lease> {
+        let mut handled = self.handled.lock().unwrap_or_else(|e| e.into_inner());
+        if handled.closed {
+            return Some(lease);
+        }
+        handled.leases.push(lease);
+        None
+    }
+}
+
+#[derive(Default)]
+struct Handled {
+    leases: Vec<Lease>,
+    closed: bool,
 }
 
 /// One record's part in its batch's completion: decided once it has been handled (its lease handed to
@@ -305,19 +325,15 @@ impl Decision<'_> {
         })
     }
 
-    /// The record was handled: a lease in a batch is handed to it (`None`); any other is returned for
-    /// the caller to complete.
+    /// The record was handled: a lease in a batch is handed to it (`None`); any other, or one handled
+    /// after the batch's completion was taken (at the cut-off), is returned for the caller to complete.
     fn handled(&mut self, lease: Lease) -> Option<Lease> {
         let Some(batch) = self.batch.filter(|_| lease.batch.is_some()) else {
             return Some(lease);
         };
-        batch
-            .handled
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(lease);
+        let late = batch.add(lease);
         self.made();
-        None
+        late
     }
 
     /// The record will hand no lease to the batch.
@@ -414,14 +430,10 @@ impl Worker {
         let complete = async {
             if let Some(batch) = batch {
                 let _ = tokio::time::timeout_at(cutoff.at, batch.all_decided()).await;
-                self.complete_batch(batch.take()).await;
+                self.complete_batch(batch.close()).await;
             }
         };
         let (results, ()) = futures::future::join(processed, complete).await;
-        if let Some(batch) = batch {
-            // Handled just as the cut-off came, after the batch's completion was written.
-            self.complete_batch(batch.take()).await;
-        }
         let mut result = BatchResult::default();
         for (id, end) in results {
             if let Some(error) = end.error {
@@ -779,7 +791,48 @@ fn handler_failed(handler: &str, error: HandlerError) -> RecordError {
 
 #[cfg(test)]
 mod tests {
-    use super::lease_end;
+    use super::{lease_end, BatchCompletion, Decision};
+    use crate::processing::idempotency::{IdempotencyKey, Lease};
+
+    fn decision(batch: &BatchCompletion, slot: u32) -> Decision<'_> {
+        Decision {
+            batch: Some(batch),
+            slot,
+            made: false,
+        }
+    }
+
+    fn lease(decision: &Decision<'_>) -> Lease {
+        Lease::new(IdempotencyKey::from_stored("k")).in_batch(decision.slot())
+    }
+
+    #[tokio::test]
+    async fn a_batch_collects_its_handled_leases_until_its_completion_is_taken() {
+        let batch = BatchCompletion::new(3);
+        let (mut first, mut second, third) = (decision(&batch, 0), decision(&batch, 1), decision(&batch, 2));
+        let handled = lease(&first);
+        assert_eq!(
+            handled.batch.as_ref().map(|s| (s.batch.as_str(), s.slot)),
+            Some((batch.id.as_str(), 0))
+        );
+        assert_eq!(first.handled(handled), None, "handed to the batch");
+        second.made();
+        second.made();
+        drop(third);
+        // Every record decided (the second only once, however often it says so): the wait ends.
+        tokio::time::timeout(std::time::Duration::from_secs(5), batch.all_decided())
+            .await
+            .expect("all decided");
+        let taken = batch.close();
+        assert_eq!(taken.len(), 1);
+        // A record handled after the completion was taken (at the cut-off) completes its lease itself.
+        let late_batch = BatchCompletion::new(1);
+        let mut late = decision(&late_batch, 0);
+        assert!(late_batch.close().is_empty());
+        let handled = lease(&late);
+        assert_eq!(late.handled(handled.clone()), Some(handled));
+        assert!(late_batch.close().is_empty());
+    }
 
     #[test]
     fn leases_end_at_the_deadline_within_the_visibility_timeout() {
