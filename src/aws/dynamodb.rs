@@ -14,7 +14,7 @@
 //! write conditional on the lease token read: a batch completion landing between the two, which only a
 //! completion written after its own lease ended can do, is not seen.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::Arc;
 
@@ -215,9 +215,7 @@ impl DynamoStore {
             .await;
         held(result, lease)
     }
-}
 
-impl DynamoStore {
     /// The record behind a claim's failed condition (`None` when it has gone since); any other error is
     /// the store's.
     async fn refusing(
@@ -332,9 +330,7 @@ impl IdempotencyStore for DynamoStore {
                 }
             };
             if self.batch_completed(slot).await? {
-                return Ok(ClaimOutcome::Completed {
-                    same_payload: old.record.payload_hash.as_deref() == Some(claim.payload_hash.as_str()),
-                });
+                return Ok(old.record.completed(claim));
             }
             if let Some(in_flight) = refusal {
                 return Ok(in_flight);
@@ -344,9 +340,9 @@ impl IdempotencyStore for DynamoStore {
             let token = old.lease_token.unwrap_or_default();
             match self.put_claim(claim, &lease, Some(&token)).await {
                 Ok(()) => return Ok(ClaimOutcome::Claimed(lease)),
-                Err(error) => {
-                    self.refusing(error, claim).await?;
-                }
+                // Another worker changed the record first: look again.
+                Err(error) if error.code() == Some("ConditionalCheckFailedException") => {}
+                Err(error) => return Err(store_error(error)),
             }
         }
         Err(StoreError::Unavailable(format!(
@@ -368,19 +364,15 @@ impl IdempotencyStore for DynamoStore {
 
     /// One write per batch among `leases` (its item's `slots` gain theirs), one per lease without one.
     async fn complete_batch(&self, leases: &[Lease], expiration: i64) -> Vec<Result<(), StoreError>> {
-        let mut batches: Vec<(&str, Vec<&Lease>)> = Vec::new();
-        for slot in leases.iter().filter_map(|lease| lease.batch.as_ref()) {
-            if !batches.iter().any(|(batch, _)| *batch == slot.batch) {
-                let members = leases
-                    .iter()
-                    .filter(|lease| lease.batch.as_ref().is_some_and(|s| s.batch == slot.batch))
-                    .collect();
-                batches.push((&slot.batch, members));
+        let mut batches: BTreeMap<&str, Vec<&Lease>> = BTreeMap::new();
+        for lease in leases {
+            if let Some(slot) = &lease.batch {
+                batches.entry(slot.batch.as_str()).or_default().push(lease);
             }
         }
         let mut written = HashMap::new();
-        for (batch, members) in &batches {
-            written.insert(*batch, self.complete_slots(batch, members, expiration).await);
+        for (batch, members) in batches {
+            written.insert(batch, self.complete_slots(batch, &members, expiration).await);
         }
         let mut results = Vec::with_capacity(leases.len());
         for lease in leases {

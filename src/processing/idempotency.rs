@@ -138,14 +138,19 @@ pub struct StoredRecord {
 impl StoredRecord {
     /// Why `claim` could not take this record. `None` if the record should not have blocked the claim
     /// (expired or an expired lease): the adapter may then retry the claim.
+    /// This record, found completed, as the answer to `claim`: the payloads compared.
+    pub fn completed(&self, claim: &Claim) -> ClaimOutcome {
+        ClaimOutcome::Completed {
+            same_payload: self.payload_hash.as_deref() == Some(claim.payload_hash.as_str()),
+        }
+    }
+
     pub fn refusal(&self, claim: &Claim) -> Option<ClaimOutcome> {
         if self.expiration < claim.now_secs() {
             return None;
         }
         if self.status == COMPLETED {
-            return Some(ClaimOutcome::Completed {
-                same_payload: self.payload_hash.as_deref() == Some(claim.payload_hash.as_str()),
-            });
+            return Some(self.completed(claim));
         }
         if self.in_progress_expiration < claim.now_ms {
             return None;

@@ -316,7 +316,16 @@ struct Decision<'a> {
     made: bool,
 }
 
-impl Decision<'_> {
+impl<'a> Decision<'a> {
+    /// The part of the record at `slot` in `batch`, when the store completes by batch.
+    fn new(batch: Option<&'a BatchCompletion>, slot: u32) -> Self {
+        Self {
+            batch,
+            slot,
+            made: false,
+        }
+    }
+
     /// The claim's slot in its batch, when the batch completes its claims.
     fn slot(&self) -> Option<BatchSlot> {
         self.batch.map(|batch| BatchSlot {
@@ -417,11 +426,7 @@ impl Worker {
         let batch = batch.as_ref();
         let processed = futures::stream::iter(records.into_iter().enumerate())
             .map(|(index, record)| async move {
-                let decision = Decision {
-                    batch,
-                    slot: index as u32,
-                    made: false,
-                };
+                let decision = Decision::new(batch, index as u32);
                 let end = self.process_record(&record, deadline_ms, cutoff, decision).await;
                 (record.message_id, end)
             })
@@ -447,12 +452,7 @@ impl Worker {
     /// Processes one record, logging its outcome line. Its claim is completed on its own.
     pub async fn process(&self, record: &Record, deadline_ms: i64) -> Outcome {
         let cutoff = self.cutoff(deadline_ms);
-        let decision = Decision {
-            batch: None,
-            slot: 0,
-            made: false,
-        };
-        self.process_record(record, deadline_ms, cutoff, decision)
+        self.process_record(record, deadline_ms, cutoff, Decision::new(None, 0))
             .await
             .outcome
     }
@@ -795,11 +795,7 @@ mod tests {
     use crate::processing::idempotency::{IdempotencyKey, Lease};
 
     fn decision(batch: &BatchCompletion, slot: u32) -> Decision<'_> {
-        Decision {
-            batch: Some(batch),
-            slot,
-            made: false,
-        }
+        Decision::new(Some(batch), slot)
     }
 
     fn lease(decision: &Decision<'_>) -> Lease {

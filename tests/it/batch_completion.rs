@@ -100,6 +100,15 @@ impl Setup {
             .item
     }
 
+    /// How one delivery of `body`, alone in its batch, ends.
+    async fn deliver(&self, message_id: &str, body: &[u8]) -> Outcome {
+        let result = self
+            .worker
+            .process_batch(vec![record(message_id, body)], self.deadline())
+            .await;
+        result.outcomes[0].1
+    }
+
     /// The batch and slot a record names.
     async fn slot_of(&self, id: &str) -> (String, u32) {
         let item = self.item(&format!("testapp#{id}")).await.expect("a record");
@@ -229,11 +238,7 @@ async fn a_batch_is_completed_with_one_write_and_every_later_copy_is_a_duplicate
     // Once the batch's leases have ended (the records stay IN_PROGRESS, with lapsed leases), a copy is
     // still a duplicate: a claim never takes over a record of a batch without reading the batch's item.
     s.clock.advance(120_000);
-    let result = s
-        .worker
-        .process_batch(vec![record("m-after", &body(&ids[3]))], s.deadline())
-        .await;
-    assert_eq!(result.outcomes[0].1, Outcome::Duplicate);
+    assert_eq!(s.deliver("m-after", &body(&ids[3])).await, Outcome::Duplicate);
     assert_eq!(s.handler.calls(&ids[3]), 1);
 
     // The id with another payload is a duplicate too, counted as a reused key.
@@ -242,20 +247,12 @@ async fn a_batch_is_completed_with_one_write_and_every_later_copy_is_a_duplicate
         "conversation.user.created",
         json!({"type": "conversation", "id": "2"}),
     );
-    let result = s
-        .worker
-        .process_batch(vec![record("m-reused", &reused)], s.deadline())
-        .await;
-    assert_eq!(result.outcomes[0].1, Outcome::Duplicate);
+    assert_eq!(s.deliver("m-reused", &reused).await, Outcome::Duplicate);
     assert_eq!(s.metrics.get("duplicate_payload_mismatch", &[]), 1);
 
     // After the retention (7 days; moto never deletes by TTL, the claim's condition does) it is new again.
     s.clock.advance(8 * 86_400 * 1000);
-    let result = s
-        .worker
-        .process_batch(vec![record("m-late", &body(&ids[2]))], s.deadline())
-        .await;
-    assert_eq!(result.outcomes[0].1, Outcome::Processed);
+    assert_eq!(s.deliver("m-late", &body(&ids[2])).await, Outcome::Processed);
     assert_eq!(s.handler.calls(&ids[2]), 2);
 }
 
@@ -293,16 +290,8 @@ async fn only_the_handled_records_of_a_batch_are_completed() {
         );
     }
     // The retried one is processed by its next delivery, once.
-    let result = s
-        .worker
-        .process_batch(vec![record("down", &body("notif_down"))], s.deadline())
-        .await;
-    assert_eq!(result.outcomes[0].1, Outcome::Processed);
-    let result = s
-        .worker
-        .process_batch(vec![record("down2", &body("notif_down"))], s.deadline())
-        .await;
-    assert_eq!(result.outcomes[0].1, Outcome::Duplicate);
+    assert_eq!(s.deliver("down", &body("notif_down")).await, Outcome::Processed);
+    assert_eq!(s.deliver("down2", &body("notif_down")).await, Outcome::Duplicate);
     assert_eq!(s.handler.calls("notif_down"), 2, "failed once, then handled once");
 }
 
@@ -321,11 +310,7 @@ async fn an_abandoned_claim_is_taken_over_after_its_lease_and_a_late_batch_compl
     assert_eq!(s.completed_slots("deadbatch").await, [1]);
 
     // While the lease holds, another delivery finds it in flight (its batch never completed it).
-    let result = s
-        .worker
-        .process_batch(vec![record("m1", &body("notif_gone"))], s.deadline())
-        .await;
-    assert_eq!(result.outcomes[0].1, Outcome::InFlight);
+    assert_eq!(s.deliver("m1", &body("notif_gone")).await, Outcome::InFlight);
     assert_eq!(s.handler.calls("notif_gone"), 0);
 
     // Once it has lapsed, the next claim takes the record over from that holder.
@@ -367,19 +352,11 @@ async fn an_abandoned_claim_is_taken_over_after_its_lease_and_a_late_batch_compl
 
     // The successor dies too; after its lease the worker takes over, handles it, and completes it.
     s.clock.advance(31_000);
-    let result = s
-        .worker
-        .process_batch(vec![record("m2", &body("notif_gone"))], s.deadline())
-        .await;
-    assert_eq!(result.outcomes[0].1, Outcome::Processed);
+    assert_eq!(s.deliver("m2", &body("notif_gone")).await, Outcome::Processed);
     assert_eq!(s.handler.calls("notif_gone"), 1);
     let (batch, slot) = s.slot_of("notif_gone").await;
     assert_eq!(s.completed_slots(&batch).await, [slot]);
-    let result = s
-        .worker
-        .process_batch(vec![record("m3", &body("notif_gone"))], s.deadline())
-        .await;
-    assert_eq!(result.outcomes[0].1, Outcome::Duplicate);
+    assert_eq!(s.deliver("m3", &body("notif_gone")).await, Outcome::Duplicate);
     assert_eq!(s.handler.calls("notif_gone"), 1);
 }
 
@@ -391,22 +368,14 @@ async fn a_released_record_is_claimed_afresh_even_when_its_old_batch_completes_l
     // Taken over by a worker whose handler fails: the claim is released (the record deleted).
     s.handler
         .fail("notif_rel", 1, HandlerError::retryable("CRM down"));
-    let result = s
-        .worker
-        .process_batch(vec![record("m1", &body("notif_rel"))], s.deadline())
-        .await;
-    assert_eq!(result.outcomes[0].1, Outcome::Retry);
+    assert_eq!(s.deliver("m1", &body("notif_rel")).await, Outcome::Retry);
     assert!(s.item("testapp#notif_rel").await.is_none());
     // The first holder's completion arrives late: the next delivery is still handled.
     s.store
         .complete(&dead, s.clock.now_ms() / 1000 + 3600)
         .await
         .unwrap();
-    let result = s
-        .worker
-        .process_batch(vec![record("m2", &body("notif_rel"))], s.deadline())
-        .await;
-    assert_eq!(result.outcomes[0].1, Outcome::Processed);
+    assert_eq!(s.deliver("m2", &body("notif_rel")).await, Outcome::Processed);
     assert_eq!(s.handler.calls("notif_rel"), 2, "failed once, then handled once");
 }
 
@@ -425,17 +394,9 @@ async fn records_completed_one_by_one_and_by_batch_are_both_recognised() {
     };
     assert_eq!(lease.batch, None);
     by_record.complete(&lease, claim.expiration).await.unwrap();
-    let result = s
-        .worker
-        .process_batch(vec![record("m1", &body("notif_rec"))], s.deadline())
-        .await;
-    assert_eq!(result.outcomes[0].1, Outcome::Duplicate);
+    assert_eq!(s.deliver("m1", &body("notif_rec")).await, Outcome::Duplicate);
 
-    let result = s
-        .worker
-        .process_batch(vec![record("m2", &body("notif_bat"))], s.deadline())
-        .await;
-    assert_eq!(result.outcomes[0].1, Outcome::Processed);
+    assert_eq!(s.deliver("m2", &body("notif_bat")).await, Outcome::Processed);
     assert_eq!(
         by_record
             .claim(&s.claim("notif_bat", "x", 0, 30_000))
