@@ -14,7 +14,7 @@ fi
 source bench/lib.sh
 with_cleanup aws-calls-bench
 PORT=$(free_port)
-.venv/bin/moto_server -H 127.0.0.1 -p "$PORT" >/dev/null 2>&1 &
+.venv/bin/python scripts/moto-server -H 127.0.0.1 -p "$PORT" >/dev/null 2>&1 &
 PIDS+=($!)
 for _ in $(seq 1 100); do
   python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$PORT/moto-api/')" 2>/dev/null && break
