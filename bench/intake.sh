@@ -16,7 +16,11 @@
 #
 # The ceiling's stores (examples/ceiling_receiver.rs): `none` stores nothing; `append` appends each body to
 # a file and answers after fdatasync, syncing the bodies waiting together (the simplest durable receiver
-# we could write); `sqlite` is serve's own queue (`SqliteQueue::send`) without serve's worker, inspector and routes.
+# we could write); `append-parallel` does the same on four threads and files, a group's sync not waiting
+# for the previous one's; `sqlite` is serve's own queue (`SqliteQueue::send`) without serve's worker, inspector and routes.
+#
+# Each run also reports the machine's CPU during it (all cores, wrk included): busy, and idle waiting for
+# I/O. A durable receiver that leaves the cores idle is held by its syncs' latency, not by work.
 #
 # The worker of `serve` runs during the load (there is no intake-only mode), at a lower CPU priority than
 # the intake, and shares the cores with it and with wrk. Every POST carries the same notification id, so the
@@ -44,15 +48,15 @@ while [[ $# -gt 0 ]]; do
     --drain-secs) DRAIN_SECS=$2; shift 2 ;;
     --bin) BIN=$2; shift 2 ;;
     --serve-arg) SERVE_ARGS+=("$2"); shift 2 ;;
-    -h|--help) sed -n '2,26p' "$SELF"; exit 0 ;;
+    -h|--help) sed -n '2,29p' "$SELF"; exit 0 ;;
     *) echo "unknown option: $1 (see --help)" >&2; exit 2 ;;
   esac
 done
 [[ -f "$FIXTURE" ]] || { echo "no such fixture: $FIXTURE" >&2; exit 2; }
 IFS=, read -r -a STORES <<<"$CEILING_STORES"
 for store in "${STORES[@]}"; do
-  [[ $store == none || $store == append || $store == sqlite ]] ||
-    { echo "--ceiling-stores takes none, append and sqlite, not $store" >&2; exit 2; }
+  [[ $store == none || $store == append || $store == append-parallel || $store == sqlite ]] ||
+    { echo "--ceiling-stores takes none, append, append-parallel and sqlite, not $store" >&2; exit 2; }
 done
 
 # --- tools ---------------------------------------------------------------------------------------------
@@ -92,16 +96,17 @@ SECRET=bench-secret-$RANDOM$RANDOM
 SIGNATURE=$(sign_fixture)
 BYTES=$(wc -c <"$FIXTURE")
 
-summarise() { # summarise OUTFILE -> "rps p50_ms p99_ms requests non2xx socket_errors"
+summarise() { # summarise OUTFILE -> "rps p50_ms p99_ms requests non2xx socket_errors cpu_busy% iowait%"
   local line
   line=$(grep '^WRK_RESULT' "$1" | sed 's/^WRK_RESULT/ /')
-  python3 - "$line" <<'PY'
+  python3 - "$line" "$(cat "$1.cpu")" <<'PY'
 import sys
 f = dict(kv.split("=") for kv in sys.argv[1].split())
 requests, secs = int(f["requests"]), int(f["duration_us"]) / 1e6
 errors = sum(int(f[k]) for k in ("connect", "read", "write", "timeout"))
+busy, iowait = sys.argv[2].split()
 print(f"{requests / secs:.0f} {int(f['p50_us']) / 1000:.2f} {int(f['p99_us']) / 1000:.2f} "
-      f"{requests} {f['non2xx']} {errors}")
+      f"{requests} {f['non2xx']} {errors} {busy} {iowait}")
 PY
 }
 metric() { # metric NAME < /metrics text: the sum over every label set
@@ -116,7 +121,7 @@ wait_http "http://127.0.0.1:$PORT/healthz" "$SERVE_PID"
 
 echo "serve: wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency ($FIXTURE, $BYTES bytes)..." >&2
 run_wrk "http://127.0.0.1:$PORT/webhooks/intercom" "$TMP/wrk-serve.txt" --latency
-read -r S_RPS S_P50 S_P99 S_REQ S_NON2XX S_ERR < <(summarise "$TMP/wrk-serve.txt")
+read -r S_RPS S_P50 S_P99 S_REQ S_NON2XX S_ERR S_CPU S_IOW < <(summarise "$TMP/wrk-serve.txt")
 S_OK=$((S_REQ - S_NON2XX))
 curl -fsS --max-time 30 "http://127.0.0.1:$PORT/metrics" >"$TMP/metrics-after-load.txt"
 ENQUEUED_AFTER=$(metric intercom_webhooks_enqueued_total <"$TMP/metrics-after-load.txt")
@@ -149,7 +154,7 @@ LEFT=$(python3 -c 'import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execut
 DEAD=$(python3 -c 'import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute("SELECT count(*) FROM dead_letters").fetchone()[0])' "$TMP/intake.db")
 
 # --- ceiling -------------------------------------------------------------------------------------------
-declare -A C_RPS C_P50 C_P99 C_REQ C_NON2XX C_ERR
+declare -A C_RPS C_P50 C_P99 C_REQ C_NON2XX C_ERR C_CPU C_IOW
 if [[ $CEILING -eq 1 ]]; then
   for store in "${STORES[@]}"; do
     CPORT=$(free_port)
@@ -162,7 +167,7 @@ if [[ $CEILING -eq 1 ]]; then
     echo "ceiling (Rust, verify, store: $store, 200): the same wrk settings..." >&2
     run_wrk "http://127.0.0.1:$CPORT/webhooks/intercom" "$TMP/wrk-ceiling-$store.txt" --latency
     read -r "C_RPS[$store]" "C_P50[$store]" "C_P99[$store]" "C_REQ[$store]" "C_NON2XX[$store]" "C_ERR[$store]" \
-      < <(summarise "$TMP/wrk-ceiling-$store.txt")
+      "C_CPU[$store]" "C_IOW[$store]" < <(summarise "$TMP/wrk-ceiling-$store.txt")
     stop "$CEILING_PID"
     rm -rf "$TMP/ceiling-$store"
   done
@@ -177,7 +182,7 @@ if [[ $REFERENCE -eq 1 ]]; then
   wait_http "http://127.0.0.1:$RPORT/healthz" "$REF_PID"
   echo "reference (Node.js $(node --version), Express): the same wrk settings..." >&2
   run_wrk "http://127.0.0.1:$RPORT/webhooks/intercom" "$TMP/wrk-ref.txt" --latency
-  read -r R_RPS R_P50 R_P99 R_REQ R_NON2XX R_ERR < <(summarise "$TMP/wrk-ref.txt")
+  read -r R_RPS R_P50 R_P99 R_REQ R_NON2XX R_ERR R_CPU R_IOW < <(summarise "$TMP/wrk-ref.txt")
   stop "$REF_PID"
 fi
 
@@ -188,21 +193,22 @@ echo
 echo "wrk \`-t$THREADS -c$CONNECTIONS -d$DURATION --latency -s bench/wrk-post.lua\`, POST /webhooks/intercom with"
 echo "\`$FIXTURE\` ($BYTES bytes), signed with \`intercom-webhooks sign\`; wrk and the server share the machine."
 echo
-echo "| receiver | requests/s | p50 | p99 | requests | non-2xx | socket errors |"
-echo "|---|---:|---:|---:|---:|---:|---:|"
-echo "| \`serve\` (SQLite, durable ack) | $S_RPS | $S_P50 ms | $S_P99 ms | $S_REQ | $S_NON2XX | $S_ERR |"
+echo "| receiver | requests/s | p50 | p99 | requests | non-2xx | socket errors | CPU busy / I/O wait |"
+echo "|---|---:|---:|---:|---:|---:|---:|---:|"
+echo "| \`serve\` (SQLite, durable ack) | $S_RPS | $S_P50 ms | $S_P99 ms | $S_REQ | $S_NON2XX | $S_ERR | $S_CPU % / $S_IOW % |"
 if [[ $CEILING -eq 1 ]]; then
   for store in "${STORES[@]}"; do
     case $store in
       none) what="verify + 200, stores nothing" ;;
       append) what="verify, append + fdatasync (group commit), 200" ;;
+      append-parallel) what="verify, append + fdatasync (group commit) on four threads and files, 200" ;;
       sqlite) what="verify, serve's SQLite queue without its worker, 200" ;;
     esac
-    echo "| ceiling, store \`$store\` (Rust, the same crates, $what) | ${C_RPS[$store]} | ${C_P50[$store]} ms | ${C_P99[$store]} ms | ${C_REQ[$store]} | ${C_NON2XX[$store]} | ${C_ERR[$store]} |"
+    echo "| ceiling, store \`$store\` (Rust, the same crates, $what) | ${C_RPS[$store]} | ${C_P50[$store]} ms | ${C_P99[$store]} ms | ${C_REQ[$store]} | ${C_NON2XX[$store]} | ${C_ERR[$store]} | ${C_CPU[$store]} % / ${C_IOW[$store]} % |"
   done
 fi
 if [[ $REFERENCE -eq 1 ]]; then
-  echo "| reference (Node.js $(node --version), Express 5, verify + 200, stores nothing) | $R_RPS | $R_P50 ms | $R_P99 ms | $R_REQ | $R_NON2XX | $R_ERR |"
+  echo "| reference (Node.js $(node --version), Express 5, verify + 200, stores nothing) | $R_RPS | $R_P50 ms | $R_P99 ms | $R_REQ | $R_NON2XX | $R_ERR | $R_CPU % / $R_IOW % |"
   RATIO=$(python3 -c "print(f'{$S_RPS / $R_RPS:.2f}')")
   MET=$(python3 -c "print('met' if $S_RPS >= 5 * $R_RPS else 'missed')")
   echo

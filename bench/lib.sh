@@ -102,11 +102,27 @@ start_serve() {
 run_wrk() {
   local url=$1 out=$2
   shift 2
+  local before
+  before=$(head -1 /proc/stat)
   env BODY_FILE="$FIXTURE" SIGNATURE="$SIGNATURE" \
     wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" "$@" -s bench/wrk-post.lua "$url" >"$out" &
   local pid=$!
   PIDS+=("$pid")
   wait "$pid"
+  cpu_share "$before" "$(head -1 /proc/stat)" >"$out.cpu"
+}
+
+# cpu_share BEFORE AFTER: two `cpu` lines of /proc/stat -> "busy_percent iowait_percent" of all cores
+# between them (busy: neither idle nor waiting for I/O).
+cpu_share() {
+  python3 - "$1" "$2" <<'PY'
+import sys
+before, after = ([int(x) for x in line.split()[1:]] for line in sys.argv[1:3])
+delta = [a - b for a, b in zip(after, before)]
+total = sum(delta[:8]) or 1  # user nice system idle iowait irq softirq steal
+idle, iowait = delta[3], delta[4]
+print(f"{100 * (total - idle - iowait) / total:.0f} {100 * iowait / total:.0f}")
+PY
 }
 
 # --- drivers -------------------------------------------------------------------------------------------

@@ -10,14 +10,20 @@
 //! - `append`: appends each body to a file and answers once `fdatasync` has returned, with the writes of
 //!   the requests waiting meanwhile synced together (group commit): the simplest receiver that keeps its
 //!   promise, without a queue's bookkeeping.
+//! - `append-parallel`: the same with four appending threads, each with its own file, taking the groups in
+//!   turn, so that one group's `fdatasync` does not wait for the previous group's: whether the syncs, one
+//!   at a time, are what limits `append`.
 //! - `sqlite`: `serve`'s own queue (`SqliteQueue::send` on the same `Db`: one database thread, group
 //!   commit, synchronous = FULL) without its worker, its inspector or its other routes.
 //!
 //!   INTERCOM_CLIENT_SECRET=… cargo run --release --example ceiling_receiver -- 127.0.0.1:8090 [--store append DIR]
 
+/// The appending threads of `append-parallel`.
+const PARALLEL_APPENDERS: usize = 4;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Mutex};
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -55,12 +61,15 @@ async fn main() -> anyhow::Result<()> {
             let dir = PathBuf::from(dir.unwrap_or_else(|| ".".into()));
             match kind.as_str() {
                 "none" => Store::None,
-                "append" => Store::Append(start_appender(&dir.join("ceiling.log"))?),
+                "append" => Store::Append(start_appenders(&dir, 1)?),
+                "append-parallel" => Store::Append(start_appenders(&dir, PARALLEL_APPENDERS)?),
                 "sqlite" => Store::Sqlite(SqliteQueue::new(Db::open(dir.join("ceiling.db"))?, 5)),
-                other => anyhow::bail!("--store none|append|sqlite, not {other}"),
+                other => anyhow::bail!("--store none|append|append-parallel|sqlite, not {other}"),
             }
         }
-        _ => anyhow::bail!("usage: ceiling_receiver ADDRESS [--store none|append|sqlite [DIR]]"),
+        _ => anyhow::bail!(
+            "usage: ceiling_receiver ADDRESS [--store none|append|append-parallel|sqlite [DIR]]"
+        ),
     };
     let secret =
         std::env::var("INTERCOM_CLIENT_SECRET").map_err(|_| anyhow::anyhow!("set INTERCOM_CLIENT_SECRET"))?;
@@ -108,28 +117,42 @@ async fn receive(
     }
 }
 
-/// A thread that appends bodies (length-prefixed) to `path` and syncs once per group of the bodies
-/// waiting when it is free, answering each after the sync.
-fn start_appender(path: &Path) -> anyhow::Result<Appender> {
-    let file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+/// `threads` threads that append bodies (length-prefixed), each to its own file in `dir`. A free thread
+/// takes the bodies waiting as one group, writes them, and answers each after the group's `fdatasync`.
+fn start_appenders(dir: &Path, threads: usize) -> anyhow::Result<Appender> {
     let (jobs, queue): (Appender, _) = mpsc::channel();
-    std::thread::Builder::new().name("append".into()).spawn(move || {
-        let mut file = std::io::BufWriter::with_capacity(1 << 20, file);
-        while let Ok(first) = queue.recv() {
-            let mut group = vec![first];
-            group.extend(queue.try_iter().take(511));
-            let result = group
-                .iter()
-                .try_for_each(|(body, _)| {
-                    file.write_all(&(body.len() as u32).to_le_bytes())?;
-                    file.write_all(body)
-                })
-                .and_then(|()| file.flush())
-                .and_then(|()| file.get_ref().sync_data());
-            for (_, done) in group {
-                let _ = done.send(result.is_ok());
-            }
-        }
-    })?;
+    let queue = Arc::new(Mutex::new(queue));
+    for n in 0..threads {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join(format!("ceiling-{n}.log")))?;
+        let queue = queue.clone();
+        std::thread::Builder::new()
+            .name(format!("append-{n}"))
+            .spawn(move || {
+                let mut file = std::io::BufWriter::with_capacity(1 << 20, file);
+                loop {
+                    let group = {
+                        let Ok(queue) = queue.lock() else { return };
+                        let Ok(first) = queue.recv() else { return };
+                        let mut group = vec![first];
+                        group.extend(queue.try_iter().take(511));
+                        group
+                    };
+                    let result = group
+                        .iter()
+                        .try_for_each(|(body, _)| {
+                            file.write_all(&(body.len() as u32).to_le_bytes())?;
+                            file.write_all(body)
+                        })
+                        .and_then(|()| file.flush())
+                        .and_then(|()| file.get_ref().sync_data());
+                    for (_, done) in group {
+                        let _ = done.send(result.is_ok());
+                    }
+                }
+            })?;
+    }
     Ok(jobs)
 }
