@@ -20,7 +20,8 @@
 # for the previous one's; `sqlite` is serve's own queue (`SqliteQueue::send`) without serve's worker, inspector and routes.
 #
 # Each run also reports the machine's CPU during it (all cores, wrk included): busy, and idle waiting for
-# I/O. A durable receiver that leaves the cores idle is held by its syncs' latency, not by work.
+# I/O. Cores left idle mean a receiver waits on its syncs rather than works; bench/RESULTS.md compares
+# requests per busy CPU to tell the two apart.
 #
 # The worker of `serve` runs during the load (there is no intake-only mode), at a lower CPU priority than
 # the intake, and shares the cores with it and with wrk. Every POST carries the same notification id, so the
@@ -48,7 +49,7 @@ while [[ $# -gt 0 ]]; do
     --drain-secs) DRAIN_SECS=$2; shift 2 ;;
     --bin) BIN=$2; shift 2 ;;
     --serve-arg) SERVE_ARGS+=("$2"); shift 2 ;;
-    -h|--help) sed -n '2,29p' "$SELF"; exit 0 ;;
+    -h|--help) sed -n '2,30p' "$SELF"; exit 0 ;;
     *) echo "unknown option: $1 (see --help)" >&2; exit 2 ;;
   esac
 done
