@@ -7,17 +7,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use aws_sdk_dynamodb::types::AttributeValue;
 use serde_json::json;
 
-use crate::support::scripted::Scripted;
-use crate::support::{
-    create_queue, create_table, notification_body, observed_dynamo, record, unique, Operations,
-};
+use crate::support::moto_worker::MotoWorker;
+use crate::support::{notification_body, record};
 use intercom_webhooks::aws::dynamodb::DynamoStore;
-use intercom_webhooks::aws::sqs::SqsDeadLetterQueue;
-use intercom_webhooks::plumbing::clock::{Clock, ShiftedClock};
-use intercom_webhooks::plumbing::metrics::Metrics;
+use intercom_webhooks::plumbing::clock::Clock;
 use intercom_webhooks::processing::handler::HandlerError;
 use intercom_webhooks::processing::idempotency::{
     BatchSlot, Claim, ClaimOutcome, IdempotencyKey, IdempotencyStore, Lease, StoreError,
@@ -26,53 +21,11 @@ use intercom_webhooks::processing::router::Router;
 use intercom_webhooks::processing::worker::{Outcome, Record, Worker, WorkerSettings};
 use intercom_webhooks::receiving::queue::{DeadLetterQueue, Message, QueueError};
 
-type Item = HashMap<String, AttributeValue>;
-
-struct Setup {
-    worker: Worker,
-    handler: Arc<Scripted>,
-    store: Arc<DynamoStore>,
-    /// The operations the store sent (the worker's claims, reads and completions).
-    operations: Operations,
-    dynamo: aws_sdk_dynamodb::Client,
-    table: String,
-    clock: Arc<ShiftedClock>,
-    metrics: Arc<Metrics>,
-}
+/// The worker completing by batch.
+type Setup = MotoWorker;
 
 async fn setup() -> Setup {
-    let sdk = crate::support::aws_config().await;
-    let dynamo = aws_sdk_dynamodb::Client::new(&sdk);
-    let sqs = aws_sdk_sqs::Client::new(&sdk);
-    let table = unique("idem-batch");
-    create_table(&dynamo, &table).await;
-    let dlq = create_queue(&sqs, &unique("dlq")).await;
-    let handler = Arc::new(Scripted::with_pause(Duration::from_millis(20)));
-    let clock = Arc::new(ShiftedClock::default());
-    let operations = Operations::default();
-    let store = Arc::new(
-        DynamoStore::new(observed_dynamo(&sdk, &operations), &table, clock.clone())
-            .with_batch_completion(true),
-    );
-    let metrics = Arc::new(Metrics::new());
-    let worker = Worker::new(
-        store.clone(),
-        Arc::new(SqsDeadLetterQueue::new(sqs, &dlq)),
-        Router::new().route("*", handler.clone()).unwrap(),
-        clock.clone(),
-        metrics.clone(),
-        WorkerSettings::default(),
-    );
-    Setup {
-        worker,
-        handler,
-        store,
-        operations,
-        dynamo,
-        table,
-        clock,
-        metrics,
-    }
+    MotoWorker::start(true).await
 }
 
 fn body(id: &str) -> Vec<u8> {
@@ -86,18 +39,6 @@ fn body(id: &str) -> Vec<u8> {
 impl Setup {
     fn deadline(&self) -> i64 {
         self.clock.now_ms() + 60_000
-    }
-
-    async fn item(&self, key: &str) -> Option<Item> {
-        self.dynamo
-            .get_item()
-            .table_name(&self.table)
-            .key("pk", AttributeValue::S(key.into()))
-            .consistent_read(true)
-            .send()
-            .await
-            .unwrap()
-            .item
     }
 
     /// How one delivery of `body`, alone in its batch, ends.

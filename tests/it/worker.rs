@@ -4,15 +4,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::support::scripted::Scripted;
-use crate::support::{
-    create_queue, create_table, drain, notification_body, record, string_attribute, unique,
-};
-use intercom_webhooks::aws::dynamodb::DynamoStore;
+use crate::support::moto_worker::MotoWorker;
+use crate::support::{create_queue, drain, notification_body, record, string_attribute, unique};
 use intercom_webhooks::aws::sqs::string_attributes;
 use intercom_webhooks::aws::sqs::SqsDeadLetterQueue;
-use intercom_webhooks::plumbing::clock::{Clock, ShiftedClock};
-use intercom_webhooks::plumbing::metrics::Metrics;
+use intercom_webhooks::plumbing::clock::Clock;
 use intercom_webhooks::processing::handler::HandlerError;
 use intercom_webhooks::processing::idempotency::{
     Claim, ClaimOutcome, IdempotencyKey, IdempotencyStore, StoreError,
@@ -23,49 +19,11 @@ use intercom_webhooks::receiving::notification::Notification;
 use intercom_webhooks::receiving::queue::attr;
 use serde_json::json;
 
-struct Setup {
-    worker: Worker,
-    handler: Arc<Scripted>,
-    store: Arc<DynamoStore>,
-    dynamo: aws_sdk_dynamodb::Client,
-    sqs: aws_sdk_sqs::Client,
-    table: String,
-    dlq: String,
-    clock: Arc<ShiftedClock>,
-    metrics: Arc<Metrics>,
-}
+/// The worker completing each record on its own (the store's default; `serve`'s way).
+type Setup = MotoWorker;
 
 async fn setup() -> Setup {
-    let sdk = crate::support::aws_config().await;
-    let dynamo = aws_sdk_dynamodb::Client::new(&sdk);
-    let sqs = aws_sdk_sqs::Client::new(&sdk);
-    let table = unique("idempotency");
-    create_table(&dynamo, &table).await;
-    let dlq = create_queue(&sqs, &unique("dlq")).await;
-    let handler = Arc::new(Scripted::with_pause(Duration::from_millis(20)));
-    let router = Router::new().route("*", handler.clone()).unwrap();
-    let clock = Arc::new(ShiftedClock::default());
-    let store = Arc::new(DynamoStore::new(dynamo.clone(), &table, clock.clone()));
-    let metrics = Arc::new(Metrics::new());
-    let worker = Worker::new(
-        store.clone(),
-        Arc::new(SqsDeadLetterQueue::new(sqs.clone(), &dlq)),
-        router,
-        clock.clone(),
-        metrics.clone(),
-        WorkerSettings::default(),
-    );
-    Setup {
-        worker,
-        handler,
-        store,
-        dynamo,
-        sqs,
-        table,
-        dlq,
-        clock,
-        metrics,
-    }
+    MotoWorker::start(false).await
 }
 
 fn deadline() -> i64 {
@@ -78,18 +36,6 @@ fn body(id: &str) -> Vec<u8> {
         "conversation.user.created",
         json!({"type": "conversation", "id": "1"}),
     )
-}
-
-async fn stored(s: &Setup, key: &str) -> Option<HashMap<String, aws_sdk_dynamodb::types::AttributeValue>> {
-    s.dynamo
-        .get_item()
-        .table_name(&s.table)
-        .key("pk", aws_sdk_dynamodb::types::AttributeValue::S(key.into()))
-        .consistent_read(true)
-        .send()
-        .await
-        .unwrap()
-        .item
 }
 
 #[tokio::test]
@@ -116,7 +62,7 @@ async fn the_same_notification_twice_in_a_batch_and_again_later_is_handled_once(
     assert!(later.failures().is_empty());
     assert_eq!(s.handler.calls("notif_dup"), 1, "the effect happened once");
 
-    let item = stored(&s, "testapp#notif_dup").await.unwrap();
+    let item = s.item("testapp#notif_dup").await.unwrap();
     assert_eq!(item["status"].as_s().unwrap(), "COMPLETED");
     let expiration: i64 = item["expiration"].as_n().unwrap().parse().unwrap();
     let now = intercom_webhooks::plumbing::clock::unix_ms_now() / 1000;
@@ -159,10 +105,7 @@ async fn a_retryable_failure_releases_the_claim_and_the_next_delivery_processes_
     let b = body("notif_retry");
     let result = s.worker.process_batch(vec![record("m1", &b)], deadline()).await;
     assert_eq!(result.failures(), ["m1"]);
-    assert!(
-        stored(&s, "testapp#notif_retry").await.is_none(),
-        "claim released"
-    );
+    assert!(s.item("testapp#notif_retry").await.is_none(), "claim released");
     let result = s.worker.process_batch(vec![record("m1", &b)], deadline()).await;
     assert_eq!(result.count(Outcome::Processed), 1);
     assert!(result.failures().is_empty());
@@ -214,7 +157,7 @@ async fn an_expired_lease_is_taken_over_and_the_dead_workers_late_writes_are_ref
         Err(StoreError::LeaseLost(dead.key.clone()))
     );
     assert_eq!(
-        stored(&s, "testapp#notif_lease").await.unwrap()["status"]
+        s.item("testapp#notif_lease").await.unwrap()["status"]
             .as_s()
             .unwrap(),
         "COMPLETED"
@@ -265,7 +208,7 @@ async fn permanent_failures_and_malformed_bodies_go_to_the_dlq_with_their_reason
     assert!(result.failures().is_empty(), "all acknowledged: {result:?}");
     assert_eq!(result.count(Outcome::DeadLettered), 2);
     assert_eq!(result.count(Outcome::Processed), 1);
-    assert!(stored(&s, "testapp#notif_perm").await.is_none(), "claim released");
+    assert!(s.item("testapp#notif_perm").await.is_none(), "claim released");
 
     let mut dead = drain(&s.sqs, &s.dlq).await;
     dead.sort_by_key(|m| string_attribute(m, attr::REASON));
@@ -327,7 +270,7 @@ async fn a_panicking_handler_fails_only_its_record_and_a_batch_that_all_fails_re
     assert_eq!(result.failures(), ["p"]);
     assert_eq!(result.count(Outcome::Processed), 1);
     assert!(
-        stored(&s, "testapp#notif_panic").await.is_none(),
+        s.item("testapp#notif_panic").await.is_none(),
         "claim released after the panic"
     );
 
@@ -451,7 +394,7 @@ async fn a_record_that_keeps_failing_reaches_the_dlq_after_max_receive_count() {
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].body.as_deref().unwrap().as_bytes(), &b[..]);
     assert!(
-        stored(&s, "testapp#notif_stuck").await.is_none(),
+        s.item("testapp#notif_stuck").await.is_none(),
         "no claim left behind"
     );
 }
@@ -520,7 +463,7 @@ async fn a_record_still_running_at_the_deadline_is_retried_and_the_batch_ends_in
         "cut off once, then completed once"
     );
     assert_eq!(
-        stored(&s, "testapp#notif_slow").await.unwrap()["status"]
+        s.item("testapp#notif_slow").await.unwrap()["status"]
             .as_s()
             .unwrap(),
         "COMPLETED"
@@ -550,10 +493,7 @@ async fn records_waiting_for_a_concurrency_slot_at_the_deadline_are_retried_unst
     assert_eq!(result.failures(), ["first", "queued"]);
     assert_eq!(result.errors["queued"].to_string(), PAST_DEADLINE);
     assert_eq!(s.handler.calls("notif_queued"), 0, "never started");
-    assert!(
-        stored(&s, "testapp#notif_queued").await.is_none(),
-        "never claimed"
-    );
+    assert!(s.item("testapp#notif_queued").await.is_none(), "never claimed");
     assert!(drain(&s.sqs, &s.dlq).await.is_empty());
 }
 

@@ -3,6 +3,7 @@
 
 pub mod events_api;
 pub mod intercom_api;
+pub mod moto_worker;
 pub mod scripted;
 
 use std::collections::BTreeMap;
