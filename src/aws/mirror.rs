@@ -255,7 +255,7 @@ impl DynamoMirror {
                 Ok(out) => out,
                 // No such index, or one still filling: DynamoDB's messages name the index ("does not have
                 // the specified index", "backfilling global secondary index"), unlike its other
-                // validation errors, which stay errors. (A missing table fails the Scan that follows.)
+                // validation errors, which stay errors, as does a missing table's, which names no index.
                 Err(e) if refused_index(&e) => return Ok(None),
                 Err(e) => return Err(unavailable(e)),
             };

@@ -7,7 +7,8 @@
 //! batch ends, and a record still IN_PROGRESS counts as completed when its batch's completion lists its
 //! slot. A record taken over or released names another batch or none, so a late batch completion never
 //! marks it. Deciding on such a record reads the batch's completion first, so taking it over is a read,
-//! then a write conditional on what was read.
+//! then a write conditional on the lease token that was read: a batch completion written between the
+//! two is not seen, and the record is handled again (the DynamoDB store's comment says when).
 
 use std::fmt;
 
@@ -136,8 +137,6 @@ pub struct StoredRecord {
 }
 
 impl StoredRecord {
-    /// Why `claim` could not take this record. `None` if the record should not have blocked the claim
-    /// (expired or an expired lease): the adapter may then retry the claim.
     /// This record, found completed, as the answer to `claim`: the payloads compared.
     pub fn completed(&self, claim: &Claim) -> ClaimOutcome {
         ClaimOutcome::Completed {
@@ -145,6 +144,8 @@ impl StoredRecord {
         }
     }
 
+    /// Why `claim` could not take this record. `None` if the record should not have blocked the claim
+    /// (expired or an expired lease): the adapter may then retry the claim.
     pub fn refusal(&self, claim: &Claim) -> Option<ClaimOutcome> {
         if self.expiration < claim.now_secs() {
             return None;

@@ -24,7 +24,8 @@ use crate::receiving::queue::{attr, DeadLetterQueue};
 /// How one record ended. Exactly one INFO line per record reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Outcome {
-    /// Handlers succeeded; the record is completed (on its own, or with its batch).
+    /// Handlers succeeded; the record is completed on its own, or with its batch when the batch's
+    /// records are all decided (a completion that fails is logged; the message is acknowledged).
     Processed,
     /// Already completed earlier: acknowledged without running handlers.
     Duplicate,
@@ -414,8 +415,8 @@ impl Worker {
     ///
     /// With a store that completes by batch, each claim names its slot in this batch, and the handled
     /// records are completed with one write as soon as every record has either been handled or cannot be
-    /// (a failure, a duplicate, a cut-off), or at the cut-off at the latest: before the releases and
-    /// dead-letter sends of the failed ones, so that those cannot delay it past the deadline.
+    /// (a failure, a duplicate, a cut-off), or at the cut-off at the latest, without waiting for the
+    /// releases and dead-letter sends of the failed ones, so that those cannot delay it past the deadline.
     pub async fn process_batch(&self, records: Vec<Record>, deadline_ms: i64) -> BatchResult {
         let concurrency = self.settings.concurrency.max(1);
         let cutoff = self.cutoff(deadline_ms);
@@ -463,21 +464,32 @@ impl Worker {
         if leases.is_empty() {
             return;
         }
-        let results = self.store.complete_batch(&leases, self.expiration()).await;
-        let failed: Vec<&StoreError> = results.iter().filter_map(|r| r.as_ref().err()).collect();
-        if let Some(error) = failed.first() {
+        let results = self
+            .store
+            .complete_batch(&leases, self.expiration_at(self.clock.now_ms()))
+            .await;
+        let failed: Vec<(&Lease, &StoreError)> = leases
+            .iter()
+            .zip(&results)
+            .filter_map(|(lease, result)| result.as_ref().err().map(|error| (lease, error)))
+            .collect();
+        if let Some((_, error)) = failed.first() {
+            // The keys (app and notification ids, at most a batch's) say which ones a later copy may
+            // handle again once their leases lapse.
+            let keys: Vec<&str> = failed.iter().map(|(lease, _)| lease.key.as_str()).collect();
             warn!(
                 failed = failed.len(),
                 handled = leases.len(),
+                keys = keys.join(" "),
                 %error,
                 "handled, but the batch's records could not all be marked completed"
             );
         }
     }
 
-    /// When a record completed now may be forgotten (Unix s).
-    fn expiration(&self) -> i64 {
-        self.clock.now_ms().div_euclid(1000) + self.settings.retention.as_secs() as i64
+    /// When a record completed at `now_ms` may be forgotten (Unix s).
+    fn expiration_at(&self, now_ms: i64) -> i64 {
+        now_ms.div_euclid(1000) + self.settings.retention.as_secs() as i64
     }
 
     fn cutoff(&self, deadline_ms: i64) -> Cutoff {
@@ -603,7 +615,7 @@ impl Worker {
             payload_hash: payload_hash(&notification.data),
             now_ms,
             lease_until_ms: lease_end(now_ms, deadline_ms, visibility_ms),
-            expiration: now_ms.div_euclid(1000) + self.settings.retention.as_secs() as i64,
+            expiration: self.expiration_at(now_ms),
             batch: decision.slot(),
         };
         // Cut off, a claim that was written holds its lease until the deadline, when it ends on its own.
@@ -703,7 +715,11 @@ impl Worker {
                 let Some(lease) = decision.handled(lease) else {
                     return end.with_handlers(runs);
                 };
-                match self.store.complete(&lease, self.expiration()).await {
+                match self
+                    .store
+                    .complete(&lease, self.expiration_at(self.clock.now_ms()))
+                    .await
+                {
                     Ok(()) => {}
                     Err(StoreError::LeaseLost(_)) => {
                         warn!("handled, but the lease expired and another worker took the claim over")
