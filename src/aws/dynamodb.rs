@@ -337,7 +337,13 @@ impl IdempotencyStore for DynamoStore {
             }
             // Abandoned: its lease expired and its batch never completed it. Take it over from that
             // holder, unless another worker did first.
-            let token = old.lease_token.unwrap_or_default();
+            let Some(token) = old.lease_token else {
+                // Not a record this store wrote: no takeover can be conditional on its holder.
+                return Err(StoreError::Rejected(format!(
+                    "the record for {} is IN_PROGRESS without a lease token",
+                    claim.key
+                )));
+            };
             match self.put_claim(claim, &lease, Some(&token)).await {
                 Ok(()) => return Ok(ClaimOutcome::Claimed(lease)),
                 // Another worker changed the record first: look again.

@@ -491,8 +491,9 @@ impl WorkerLambdaConfig {
                     topics: topic_list(env, "EVENTBRIDGE_TOPICS", &["*"])?,
                 }),
             },
+            // `optional` leaves out a blank value.
             batch_completion: match env.optional("IDEMPOTENCY_COMPLETION").as_deref().map(str::trim) {
-                None | Some("" | "batch") => true,
+                None | Some("batch") => true,
                 Some("record") => false,
                 Some(other) => {
                     return Err(ConfigError::Invalid {

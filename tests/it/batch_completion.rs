@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use serde_json::json;
 
+use aws_sdk_dynamodb::types::AttributeValue;
+
 use crate::support::moto_worker::MotoWorker;
 use crate::support::{notification_body, record};
 use intercom_webhooks::aws::dynamodb::DynamoStore;
@@ -370,6 +372,31 @@ async fn concurrent_takeovers_of_an_abandoned_claim_have_exactly_one_winner() {
     assert_eq!((winners.len(), in_flight), (1, 11), "{results:?}");
     let slot = winners[0].batch.clone().unwrap();
     assert_eq!(s.slot_of("notif_race").await, (slot.batch, slot.slot));
+}
+
+#[tokio::test]
+async fn an_abandoned_record_without_a_lease_token_is_refused_not_taken_over() {
+    let s = setup().await;
+    s.claimed(&s.claim("notif_tokenless", "deadbatch", 0, 1_000))
+        .await;
+    s.dynamo
+        .update_item()
+        .table_name(&s.table)
+        .key("pk", AttributeValue::S("testapp#notif_tokenless".into()))
+        .update_expression("REMOVE lease_token")
+        .send()
+        .await
+        .unwrap();
+    s.clock.advance(2_000);
+    let refused = s
+        .store
+        .claim(&s.claim("notif_tokenless", "newbatch", 0, 30_000))
+        .await;
+    match refused {
+        Err(StoreError::Rejected(reason)) => assert!(reason.contains("without a lease token"), "{reason}"),
+        other => panic!("expected the store to refuse, got {other:?}"),
+    }
+    assert_eq!(s.slot_of("notif_tokenless").await, ("deadbatch".to_owned(), 0));
 }
 
 #[tokio::test]
