@@ -2,10 +2,20 @@
 //! callers send it operations and await the result. Operations that arrive together are committed in one
 //! transaction, and one failing does not undo the others: each runs inside its own savepoint, or, when it
 //! writes with a single statement, relies on SQLite undoing that statement ([`Db::call_single_write`]).
-//! No caller hears back before the commit: that is what makes a 200 from the local server durable.
+//! No caller hears back before the commit.
+//!
+//! Commits are written to the WAL without waiting for the disk; the thread then syncs the WAL itself
+//! (`fdatasync`) when the group holds an operation that must be on disk before its caller hears back
+//! ([`Durability::Synced`]: a delivery the intake answers 200 for, a completion, a dead letter), and
+//! answers those callers after the sync. A [`Durability::Deferred`] operation (a receive, a claim, an
+//! acknowledgement, a mirror write, the journal) is answered after its commit alone: the WAL is replayed
+//! in order after a crash, so it is on disk as soon as any later synced commit is, and at the latest
+//! [`MAX_DEFERRED`] after its commit. What a power loss can take is a suffix of deferred commits, each
+//! of which the queue's redelivery and the idempotency claim repeat.
 
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
 use std::thread;
 
 use rusqlite::Connection;
@@ -13,6 +23,19 @@ use tokio::sync::oneshot;
 
 /// Operations committed together at most.
 const GROUP_LIMIT: usize = 512;
+
+/// How long a deferred commit may wait for a synced one before the thread syncs the WAL for it.
+pub const MAX_DEFERRED: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// When a caller hears back about its operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// After the commit and the WAL's sync: on disk, and so is every commit before it.
+    Synced,
+    /// After the commit: visible to every later operation, on disk with the next synced commit, or
+    /// [`MAX_DEFERRED`] after the commit at the latest.
+    Deferred,
+}
 
 /// The queue is two tables. `payloads` holds what was received, written once and never updated; `queue`
 /// holds one small row per message still to be settled, which receives, retries and acknowledgements
@@ -161,6 +184,7 @@ impl From<rusqlite::Error> for DbError {
 trait Pending: Send {
     /// Runs the operation on the open transaction, recording its own result.
     fn run(&mut self, conn: &Connection);
+    fn durability(&self) -> Durability;
     /// Reports the result, or the commit's failure.
     fn finish(self: Box<Self>, commit: Result<(), DbError>);
 }
@@ -169,6 +193,7 @@ struct Op<T, F> {
     f: Option<F>,
     /// Whether the operation runs inside its own savepoint (see [`Db::call_single_write`]).
     savepoint: bool,
+    durability: Durability,
     result: Option<Result<T, DbError>>,
     reply: Option<oneshot::Sender<Result<T, DbError>>>,
 }
@@ -202,6 +227,10 @@ where
         self.result = Some(result);
     }
 
+    fn durability(&self) -> Durability {
+        self.durability
+    }
+
     fn finish(mut self: Box<Self>, commit: Result<(), DbError>) {
         let result = match commit {
             Ok(()) => self.result.take().unwrap_or(Err(DbError::Closed)),
@@ -218,6 +247,8 @@ where
 pub struct Db {
     jobs: mpsc::Sender<Box<dyn Pending>>,
     path: PathBuf,
+    /// Syncs of the WAL made by the database thread.
+    syncs: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for Db {
@@ -227,8 +258,7 @@ impl std::fmt::Debug for Db {
 }
 
 impl Db {
-    /// Opens (creating if needed) the database file in WAL mode with full synchronous commits, and starts
-    /// its thread.
+    /// Opens (creating if needed) the database file in WAL mode and starts its thread.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, DbError> {
         let path = path.as_ref().to_path_buf();
         create_private(&path)?;
@@ -246,7 +276,9 @@ impl Db {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         // The WAL is truncated to this size after a checkpoint, so that a burst does not leave it large.
         conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)?;
-        conn.pragma_update(None, "synchronous", "FULL")?;
+        // Commits do not sync: the database thread syncs the WAL itself, for the operations that need it
+        // (see the module's documentation). Checkpoints still sync the WAL before and the file after.
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         // Pages kept in memory (in KiB when negative): the queue's hot pages, so that a receive or an
@@ -260,26 +292,33 @@ impl Db {
         conn.execute_batch(SCHEMA)?;
         migrate_single_table_queue(&mut conn)?;
         let (jobs, queue) = mpsc::channel::<Box<dyn Pending>>();
+        let wal = Wal::new(&path);
+        let syncs = wal.syncs.clone();
         thread::Builder::new()
             .name("sqlite".into())
-            .spawn(move || serve(conn, queue))
+            .spawn(move || serve(conn, queue, wal))
             .map_err(|e| DbError::Sqlite(format!("cannot start the database thread: {e}")))?;
-        Ok(Self { jobs, path })
+        Ok(Self { jobs, path, syncs })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    /// Runs `f` in the database thread, inside a transaction; resolves after the commit. `f` runs in its
-    /// own savepoint: when it fails, whatever it wrote is undone and the other operations of the group
-    /// are kept.
+    /// How many times the database thread has synced the WAL.
+    pub fn wal_syncs(&self) -> u64 {
+        self.syncs.load(Ordering::Relaxed)
+    }
+
+    /// Runs `f` in the database thread, inside a transaction; resolves after the commit and the WAL's
+    /// sync ([`Durability::Synced`]). `f` runs in its own savepoint: when it fails, whatever it wrote is
+    /// undone and the other operations of the group are kept.
     pub async fn call<T, F>(&self, f: F) -> Result<T, DbError>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, DbError> + Send + 'static,
     {
-        self.submit(f, true).await
+        self.submit(f, true, Durability::Synced).await
     }
 
     /// As [`Db::call`], without the savepoint, for an operation that writes with one statement at most
@@ -293,10 +332,30 @@ impl Db {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, DbError> + Send + 'static,
     {
-        self.submit(f, false).await
+        self.submit(f, false, Durability::Synced).await
     }
 
-    async fn submit<T, F>(&self, f: F, savepoint: bool) -> Result<T, DbError>
+    /// As [`Db::call`], resolving after the commit, before the WAL's sync ([`Durability::Deferred`]): for
+    /// an operation that a crash may undo, because what it records is repeated when it is lost.
+    pub async fn call_deferred<T, F>(&self, f: F) -> Result<T, DbError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, DbError> + Send + 'static,
+    {
+        self.submit(f, true, Durability::Deferred).await
+    }
+
+    /// As [`Db::call_single_write`], resolving after the commit, before the WAL's sync
+    /// ([`Durability::Deferred`]).
+    pub async fn call_single_write_deferred<T, F>(&self, f: F) -> Result<T, DbError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, DbError> + Send + 'static,
+    {
+        self.submit(f, false, Durability::Deferred).await
+    }
+
+    async fn submit<T, F>(&self, f: F, savepoint: bool, durability: Durability) -> Result<T, DbError>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, DbError> + Send + 'static,
@@ -305,6 +364,7 @@ impl Db {
         let op = Op {
             f: Some(f),
             savepoint,
+            durability,
             result: None,
             reply: Some(reply),
         };
@@ -376,8 +436,72 @@ pub(crate) fn new_id() -> String {
     uuid::Uuid::now_v7().to_string()
 }
 
-fn serve(conn: Connection, queue: mpsc::Receiver<Box<dyn Pending>>) {
-    while let Ok(first) = queue.recv() {
+/// The WAL file, synced by the database thread after the commits that need it. SQLite keeps the file
+/// (and its inode: a checkpoint rewrites it from the start or truncates it) while a connection is open;
+/// it is opened at the first sync, since SQLite creates it at the first write.
+struct Wal {
+    path: PathBuf,
+    file: Option<std::fs::File>,
+    syncs: Arc<AtomicU64>,
+}
+
+impl Wal {
+    fn new(database: &Path) -> Self {
+        let mut path = database.as_os_str().to_owned();
+        path.push("-wal");
+        Self {
+            path: path.into(),
+            file: None,
+            syncs: Arc::default(),
+        }
+    }
+
+    fn sync(&mut self) -> Result<(), DbError> {
+        let failed = |e: std::io::Error| {
+            DbError::Sqlite(format!(
+                "cannot sync the write-ahead log {}: {e}",
+                self.path.display()
+            ))
+        };
+        if self.file.is_none() {
+            self.file = Some(std::fs::File::open(&self.path).map_err(failed)?);
+        }
+        let file = self.file.as_ref().expect("opened above");
+        file.sync_data().map_err(failed)?;
+        self.syncs.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// Commits a group of operations and answers their callers: deferred ones after the commit, synced ones
+/// after the WAL's sync as well (see the module's documentation).
+fn serve(conn: Connection, queue: mpsc::Receiver<Box<dyn Pending>>, mut wal: Wal) {
+    // When the oldest commit not yet synced was made.
+    let mut unsynced: Option<std::time::Instant> = None;
+    loop {
+        let first = match unsynced {
+            None => match queue.recv() {
+                Ok(op) => op,
+                Err(_) => return,
+            },
+            Some(since) => match queue.recv_timeout(MAX_DEFERRED.saturating_sub(since.elapsed())) {
+                Ok(op) => op,
+                Err(timeout_or_closed) => {
+                    unsynced = match wal.sync() {
+                        Ok(()) => None,
+                        Err(error) => {
+                            // Tried again with the next synced operation, or after another wait.
+                            tracing::error!(%error, "deferred commits are not on disk yet");
+                            Some(std::time::Instant::now())
+                        }
+                    };
+                    if timeout_or_closed == mpsc::RecvTimeoutError::Disconnected {
+                        return;
+                    }
+                    continue;
+                }
+            },
+        };
         let mut group = vec![first];
         while group.len() < GROUP_LIMIT {
             match queue.try_recv() {
@@ -385,6 +509,7 @@ fn serve(conn: Connection, queue: mpsc::Receiver<Box<dyn Pending>>) {
                 Err(_) => break,
             }
         }
+        let changes = conn.total_changes();
         let commit = match run_cached(&conn, "BEGIN IMMEDIATE") {
             Err(e) => Err(DbError::from(e)),
             Ok(()) => {
@@ -397,8 +522,23 @@ fn serve(conn: Connection, queue: mpsc::Receiver<Box<dyn Pending>>) {
                 })
             }
         };
-        for op in group {
+        if commit.is_ok() && conn.total_changes() != changes && unsynced.is_none() {
+            unsynced = Some(std::time::Instant::now());
+        }
+        let (synced, deferred): (Vec<_>, Vec<_>) = group
+            .into_iter()
+            .partition(|op| op.durability() == Durability::Synced);
+        for op in deferred {
             op.finish(commit.clone());
+        }
+        let due = unsynced.is_some_and(|since| !synced.is_empty() || since.elapsed() >= MAX_DEFERRED);
+        let synced_commit = if due {
+            wal.sync().map(|()| unsynced = None).and(commit)
+        } else {
+            commit
+        };
+        for op in synced {
+            op.finish(synced_commit.clone());
         }
     }
 }
@@ -445,6 +585,83 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(mode, "wal");
+    }
+
+    #[tokio::test]
+    async fn a_synced_write_is_answered_after_a_sync_and_a_deferred_one_is_synced_soon_after_alone() {
+        let (_dir, db) = open_with("CREATE TABLE t (v INTEGER)").await;
+        let insert = |v: i64| move |c: &Connection| Ok(c.execute("INSERT INTO t VALUES (?1)", [v])?);
+
+        let before = db.wal_syncs();
+        db.call_single_write(insert(1)).await.unwrap();
+        assert_eq!(
+            db.wal_syncs(),
+            before + 1,
+            "a synced write waits for its own sync"
+        );
+
+        // Nothing was written since: reading needs no sync.
+        let before = db.wal_syncs();
+        let count: Vec<i64> = db.column("SELECT count(*) FROM t").await;
+        assert_eq!((count, db.wal_syncs()), (vec![1], before));
+
+        // Deferred writes are answered at their commit; the WAL is synced for them within MAX_DEFERRED
+        // of the first, though nothing else comes.
+        let before = db.wal_syncs();
+        let started = std::time::Instant::now();
+        for v in 2..=11 {
+            db.call_single_write_deferred(insert(v)).await.unwrap();
+        }
+        // Each was answered without a sync of its own (one could only come from a wait of MAX_DEFERRED
+        // between two of them).
+        assert!(db.wal_syncs() - before < 10, "{} syncs", db.wal_syncs() - before);
+        let deadline = started + MAX_DEFERRED * 20;
+        while db.wal_syncs() == before && std::time::Instant::now() < deadline {
+            tokio::time::sleep(MAX_DEFERRED / 10).await;
+        }
+        assert!(
+            db.wal_syncs() > before,
+            "the deferred writes were not synced within {:?}",
+            MAX_DEFERRED * 20
+        );
+        let values: Vec<i64> = db.column("SELECT v FROM t ORDER BY v").await;
+        assert_eq!(values, (1..=11).collect::<Vec<i64>>());
+
+        // Once synced, the thread waits without syncing again.
+        let settled = db.wal_syncs();
+        tokio::time::sleep(MAX_DEFERRED * 3).await;
+        assert_eq!(db.wal_syncs(), settled);
+    }
+
+    #[tokio::test]
+    async fn a_deferred_write_that_fails_is_undone_and_a_synced_one_in_its_group_commits() {
+        let (_dir, db) = open_with("CREATE TABLE t (v INTEGER UNIQUE); INSERT INTO t VALUES (7)").await;
+        let deferred = (0..10).map(|i| {
+            let db = db.clone();
+            async move {
+                db.call_deferred(move |c| {
+                    c.execute("INSERT INTO t VALUES (?1)", [100 + i])?;
+                    // 7 is taken: this operation's own insert above is undone with it.
+                    if i == 3 {
+                        c.execute("INSERT INTO t VALUES (7)", [])?;
+                    }
+                    Ok(())
+                })
+                .await
+            }
+        });
+        let synced = db.call_single_write(|c| Ok(c.execute("INSERT INTO t VALUES (8)", [])?));
+        let (results, synced) = tokio::join!(futures::future::join_all(deferred), synced);
+        for (i, result) in results.iter().enumerate() {
+            assert_eq!(result.is_ok(), i != 3, "deferred write {i}: {result:?}");
+        }
+        assert_eq!(synced, Ok(1));
+        let values: Vec<i64> = db.column("SELECT v FROM t ORDER BY v").await;
+        let expected: Vec<i64> = [7, 8]
+            .into_iter()
+            .chain((0..10).filter(|&i| i != 3).map(|i| 100 + i))
+            .collect();
+        assert_eq!(values, expected);
     }
 
     #[cfg(unix)]

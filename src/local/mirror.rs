@@ -91,7 +91,7 @@ impl Mirror for SqliteMirror {
         let write = write.clone();
         // One write statement on each path (the upsert, or the counter after a refusal): no savepoint.
         self.db
-            .call_single_write(move |c| {
+            .call_single_write_deferred(move |c| {
                 let written = c
                     .prepare_cached(
                         "INSERT INTO mirror (type, id, app_id, version_ms, tiebreak_ms, deleted, truncated, notification_id, item)

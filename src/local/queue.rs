@@ -176,7 +176,7 @@ impl QueueConsumer for SqliteQueue {
         let now = self.now_ms();
         let leased = self
             .db
-            .call(move |c| {
+            .call_deferred(move |c| {
                 delete_settled_payloads(c)?;
                 let mut out = Vec::new();
                 // Messages past their receive limit are moved aside; keep looking until `max` are found,
@@ -254,7 +254,7 @@ impl QueueConsumer for SqliteQueue {
     async fn ack(&self, receipt: &str) -> Result<(), QueueError> {
         let receipt = receipt.to_owned();
         self.db
-            .call_single_write(move |c| {
+            .call_single_write_deferred(move |c| {
                 c.prepare_cached("DELETE FROM queue WHERE seq = ?1 AND receipt = ?2")?
                     .execute(params![receipt_seq(&receipt), receipt])?;
                 Ok(())
@@ -268,7 +268,7 @@ impl QueueConsumer for SqliteQueue {
         let error = error.to_owned();
         let visible_at = self.now_ms() + delay.as_millis() as i64;
         self.db
-            .call_single_write(move |c| {
+            .call_single_write_deferred(move |c| {
                 c.prepare_cached(
                     "UPDATE queue SET visible_at = ?1, last_error = ?2 WHERE seq = ?3 AND receipt = ?4",
                 )?

@@ -53,7 +53,7 @@ impl IdempotencyStore for SqliteStore {
     async fn claim(&self, claim: &Claim) -> Result<ClaimOutcome, StoreError> {
         let claim = claim.clone();
         self.db
-            .call_single_write(move |c| {
+            .call_single_write_deferred(move |c| {
                 let lease = Lease::new(claim.key.clone());
                 let taken = c.prepare_cached(
                     "INSERT INTO idempotency (pk, status, expiration, in_progress_expiration, lease_token, payload_hash, claimed_at)
@@ -124,7 +124,7 @@ impl IdempotencyStore for SqliteStore {
         let (key, token) = (lease.key.as_str().to_owned(), lease.token.clone());
         let changed = self
             .db
-            .call_single_write(move |c| {
+            .call_single_write_deferred(move |c| {
                 Ok(c.prepare_cached(
                     "DELETE FROM idempotency WHERE pk = ?1 AND status = ?2 AND lease_token = ?3",
                 )?

@@ -683,7 +683,7 @@ impl Writer {
         let keep = self.keep;
         let newest = flush.newest;
         self.db
-            .call(move |c| {
+            .call_deferred(move |c| {
                 flush.commit(c, keep)?;
                 Ok(())
             })
