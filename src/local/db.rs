@@ -6,12 +6,13 @@
 //!
 //! Commits are written to the WAL without waiting for the disk; the thread then syncs the WAL itself
 //! (`fdatasync`) when the group holds an operation that must be on disk before its caller hears back
-//! ([`Durability::Synced`]: a delivery the intake answers 200 for, a completion, a dead letter), and
-//! answers those callers after the sync. A [`Durability::Deferred`] operation (a receive, a claim, an
-//! acknowledgement, a mirror write, the journal) is answered after its commit alone: the WAL is replayed
-//! in order after a crash, so it is on disk as soon as any later synced commit is, and at the latest
-//! [`MAX_DEFERRED`] after its commit. What a power loss can take is a suffix of deferred commits, each
-//! of which the queue's redelivery and the idempotency claim repeat.
+//! ([`Durability::Synced`]: a delivery the intake answers 200 for, a completion, a dead letter the worker
+//! or a command writes), and answers those callers after the sync. A [`Durability::Deferred`] operation
+//! (a receive, a claim, an acknowledgement, a mirror write, the journal) is answered after its commit
+//! alone: the WAL is replayed in order after a crash, so it is on disk as soon as any later synced commit
+//! is, and at the latest [`MAX_DEFERRED`] after its commit. What a power loss can take is a suffix of
+//! deferred commits, each of which the queue's redelivery and the idempotency claim repeat (a message a
+//! receive moved to the dead letters after its last receive is moved again at the next).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -249,6 +250,8 @@ pub struct Db {
     path: PathBuf,
     /// Syncs of the WAL made by the database thread.
     syncs: Arc<AtomicU64>,
+    #[cfg(test)]
+    fail_next: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl std::fmt::Debug for Db {
@@ -292,13 +295,21 @@ impl Db {
         conn.execute_batch(SCHEMA)?;
         migrate_single_table_queue(&mut conn)?;
         let (jobs, queue) = mpsc::channel::<Box<dyn Pending>>();
-        let wal = Wal::new(&path);
+        let wal = Wal::open(&conn)?;
         let syncs = wal.syncs.clone();
+        #[cfg(test)]
+        let fail_next = wal.fail_next.clone();
         thread::Builder::new()
             .name("sqlite".into())
             .spawn(move || serve(conn, queue, wal))
             .map_err(|e| DbError::Sqlite(format!("cannot start the database thread: {e}")))?;
-        Ok(Self { jobs, path, syncs })
+        Ok(Self {
+            jobs,
+            path,
+            syncs,
+            #[cfg(test)]
+            fail_next,
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -308,6 +319,11 @@ impl Db {
     /// How many times the database thread has synced the WAL.
     pub fn wal_syncs(&self) -> u64 {
         self.syncs.load(Ordering::Relaxed)
+    }
+
+    /// Resolves once every commit made so far is on disk, deferred ones included.
+    pub async fn sync(&self) -> Result<(), DbError> {
+        self.call_single_write(|_| Ok(())).await
     }
 
     /// Runs `f` in the database thread, inside a transaction; resolves after the commit and the WAL's
@@ -436,38 +452,53 @@ pub(crate) fn new_id() -> String {
     uuid::Uuid::now_v7().to_string()
 }
 
-/// The WAL file, synced by the database thread after the commits that need it. SQLite keeps the file
-/// (and its inode: a checkpoint rewrites it from the start or truncates it) while a connection is open;
-/// it is opened at the first sync, since SQLite creates it at the first write.
+/// The WAL file, synced by the database thread after the commits that need it. Named as SQLite names
+/// it: after the database's path as SQLite resolved it (a symbolic link followed). SQLite keeps the file,
+/// and its inode (a checkpoint rewrites it from the start or truncates it), while a connection is open.
 struct Wal {
     path: PathBuf,
-    file: Option<std::fs::File>,
+    file: std::fs::File,
     syncs: Arc<AtomicU64>,
+    /// Set by a test: the next sync fails.
+    #[cfg(test)]
+    fail_next: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Wal {
-    fn new(database: &Path) -> Self {
-        let mut path = database.as_os_str().to_owned();
-        path.push("-wal");
-        Self {
-            path: path.into(),
-            file: None,
+    /// The WAL of `conn`'s database, which SQLite has created by the time the connection is in WAL mode
+    /// and has read the schema.
+    fn open(conn: &Connection) -> Result<Self, DbError> {
+        let database = conn
+            .path()
+            .filter(|p| !p.is_empty())
+            .ok_or_else(|| DbError::Sqlite("the database has no file, so no write-ahead log".into()))?;
+        let path = PathBuf::from(format!("{database}-wal"));
+        let file = std::fs::File::open(&path).map_err(|e| {
+            DbError::Sqlite(format!("cannot open the write-ahead log {}: {e}", path.display()))
+        })?;
+        Ok(Self {
+            path,
+            file,
             syncs: Arc::default(),
-        }
+            #[cfg(test)]
+            fail_next: Arc::default(),
+        })
     }
 
     fn sync(&mut self) -> Result<(), DbError> {
-        let failed = |e: std::io::Error| {
+        #[cfg(test)]
+        if self.fail_next.swap(false, Ordering::Relaxed) {
+            return Err(DbError::Sqlite(format!(
+                "cannot sync the write-ahead log {}: a test's failure",
+                self.path.display()
+            )));
+        }
+        self.file.sync_data().map_err(|e| {
             DbError::Sqlite(format!(
                 "cannot sync the write-ahead log {}: {e}",
                 self.path.display()
             ))
-        };
-        if self.file.is_none() {
-            self.file = Some(std::fs::File::open(&self.path).map_err(failed)?);
-        }
-        let file = self.file.as_ref().expect("opened above");
-        file.sync_data().map_err(failed)?;
+        })?;
         self.syncs.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -475,7 +506,19 @@ impl Wal {
 
 /// Commits a group of operations and answers their callers: deferred ones after the commit, synced ones
 /// after the WAL's sync as well (see the module's documentation).
+///
+/// After a failed sync nothing more is done: Linux reports a write-back error once and may drop the
+/// pages it could not write, so later commits would build on frames that are not on disk, and a later
+/// sync would succeed without them. Every operation is refused from then on, and a restart recovers
+/// from what the disk holds.
 fn serve(conn: Connection, queue: mpsc::Receiver<Box<dyn Pending>>, mut wal: Wal) {
+    let mut broken: Option<DbError> = None;
+    let fail = |error: DbError, broken: &mut Option<DbError>| {
+        tracing::error!(%error, "the database refuses every operation from now on; restart once the disk is healthy");
+        *broken = Some(DbError::Sqlite(format!(
+            "{error}; nothing is written after a failed sync (restart once the disk is healthy)"
+        )));
+    };
     // When the oldest commit not yet synced was made.
     let mut unsynced: Option<std::time::Instant> = None;
     loop {
@@ -487,14 +530,10 @@ fn serve(conn: Connection, queue: mpsc::Receiver<Box<dyn Pending>>, mut wal: Wal
             Some(since) => match queue.recv_timeout(MAX_DEFERRED.saturating_sub(since.elapsed())) {
                 Ok(op) => op,
                 Err(timeout_or_closed) => {
-                    unsynced = match wal.sync() {
-                        Ok(()) => None,
-                        Err(error) => {
-                            // Tried again with the next synced operation, or after another wait.
-                            tracing::error!(%error, "deferred commits are not on disk yet");
-                            Some(std::time::Instant::now())
-                        }
-                    };
+                    if let Err(error) = wal.sync() {
+                        fail(error, &mut broken);
+                    }
+                    unsynced = None;
                     if timeout_or_closed == mpsc::RecvTimeoutError::Disconnected {
                         return;
                     }
@@ -508,6 +547,12 @@ fn serve(conn: Connection, queue: mpsc::Receiver<Box<dyn Pending>>, mut wal: Wal
                 Ok(op) => group.push(op),
                 Err(_) => break,
             }
+        }
+        if let Some(error) = &broken {
+            for op in group {
+                op.finish(Err(error.clone()));
+            }
+            continue;
         }
         let changes = conn.total_changes();
         let commit = match run_cached(&conn, "BEGIN IMMEDIATE") {
@@ -533,7 +578,14 @@ fn serve(conn: Connection, queue: mpsc::Receiver<Box<dyn Pending>>, mut wal: Wal
         }
         let due = unsynced.is_some_and(|since| !synced.is_empty() || since.elapsed() >= MAX_DEFERRED);
         let synced_commit = if due {
-            wal.sync().map(|()| unsynced = None).and(commit)
+            unsynced = None;
+            match wal.sync() {
+                Ok(()) => commit,
+                Err(error) => {
+                    fail(error.clone(), &mut broken);
+                    Err(error)
+                }
+            }
         } else {
             commit
         };
@@ -662,6 +714,48 @@ mod tests {
             .chain((0..10).filter(|&i| i != 3).map(|i| 100 + i))
             .collect();
         assert_eq!(values, expected);
+    }
+
+    #[tokio::test]
+    async fn after_a_failed_sync_every_operation_is_refused() {
+        let (_dir, db) = open_with("CREATE TABLE t (v INTEGER)").await;
+        let insert = |v: i64| move |c: &Connection| Ok(c.execute("INSERT INTO t VALUES (?1)", [v])?);
+        db.call_single_write(insert(1)).await.unwrap();
+
+        db.fail_next.store(true, Ordering::Relaxed);
+        let failed = db.call_single_write(insert(2)).await.unwrap_err().to_string();
+        assert!(failed.contains("cannot sync the write-ahead log"), "{failed}");
+        for refused in [
+            db.call_single_write_deferred(insert(3)).await,
+            db.call_single_write(insert(4)).await,
+            db.call(|c| Ok(c.query_row("SELECT count(*) FROM t", [], |r| r.get::<_, i64>(0))? as usize))
+                .await,
+        ] {
+            let refused = refused.unwrap_err().to_string();
+            assert!(
+                refused.contains("nothing is written after a failed sync"),
+                "{refused}"
+            );
+        }
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn a_database_opened_through_a_symbolic_link_syncs_the_log_beside_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("data")).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("data/real.db"), dir.path().join("link.db")).unwrap();
+        let db = Db::open(dir.path().join("link.db")).unwrap();
+        db.call_single_write(|c| Ok(c.execute_batch("CREATE TABLE t (v); INSERT INTO t VALUES (1)")?))
+            .await
+            .unwrap();
+        assert!(dir.path().join("data/real.db-wal").exists());
+        assert!(!dir.path().join("link.db-wal").exists());
+        let before = db.wal_syncs();
+        db.call_single_write(|c| Ok(c.execute("INSERT INTO t VALUES (2)", [])?))
+            .await
+            .unwrap();
+        assert_eq!(db.wal_syncs(), before + 1);
     }
 
     #[cfg(unix)]

@@ -229,6 +229,10 @@ pub async fn serve(
             warn!("the inspector's journal did not finish writing within 5 s");
         }
     }
+    // The last acknowledgements and journal rows were deferred writes: on disk before the process ends.
+    if let Err(error) = db.sync().await {
+        warn!(%error, "the last writes may not be on disk");
+    }
     // Every batch has finished; what is left (idle connections of handlers' HTTP clients) can go.
     drop(background);
     served.map_err(|e| anyhow::anyhow!("the server failed: {e}"))?;
