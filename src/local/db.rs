@@ -276,7 +276,14 @@ impl Db {
                 conn.execute_batch("VACUUM")?;
             }
         }
-        conn.pragma_update(None, "journal_mode", "WAL")?;
+        let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            // The thread's syncs, and commits that do not block readers, need the write-ahead log.
+            return Err(DbError::Sqlite(format!(
+                "{} cannot use a write-ahead log (journal mode stays {mode}); put it on a local file system",
+                path.display()
+            )));
+        }
         // The WAL is truncated to this size after a checkpoint, so that a burst does not leave it large.
         conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)?;
         // Commits do not sync: the database thread syncs the WAL itself, for the operations that need it
