@@ -360,6 +360,7 @@ async fn purge_periodically(
 }
 
 fn extra_routes(queue: SqliteQueue, metrics: Arc<Metrics>) -> Router<Arc<Intake>> {
+    let db = queue.db().clone();
     Router::new()
         .route(
             "/healthz",
@@ -390,11 +391,15 @@ fn extra_routes(queue: SqliteQueue, metrics: Arc<Metrics>) -> Router<Arc<Intake>
             "/metrics",
             get(move || {
                 let metrics = metrics.clone();
+                let db = db.clone();
                 async move {
-                    (
-                        [("content-type", "text/plain; version=0.0.4")],
-                        metrics.render_prometheus(),
-                    )
+                    let mut text = metrics.render_prometheus();
+                    // Read from the database thread's own count: every sync of the WAL it made.
+                    text.push_str(&format!(
+                        "# TYPE intercom_webhooks_wal_syncs_total counter\nintercom_webhooks_wal_syncs_total {}\n",
+                        db.wal_syncs()
+                    ));
+                    ([("content-type", "text/plain; version=0.0.4")], text)
                 }
             }),
         )

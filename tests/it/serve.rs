@@ -211,6 +211,13 @@ fn every_fixture_is_handled_once_and_a_resend_is_all_duplicates() {
         "{metrics}"
     );
     assert!(metrics.contains("intercom_webhooks_pings_total 2\n"), "{metrics}");
+    // Each 200 waited for a sync of the WAL (several answers may share one).
+    let syncs: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("intercom_webhooks_wal_syncs_total "))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no WAL sync count in {metrics}"));
+    assert!(syncs >= 1, "{metrics}");
 }
 
 #[test]
