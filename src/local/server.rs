@@ -393,12 +393,8 @@ fn extra_routes(queue: SqliteQueue, metrics: Arc<Metrics>) -> Router<Arc<Intake>
                 let metrics = metrics.clone();
                 let db = db.clone();
                 async move {
-                    let mut text = metrics.render_prometheus();
-                    // Read from the database thread's own count: every sync of the WAL it made.
-                    text.push_str(&format!(
-                        "# TYPE intercom_webhooks_wal_syncs_total counter\nintercom_webhooks_wal_syncs_total {}\n",
-                        db.wal_syncs()
-                    ));
+                    // The database thread counts its syncs of the WAL itself.
+                    let text = metrics.render_prometheus_with(&[("wal_syncs", db.wal_syncs())]);
                     ([("content-type", "text/plain; version=0.0.4")], text)
                 }
             }),

@@ -97,9 +97,22 @@ impl Metrics {
     /// The counters in Prometheus' text exposition format, each named `intercom_webhooks_<name>`
     /// (counters get a `_total` suffix).
     pub fn render_prometheus(&self) -> String {
+        self.render_prometheus_with(&[])
+    }
+
+    /// As [`Metrics::render_prometheus`], with counters kept elsewhere and read now (name, value; no
+    /// labels) among them.
+    pub fn render_prometheus_with(&self, others: &[(&str, u64)]) -> String {
+        let mut counters = self.snapshot();
+        counters.extend(
+            others
+                .iter()
+                .map(|(name, value)| (((*name).to_owned(), Labels::new()), *value)),
+        );
+        counters.sort();
         let mut out = String::new();
         let mut last = String::new();
-        for ((name, labels), value) in self.snapshot() {
+        for ((name, labels), value) in counters {
             let metric = if name.ends_with("_sum") || name.ends_with("_count") {
                 format!("intercom_webhooks_{name}")
             } else {
@@ -201,6 +214,34 @@ mod tests {
         assert_eq!(keys, expected);
         assert_eq!(m.drain().counters.len(), 3);
         assert_eq!(m.total("processed"), 0, "drained");
+    }
+
+    #[test]
+    fn counters_kept_elsewhere_are_rendered_among_the_others_in_name_order() {
+        let m = Metrics::new();
+        m.incr("received", &[]);
+        m.incr("enqueued", &[]);
+        let text = m.render_prometheus_with(&[("wal_syncs", 7), ("processed", 3)]);
+        let names: Vec<&str> = text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| l.split(' ').next().unwrap_or_default())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "intercom_webhooks_enqueued_total",
+                "intercom_webhooks_processed_total",
+                "intercom_webhooks_received_total",
+                "intercom_webhooks_wal_syncs_total"
+            ]
+        );
+        assert!(
+            text.contains(
+                "# TYPE intercom_webhooks_wal_syncs_total counter\nintercom_webhooks_wal_syncs_total 7\n"
+            ),
+            "{text}"
+        );
     }
 
     #[test]
