@@ -693,7 +693,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_deferred_write_that_fails_is_undone_and_a_synced_one_in_its_group_commits() {
+    async fn a_deferred_write_that_fails_is_undone_and_a_synced_one_sent_beside_it_commits() {
         let (_dir, db) = open_with("CREATE TABLE t (v INTEGER UNIQUE); INSERT INTO t VALUES (7)").await;
         let deferred = (0..10).map(|i| {
             let db = db.clone();
