@@ -17,7 +17,9 @@
 # The ceiling's stores (examples/ceiling_receiver.rs): `none` stores nothing; `append` appends each body to
 # a file and answers after fdatasync, syncing the bodies waiting together (the simplest durable receiver
 # we could write); `append-parallel` does the same on four threads and files, a group's sync not waiting
-# for the previous one's; `sqlite` is serve's own queue (`SqliteQueue::send`) without serve's worker, inspector and routes.
+# for the previous one's; `log` writes the groups in place into a file written in full beforehand (so a sync
+# has no metadata to write, as in a reused log segment); `log-direct` is `log` with O_DIRECT (no page cache);
+# `sqlite` is serve's own queue (`SqliteQueue::send`) without serve's worker, inspector and routes.
 #
 # Each run also reports the machine's CPU during it (all cores, wrk included): busy, and idle waiting for
 # I/O. Cores left idle mean a receiver waits on its syncs rather than works; bench/RESULTS.md compares
@@ -49,15 +51,15 @@ while [[ $# -gt 0 ]]; do
     --drain-secs) DRAIN_SECS=$2; shift 2 ;;
     --bin) BIN=$2; shift 2 ;;
     --serve-arg) SERVE_ARGS+=("$2"); shift 2 ;;
-    -h|--help) sed -n '2,30p' "$SELF"; exit 0 ;;
+    -h|--help) sed -n '2,33p' "$SELF"; exit 0 ;;
     *) echo "unknown option: $1 (see --help)" >&2; exit 2 ;;
   esac
 done
 [[ -f "$FIXTURE" ]] || { echo "no such fixture: $FIXTURE" >&2; exit 2; }
 IFS=, read -r -a STORES <<<"$CEILING_STORES"
 for store in "${STORES[@]}"; do
-  [[ $store == none || $store == append || $store == append-parallel || $store == sqlite ]] ||
-    { echo "--ceiling-stores takes none, append, append-parallel and sqlite, not $store" >&2; exit 2; }
+  [[ $store == none || $store == append || $store == append-parallel || $store == log || $store == log-direct || $store == sqlite ]] ||
+    { echo "--ceiling-stores takes none, append, append-parallel, log, log-direct and sqlite, not $store" >&2; exit 2; }
 done
 
 # --- tools ---------------------------------------------------------------------------------------------
@@ -203,6 +205,8 @@ if [[ $CEILING -eq 1 ]]; then
       none) what="verify + 200, stores nothing" ;;
       append) what="verify, append + fdatasync (group commit), 200" ;;
       append-parallel) what="verify, append + fdatasync (group commit) on four threads and files, 200" ;;
+      log) what="verify, write in place into a file written beforehand + fdatasync (group commit), 200" ;;
+      log-direct) what="the same as \`log\` with O_DIRECT" ;;
       sqlite) what="verify, serve's SQLite queue without its worker, 200" ;;
     esac
     echo "| ceiling, store \`$store\` (Rust, the same crates, $what) | ${C_RPS[$store]} | ${C_P50[$store]} ms | ${C_P99[$store]} ms | ${C_REQ[$store]} | ${C_NON2XX[$store]} | ${C_ERR[$store]} | ${C_CPU[$store]} % / ${C_IOW[$store]} % |"

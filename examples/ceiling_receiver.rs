@@ -13,6 +13,13 @@
 //! - `append-parallel`: the same with four appending threads, each with its own file, taking the groups in
 //!   turn, so that one group's `fdatasync` does not wait for the previous group's: whether the syncs, one
 //!   at a time, are what limits `append`.
+//! - `log`: like `append`, but into a file written in full beforehand (256 MiB of zeros), overwritten in
+//!   place from its start and from its start again when full: `fdatasync` then has data to write and no
+//!   metadata (no new size, no newly allocated blocks), as in a log whose segments are reused once their
+//!   records are processed (a database's WAL). This ceiling keeps the last 256 MiB of bodies only.
+//! - `log-direct`: `log` with `O_DIRECT`: each group, padded to whole 4 KiB blocks, goes from the thread's
+//!   buffer to the disk without the page cache (no copy, no write-back), then `fdatasync` flushes the
+//!   disk's cache.
 //! - `sqlite`: `serve`'s own queue (`SqliteQueue::send` on the same `Db`: one database thread, group
 //!   commit, synchronous = FULL) without its worker, its inspector or its other routes.
 //!
@@ -21,7 +28,11 @@
 /// The appending threads of `append-parallel`.
 const PARALLEL_APPENDERS: usize = 4;
 
+/// The size of the `log` store's file, written in full before the first request.
+const LOG_BYTES: u64 = 256 << 20;
+
 use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex};
 
@@ -63,12 +74,14 @@ async fn main() -> anyhow::Result<()> {
                 "none" => Store::None,
                 "append" => Store::Append(start_appenders(&dir, 1)?),
                 "append-parallel" => Store::Append(start_appenders(&dir, PARALLEL_APPENDERS)?),
+                "log" => Store::Append(start_log(&dir, false)?),
+                "log-direct" => Store::Append(start_log(&dir, true)?),
                 "sqlite" => Store::Sqlite(SqliteQueue::new(Db::open(dir.join("ceiling.db"))?, 5)),
-                other => anyhow::bail!("--store none|append|append-parallel|sqlite, not {other}"),
+                other => anyhow::bail!("--store none|append|append-parallel|log|log-direct|sqlite, not {other}"),
             }
         }
         _ => anyhow::bail!(
-            "usage: ceiling_receiver ADDRESS [--store none|append|append-parallel|sqlite [DIR]]"
+            "usage: ceiling_receiver ADDRESS [--store none|append|append-parallel|log|log-direct|sqlite [DIR]]"
         ),
     };
     let secret =
@@ -155,4 +168,98 @@ fn start_appenders(dir: &Path, threads: usize) -> anyhow::Result<Appender> {
             })?;
     }
     Ok(jobs)
+}
+
+/// One thread that writes the bodies waiting (length-prefixed) as one group into a file written in full
+/// beforehand, from its start and from its start again when the next group does not fit, and answers
+/// each after the group's `fdatasync`. With `direct`, the file is opened with `O_DIRECT` and each group
+/// padded to whole blocks.
+fn start_log(dir: &Path, direct: bool) -> anyhow::Result<Appender> {
+    let path = dir.join("ceiling-log.bin");
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(&path)?;
+    // Written, not `fallocate`d: blocks allocated but never written are marked unwritten, and the first
+    // write to each would change metadata again.
+    let zeros = vec![0u8; 1 << 20];
+    for _ in 0..LOG_BYTES / zeros.len() as u64 {
+        file.write_all(&zeros)?;
+    }
+    file.sync_all()?;
+    if direct {
+        use std::os::unix::fs::OpenOptionsExt;
+        file = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(&path)?;
+    }
+    let (jobs, queue): (Appender, mpsc::Receiver<(Bytes, oneshot::Sender<bool>)>) = mpsc::channel();
+    std::thread::Builder::new().name("log".into()).spawn(move || {
+        let mut buffer = Blocks::default();
+        let mut offset = 0u64;
+        while let Ok(first) = queue.recv() {
+            let mut group = vec![first];
+            group.extend(queue.try_iter().take(511));
+            buffer.clear();
+            for (body, _) in &group {
+                buffer.extend(&(body.len() as u32).to_le_bytes());
+                buffer.extend(body);
+            }
+            let bytes = buffer.padded();
+            if offset + bytes.len() as u64 > LOG_BYTES {
+                offset = 0;
+            }
+            let result = if bytes.len() as u64 > LOG_BYTES {
+                Err(std::io::Error::other("a group larger than the log"))
+            } else {
+                file.write_all_at(bytes, offset).and_then(|()| file.sync_data())
+            };
+            offset += bytes.len() as u64;
+            for (_, done) in group {
+                let _ = done.send(result.is_ok());
+            }
+        }
+    })?;
+    Ok(jobs)
+}
+
+/// A block of the `log` store's buffer: 4 KiB, aligned as `O_DIRECT` needs.
+#[derive(Clone, Copy)]
+#[repr(C, align(4096))]
+struct Block([u8; 4096]);
+
+/// A buffer of whole, aligned blocks, filled from the start.
+#[derive(Default)]
+struct Blocks {
+    blocks: Vec<Block>,
+    len: usize,
+}
+
+impl Blocks {
+    fn clear(&mut self) {
+        self.len = 0;
+    }
+
+    fn extend(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            let (index, at) = (self.len / 4096, self.len % 4096);
+            if index == self.blocks.len() {
+                self.blocks.push(Block([0; 4096]));
+            }
+            let n = bytes.len().min(4096 - at);
+            self.blocks[index].0[at..at + n].copy_from_slice(&bytes[..n]);
+            self.len += n;
+            bytes = &bytes[n..];
+        }
+    }
+
+    /// The bytes written so far, with the rest of their last block (whatever it held before).
+    fn padded(&self) -> &[u8] {
+        let blocks = &self.blocks[..self.len.div_ceil(4096)];
+        // SAFETY: `Block` is `repr(C)` around a byte array, so `blocks` is `4096 * blocks.len()`
+        // initialised bytes in one allocation, borrowed for as long as the slice.
+        unsafe { std::slice::from_raw_parts(blocks.as_ptr().cast::<u8>(), blocks.len() * 4096) }
+    }
 }
