@@ -21,7 +21,7 @@
 //!   buffer to the disk without the page cache (no copy, no write-back), then `fdatasync` flushes the
 //!   disk's cache.
 //! - `sqlite`: `serve`'s own queue (`SqliteQueue::send` on the same `Db`: one database thread, group
-//!   commit, synchronous = FULL) without its worker, its inspector or its other routes.
+//!   commit, the WAL synced before the answer) without its worker, its inspector or its other routes.
 //!
 //!   INTERCOM_CLIENT_SECRET=… cargo run --release --example ceiling_receiver -- 127.0.0.1:8090 [--store append DIR]
 
