@@ -56,9 +56,18 @@ while [[ $# -gt 0 ]]; do
   esac
 done
 [[ -f "$FIXTURE" ]] || { echo "no such fixture: $FIXTURE" >&2; exit 2; }
+# The ceiling's stores, as the report describes them.
+declare -A STORE_WHAT=(
+  [none]="verify + 200, stores nothing"
+  [append]="verify, append + fdatasync (group commit), 200"
+  [append-parallel]="verify, append + fdatasync (group commit) on four threads and files, 200"
+  [log]="verify, write in place into a file written beforehand + fdatasync (group commit), 200"
+  [log-direct]="the same as \`log\` with O_DIRECT"
+  [sqlite]="verify, serve's SQLite queue without its worker, 200"
+)
 IFS=, read -r -a STORES <<<"$CEILING_STORES"
 for store in "${STORES[@]}"; do
-  [[ $store == none || $store == append || $store == append-parallel || $store == log || $store == log-direct || $store == sqlite ]] ||
+  [[ -v STORE_WHAT[$store] ]] ||
     { echo "--ceiling-stores takes none, append, append-parallel, log, log-direct and sqlite, not $store" >&2; exit 2; }
 done
 
@@ -201,14 +210,7 @@ echo "|---|---:|---:|---:|---:|---:|---:|---:|"
 echo "| \`serve\` (SQLite, durable ack) | $S_RPS | $S_P50 ms | $S_P99 ms | $S_REQ | $S_NON2XX | $S_ERR | $S_CPU % / $S_IOW % |"
 if [[ $CEILING -eq 1 ]]; then
   for store in "${STORES[@]}"; do
-    case $store in
-      none) what="verify + 200, stores nothing" ;;
-      append) what="verify, append + fdatasync (group commit), 200" ;;
-      append-parallel) what="verify, append + fdatasync (group commit) on four threads and files, 200" ;;
-      log) what="verify, write in place into a file written beforehand + fdatasync (group commit), 200" ;;
-      log-direct) what="the same as \`log\` with O_DIRECT" ;;
-      sqlite) what="verify, serve's SQLite queue without its worker, 200" ;;
-    esac
+    what=${STORE_WHAT[$store]}
     echo "| ceiling, store \`$store\` (Rust, the same crates, $what) | ${C_RPS[$store]} | ${C_P50[$store]} ms | ${C_P99[$store]} ms | ${C_REQ[$store]} | ${C_NON2XX[$store]} | ${C_ERR[$store]} | ${C_CPU[$store]} % / ${C_IOW[$store]} % |"
   done
 fi

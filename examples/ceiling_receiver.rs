@@ -14,12 +14,13 @@
 //!   turn, so that one group's `fdatasync` does not wait for the previous group's: whether the syncs, one
 //!   at a time, are what limits `append`.
 //! - `log`: like `append`, but into a file written in full beforehand (256 MiB of zeros), overwritten in
-//!   place from its start and from its start again when full: `fdatasync` then has data to write and no
-//!   metadata (no new size, no newly allocated blocks), as in a log whose segments are reused once their
-//!   records are processed (a database's WAL). This ceiling keeps the last 256 MiB of bodies only.
-//! - `log-direct`: `log` with `O_DIRECT`: each group, padded to whole 4 KiB blocks, goes from the thread's
-//!   buffer to the disk without the page cache (no copy, no write-back), then `fdatasync` flushes the
-//!   disk's cache.
+//!   place from its start and from its start again when full, each group padded to whole 4 KiB blocks:
+//!   `fdatasync` then has data to write and no metadata (no new size, no newly allocated blocks), as in a
+//!   log whose segments are reused once their records are processed (a database's WAL). This ceiling
+//!   keeps the last 256 MiB of bodies only.
+//! - `log-direct`: `log` with `O_DIRECT` (its only difference): each group goes from the thread's buffer
+//!   to the disk without the page cache (no copy, no write-back), then `fdatasync` flushes the disk's
+//!   cache.
 //! - `sqlite`: `serve`'s own queue (`SqliteQueue::send` on the same `Db`: one database thread, group
 //!   commit, the WAL synced before the answer) without its worker, its inspector or its other routes.
 //!
@@ -30,6 +31,12 @@ const PARALLEL_APPENDERS: usize = 4;
 
 /// The size of the `log` store's file, written in full before the first request.
 const LOG_BYTES: u64 = 256 << 20;
+
+/// The `log` store's block: what `O_DIRECT` needs its offsets, lengths and buffer addresses aligned to.
+const BLOCK: usize = 4096;
+
+/// The most bodies a store thread takes as one group.
+const GROUP_LIMIT: usize = 512;
 
 use std::io::Write;
 use std::os::unix::fs::FileExt;
@@ -47,8 +54,11 @@ use intercom_webhooks::receiving::queue::{Message, Queue};
 use intercom_webhooks::receiving::signature::{ClientSecrets, SIGNATURE_HEADER};
 use tokio::sync::oneshot;
 
-/// Bodies to append, each with where to say whether it is on disk.
-type Appender = mpsc::Sender<(Bytes, oneshot::Sender<bool>)>;
+/// A body to store, with where to say whether it is on disk.
+type Job = (Bytes, oneshot::Sender<bool>);
+
+/// Where the request handlers send the bodies to store.
+type Appender = mpsc::Sender<Job>;
 
 /// Where a verified body goes before the 200.
 enum Store {
@@ -148,9 +158,7 @@ fn start_appenders(dir: &Path, threads: usize) -> anyhow::Result<Appender> {
                 loop {
                     let group = {
                         let Ok(queue) = queue.lock() else { return };
-                        let Ok(first) = queue.recv() else { return };
-                        let mut group = vec![first];
-                        group.extend(queue.try_iter().take(511));
+                        let Some(group) = next_group(&queue) else { return };
                         group
                     };
                     let result = group
@@ -161,20 +169,34 @@ fn start_appenders(dir: &Path, threads: usize) -> anyhow::Result<Appender> {
                         })
                         .and_then(|()| file.flush())
                         .and_then(|()| file.get_ref().sync_data());
-                    for (_, done) in group {
-                        let _ = done.send(result.is_ok());
-                    }
+                    answer(group, result.is_ok());
                 }
             })?;
     }
     Ok(jobs)
 }
 
-/// One thread that writes the bodies waiting (length-prefixed) as one group into a file written in full
-/// beforehand, from its start and from its start again when the next group does not fit, and answers
-/// each after the group's `fdatasync`. With `direct`, the file is opened with `O_DIRECT` and each group
-/// padded to whole blocks.
+/// The bodies waiting, as one group (at least one: waits for it); `None` once every sender is gone.
+fn next_group(queue: &mpsc::Receiver<Job>) -> Option<Vec<Job>> {
+    let first = queue.recv().ok()?;
+    let mut group = vec![first];
+    group.extend(queue.try_iter().take(GROUP_LIMIT - 1));
+    Some(group)
+}
+
+/// Tells each request of `group` whether its body is on disk.
+fn answer(group: Vec<Job>, stored: bool) {
+    for (_, done) in group {
+        let _ = done.send(stored);
+    }
+}
+
+/// One thread that writes the bodies waiting (length-prefixed) as one group, padded to whole blocks, into
+/// a file written in full beforehand, from its start and from its start again when the next group does
+/// not fit, and answers each after the group's `fdatasync`. With `direct`, the file is opened with
+/// `O_DIRECT`.
 fn start_log(dir: &Path, direct: bool) -> anyhow::Result<Appender> {
+    use std::os::unix::fs::OpenOptionsExt;
     let path = dir.join("ceiling-log.bin");
     let mut file = std::fs::OpenOptions::new()
         .create(true)
@@ -189,77 +211,41 @@ fn start_log(dir: &Path, direct: bool) -> anyhow::Result<Appender> {
     }
     file.sync_all()?;
     if direct {
-        use std::os::unix::fs::OpenOptionsExt;
         file = std::fs::OpenOptions::new()
             .write(true)
             .custom_flags(libc::O_DIRECT)
             .open(&path)?;
     }
-    let (jobs, queue): (Appender, mpsc::Receiver<(Bytes, oneshot::Sender<bool>)>) = mpsc::channel();
+    let (jobs, queue) = mpsc::channel();
     std::thread::Builder::new().name("log".into()).spawn(move || {
-        let mut buffer = Blocks::default();
+        // A group is laid out in a window of this buffer that starts on a block's address.
+        let mut buffer = Vec::new();
         let mut offset = 0u64;
-        while let Ok(first) = queue.recv() {
-            let mut group = vec![first];
-            group.extend(queue.try_iter().take(511));
-            buffer.clear();
-            for (body, _) in &group {
-                buffer.extend(&(body.len() as u32).to_le_bytes());
-                buffer.extend(body);
+        while let Some(group) = next_group(&queue) {
+            let len: usize = group.iter().map(|(body, _)| 4 + body.len()).sum();
+            let padded = len.next_multiple_of(BLOCK);
+            if padded as u64 > LOG_BYTES {
+                answer(group, false);
+                continue;
             }
-            let bytes = buffer.padded();
-            if offset + bytes.len() as u64 > LOG_BYTES {
+            if buffer.len() < padded + BLOCK {
+                buffer.resize(padded + BLOCK, 0);
+            }
+            let start = (BLOCK - buffer.as_ptr().addr() % BLOCK) % BLOCK;
+            let window = &mut buffer[start..start + padded];
+            let mut at = 0;
+            for (body, _) in &group {
+                window[at..at + 4].copy_from_slice(&(body.len() as u32).to_le_bytes());
+                window[at + 4..at + 4 + body.len()].copy_from_slice(body);
+                at += 4 + body.len();
+            }
+            if offset + padded as u64 > LOG_BYTES {
                 offset = 0;
             }
-            let result = if bytes.len() as u64 > LOG_BYTES {
-                Err(std::io::Error::other("a group larger than the log"))
-            } else {
-                file.write_all_at(bytes, offset).and_then(|()| file.sync_data())
-            };
-            offset += bytes.len() as u64;
-            for (_, done) in group {
-                let _ = done.send(result.is_ok());
-            }
+            let result = file.write_all_at(window, offset).and_then(|()| file.sync_data());
+            offset += padded as u64;
+            answer(group, result.is_ok());
         }
     })?;
     Ok(jobs)
-}
-
-/// A block of the `log` store's buffer: 4 KiB, aligned as `O_DIRECT` needs.
-#[derive(Clone, Copy)]
-#[repr(C, align(4096))]
-struct Block([u8; 4096]);
-
-/// A buffer of whole, aligned blocks, filled from the start.
-#[derive(Default)]
-struct Blocks {
-    blocks: Vec<Block>,
-    len: usize,
-}
-
-impl Blocks {
-    fn clear(&mut self) {
-        self.len = 0;
-    }
-
-    fn extend(&mut self, mut bytes: &[u8]) {
-        while !bytes.is_empty() {
-            let (index, at) = (self.len / 4096, self.len % 4096);
-            if index == self.blocks.len() {
-                self.blocks.push(Block([0; 4096]));
-            }
-            let n = bytes.len().min(4096 - at);
-            self.blocks[index].0[at..at + n].copy_from_slice(&bytes[..n]);
-            self.len += n;
-            bytes = &bytes[n..];
-        }
-    }
-
-    /// The bytes written so far, with the rest of their last block (whatever it held before).
-    fn padded(&self) -> &[u8] {
-        let blocks = &self.blocks[..self.len.div_ceil(4096)];
-        // SAFETY: `Block` is `repr(C)` around a byte array, so `blocks` is `4096 * blocks.len()`
-        // initialised bytes in one allocation, borrowed for as long as the slice.
-        unsafe { std::slice::from_raw_parts(blocks.as_ptr().cast::<u8>(), blocks.len() * 4096) }
-    }
 }
