@@ -74,6 +74,15 @@ enum Checkpoint {
     Apart,
 }
 
+/// One configuration measured.
+#[derive(Clone, Copy)]
+struct Config {
+    story: Story,
+    page: u32,
+    checkpoint: Checkpoint,
+    group: usize,
+}
+
 /// What one configuration cost, per notification.
 struct Cost {
     writer_us: f64,
@@ -127,16 +136,13 @@ fn main() -> anyhow::Result<()> {
                     let dir = tempfile::Builder::new()
                         .prefix("sqlite-floor.")
                         .tempdir_in(&base)?;
-                    let cost = run(
-                        dir.path(),
+                    let config = Config {
                         story,
                         page,
                         checkpoint,
-                        group.max(1),
-                        args.notifications,
-                        &body,
-                        &item,
-                    )?;
+                        group: group.max(1),
+                    };
+                    let cost = run(dir.path(), config, args.notifications, &body, &item)?;
                     let at_rate = cost.writer_us * f64::from(args.rate) / 1e6;
                     println!(
                         "| {} | {page} | {} | {group} | {:.1} µs | {} | {:.1} µs | {:.1} µs | {:.1} KB | {:.0} % |",
@@ -171,17 +177,13 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
-fn run(
-    dir: &Path,
-    story: Story,
-    page: u32,
-    checkpoint: Checkpoint,
-    group: usize,
-    notifications: usize,
-    body: &[u8],
-    item: &[u8],
-) -> anyhow::Result<Cost> {
+fn run(dir: &Path, config: Config, notifications: usize, body: &[u8], item: &[u8]) -> anyhow::Result<Cost> {
+    let Config {
+        story,
+        page,
+        checkpoint,
+        group,
+    } = config;
     let path = dir.join("floor.db");
     let conn = Connection::open(&path)?;
     conn.pragma_update(None, "page_size", page)?;
