@@ -29,6 +29,12 @@ use load::{open_loop, signed_post};
 use serve::{free_port, scratch_dir, sigterm_and_wait, unix_us, wait_healthy, OutcomeLine, ServeCommand};
 use template::Template;
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Ids {
+    Counted,
+    Random,
+}
+
 #[derive(Parser, Debug)]
 #[command(about = "End-to-end latency (POST to handler completion) and saturation of `serve`.")]
 struct Args {
@@ -80,6 +86,11 @@ struct Args {
     /// mirror; by default every request is the same conversation, which the mirror finds unchanged.
     #[arg(long)]
     fresh_objects: bool,
+    /// Notification ids: `counted` (`notif_<run>_<n>`: neighbours in the store's indexes, as in the figures
+    /// of bench/RESULTS.md up to 2026-12-03) or `random` (`notif_<uuid>`, as Intercom's are, each landing
+    /// on its own index page).
+    #[arg(long, value_enum, default_value_t = Ids::Counted)]
+    ids: Ids,
     /// Run `serve --no-mirror`.
     #[arg(long)]
     no_mirror: bool,
@@ -151,19 +162,36 @@ struct Sent {
     skipped: usize,
 }
 
+/// How the requests of one phase (warm-up, latency run, a saturation step) name their notifications.
+#[derive(Clone, Copy)]
+struct Naming<'a> {
+    phase: &'a str,
+    ids: Ids,
+}
+
+impl Naming<'_> {
+    /// The id of the phase's request `n`.
+    fn id(&self, n: u64) -> String {
+        match self.ids {
+            Ids::Counted => format!("notif_{}_{n}", self.phase),
+            Ids::Random => format!("notif_{}", uuid::Uuid::new_v4()),
+        }
+    }
+}
+
 /// Posts at `rate`/s for `secs`, open loop. Returns when the last request has been answered.
 async fn offer(
     client: &reqwest::Client,
     url: &str,
     template: &Arc<Template>,
-    prefix: &str,
+    naming: Naming<'_>,
     rate: u32,
     secs: u64,
     max_in_flight: usize,
 ) -> Sent {
     let sent = Arc::new(Mutex::new(Sent::default()));
     let skipped = open_loop(rate, secs, max_in_flight, |n| {
-        let id = format!("notif_{prefix}_{n}");
+        let id = naming.id(n);
         let (client, url, template, sent) = (client.clone(), url.to_owned(), template.clone(), sent.clone());
         async move {
             let request = signed_post(&client, &url, &template, &id);
@@ -298,7 +326,10 @@ fn main() -> anyhow::Result<()> {
             &client,
             &url,
             &template,
-            "warm",
+            Naming {
+                phase: "warm",
+                ids: args.ids,
+            },
             args.rate,
             args.warmup_secs,
             args.max_in_flight,
@@ -325,7 +356,10 @@ fn main() -> anyhow::Result<()> {
         &client,
         &url,
         &template,
-        "lat",
+        Naming {
+            phase: "lat",
+            ids: args.ids,
+        },
         args.rate,
         args.duration,
         args.max_in_flight,
@@ -343,11 +377,15 @@ fn main() -> anyhow::Result<()> {
     println!("### End-to-end latency at a fixed offered rate");
     println!();
     println!(
-        "`serve --pollers {pollers}{}`, {} offered at {}/s for {} s (open loop, fresh id each{}), fixture `{}`.",
+        "`serve --pollers {pollers}{}`, {} offered at {}/s for {} s (open loop, a fresh id each, {}{}), fixture `{}`.",
         if args.no_mirror { " --no-mirror" } else { "" },
         run.at.len() + run.skipped,
         args.rate,
         args.duration,
+        match args.ids {
+            Ids::Counted => "counted (`notif_<run>_<n>`)",
+            Ids::Random => "random (`notif_<uuid>`, as Intercom's)",
+        },
         match (args.no_mirror, args.fresh_objects) {
             (true, _) => "",
             (false, true) => ", a new object each: one mirror insert per notification",
@@ -433,7 +471,10 @@ fn main() -> anyhow::Result<()> {
             &client,
             &url,
             &template,
-            &format!("sat{n}"),
+            Naming {
+                phase: &format!("sat{n}"),
+                ids: args.ids,
+            },
             rate,
             args.step_secs,
             args.max_in_flight,

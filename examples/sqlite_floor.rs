@@ -45,6 +45,11 @@ struct Args {
     /// Where checkpoints run, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "writer,apart")]
     checkpoints: Vec<Checkpoint>,
+    /// Notification and object ids: random as Intercom's (`notif_<uuid>`), or counted as
+    /// `latency_probe` sends them (`notif_<run>_<n>`, the object `obj-notif_<run>_<n>`), whose neighbours
+    /// land on the same index pages.
+    #[arg(long, value_enum, default_value_t = Keys::Random)]
+    keys: Keys,
     /// SQLite page sizes, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "4096")]
     page_sizes: Vec<u32>,
@@ -67,6 +72,12 @@ enum Story {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Keys {
+    Random,
+    Counted,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Checkpoint {
     /// SQLite's automatic checkpoint (every 1,000 pages of WAL), on the writing thread.
     Writer,
@@ -81,6 +92,7 @@ struct Config {
     page: u32,
     checkpoint: Checkpoint,
     group: usize,
+    keys: Keys,
 }
 
 /// What one configuration cost, per notification.
@@ -112,12 +124,13 @@ fn main() -> anyhow::Result<()> {
 
     println!("### SQLite's floor per notification (one writer thread)\n");
     println!(
-        "{} notifications per configuration on a fresh database; rows as `serve` stores them: body {} B and \
+        "{} notifications per configuration on a fresh database, {} ids; rows as `serve` stores them: body {} B and \
          item {} B after LZ4 (from {}). CPU per notification: the writing thread, the checkpointing thread \
          (`apart` only), the whole machine (kernel write-back included). `writer at {}/s`: the share of one \
          thread the writer would need at that rate. The story's cost grows with its tables: compare at \
          the number of notifications a run at that rate leaves.\n",
         args.notifications,
+        name(args.keys),
         body.len(),
         item.len(),
         args.fixture.display(),
@@ -141,6 +154,7 @@ fn main() -> anyhow::Result<()> {
                         page,
                         checkpoint,
                         group: group.max(1),
+                        keys: args.keys,
                     };
                     let cost = run(dir.path(), config, args.notifications, &body, &item)?;
                     let at_rate = cost.writer_us * f64::from(args.rate) / 1e6;
@@ -183,6 +197,7 @@ fn run(dir: &Path, config: Config, notifications: usize, body: &[u8], item: &[u8
         page,
         checkpoint,
         group,
+        keys,
     } = config;
     let path = dir.join("floor.db");
     let conn = Connection::open(&path)?;
@@ -214,8 +229,12 @@ fn run(dir: &Path, config: Config, notifications: usize, body: &[u8], item: &[u8
         })
     });
 
-    let ids: Vec<String> = (0..notifications)
-        .map(|_| uuid::Uuid::new_v4().to_string())
+    let run_id = uuid::Uuid::new_v4().simple().to_string();
+    let ids: Vec<String> = (1..=notifications)
+        .map(|n| match keys {
+            Keys::Random => format!("notif_{}", uuid::Uuid::new_v4()),
+            Keys::Counted => format!("notif_{}_{n}", &run_id[..8]),
+        })
         .collect();
     let (machine_start, wrote_start, wall_start) = (machine_busy_s()?, written_bytes()?, Instant::now());
     let cpu_start = thread_cpu_ns()?;
@@ -281,7 +300,7 @@ fn process(
     let mut delete = tx.prepare_cached("DELETE FROM queue WHERE seq = ?1")?;
     for (id, seq) in ids.iter().zip(seqs) {
         claim.execute([id])?;
-        mirror.execute(params![id, item])?;
+        mirror.execute(params![format!("obj-{id}"), item])?;
         delete.execute([seq])?;
     }
     Ok(())
