@@ -7,15 +7,16 @@
 //!   (`fdatasync`): a durable intake and nothing else.
 //! - `story`: a notification's whole story in the fewest writes a design with SQLite as its queue and its
 //!   store could make. Each cycle commits, in one transaction, the next group's bodies (the intake) and the
-//!   previous group's processing (a claim row per notification id, with random keys as Intercom's ids are;
-//!   a mirror row for a new object, as `latency_probe --fresh-objects` sends; the deletion of its queue
-//!   rows), then syncs the WAL once. `serve` writes more than this (a receive, a claim and a completion in
+//!   previous group's processing (a claim row per notification id; a mirror row for a new object, as
+//!   `latency_probe --fresh-objects` sends; the deletion of its queue rows), then syncs the WAL once.
+//!   Ids are random as Intercom's are, each landing on its own index page, or counted as
+//!   `latency_probe` makes them (`--keys counted`), neighbours sharing pages. `serve` writes more than this (a receive, a claim and a completion in
 //!   commits of their own, so that a handler's effects are never repeated after a crash), so this is a
 //!   bound, not a design.
 //!
 //! Rows are the sizes `serve` stores: the fixture's body and its item LZ4-compressed (once, here: the CPU
 //! measured is SQLite's and the kernel's, not LZ4's). The writing thread's CPU is read from
-//! `/proc/thread-self/schedstat`; with `--checkpoint apart`, SQLite's automatic checkpoints are off and a
+//! `/proc/thread-self/schedstat`; with `--checkpoints apart`, SQLite's automatic checkpoints are off and a
 //! second thread, with its own connection, checkpoints the WAL (`PRAGMA wal_checkpoint(PASSIVE)`) every
 //! few milliseconds, its CPU counted apart. The machine's CPU (`/proc/stat`) includes the kernel's
 //! write-back, which no thread of this process pays for.
