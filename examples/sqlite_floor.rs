@@ -96,6 +96,12 @@ struct Config {
     keys: Keys,
 }
 
+/// A notification's id and the id of the new object it is about.
+struct Ids {
+    notification: String,
+    object: String,
+}
+
 /// What one configuration cost, per notification.
 struct Cost {
     writer_us: f64,
@@ -230,16 +236,21 @@ fn run(dir: &Path, config: Config, notifications: usize, body: &[u8], item: &[u8
         })
     });
 
+    // Made before the clock starts: the writer's CPU is SQLite's and the kernel's only.
     let run_id = uuid::Uuid::new_v4().simple().to_string();
-    let ids: Vec<String> = (1..=notifications)
-        .map(|n| match keys {
-            Keys::Random => format!("notif_{}", uuid::Uuid::new_v4()),
-            Keys::Counted => format!("notif_{}_{n}", &run_id[..8]),
+    let ids: Vec<Ids> = (1..=notifications)
+        .map(|n| {
+            let notification = match keys {
+                Keys::Random => format!("notif_{}", uuid::Uuid::new_v4()),
+                Keys::Counted => format!("notif_{}_{n}", &run_id[..8]),
+            };
+            let object = format!("obj-{notification}");
+            Ids { notification, object }
         })
         .collect();
     let (machine_start, wrote_start, wall_start) = (machine_busy_s()?, written_bytes()?, Instant::now());
     let cpu_start = thread_cpu_ns()?;
-    let mut previous: Option<(&[String], Vec<i64>)> = None;
+    let mut previous: Option<(&[Ids], Vec<i64>)> = None;
     for chunk in ids.chunks(group) {
         let tx = conn.unchecked_transaction()?;
         let mut seqs = Vec::with_capacity(chunk.len());
@@ -286,12 +297,7 @@ fn run(dir: &Path, config: Config, notifications: usize, body: &[u8], item: &[u8
 }
 
 /// A group's processing: its claims, its mirror rows, its queue rows deleted.
-fn process(
-    tx: &rusqlite::Transaction<'_>,
-    ids: &[String],
-    seqs: &[i64],
-    item: &[u8],
-) -> rusqlite::Result<()> {
+fn process(tx: &rusqlite::Transaction<'_>, ids: &[Ids], seqs: &[i64], item: &[u8]) -> rusqlite::Result<()> {
     let mut claim = tx.prepare_cached("INSERT INTO claims (id, status, expiration) VALUES (?1, 1, 0)")?;
     let mut mirror = tx.prepare_cached(
         "INSERT INTO mirror (id, version_ms, item) VALUES (?1, 1, ?2)
@@ -300,8 +306,8 @@ fn process(
     )?;
     let mut delete = tx.prepare_cached("DELETE FROM queue WHERE seq = ?1")?;
     for (id, seq) in ids.iter().zip(seqs) {
-        claim.execute([id])?;
-        mirror.execute(params![format!("obj-{id}"), item])?;
+        claim.execute([&id.notification])?;
+        mirror.execute(params![id.object, item])?;
         delete.execute([seq])?;
     }
     Ok(())
