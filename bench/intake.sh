@@ -68,7 +68,7 @@ declare -A STORE_WHAT=(
 IFS=, read -r -a STORES <<<"$CEILING_STORES"
 for store in "${STORES[@]}"; do
   [[ -v STORE_WHAT[$store] ]] ||
-    { echo "--ceiling-stores takes none, append, append-parallel, log, log-direct and sqlite, not $store" >&2; exit 2; }
+    { echo "--ceiling-stores takes $(printf '%s\n' "${!STORE_WHAT[@]}" | sort | paste -sd, -), not $store" >&2; exit 2; }
 done
 
 # --- tools ---------------------------------------------------------------------------------------------
