@@ -5,7 +5,7 @@
 #   bench/latency.sh                              # 1,000/s for 15 s, then 1k,2k,...,8k/s, 5 s each
 #   bench/latency.sh --rate 2000 --duration 30
 #   bench/latency.sh --steps 4000,5000,6000 --step-secs 10 --pollers 8 --all-steps
-#   bench/latency.sh --fresh-objects --rate 5000 --ids random    # ids as Intercom's (default: counted)
+#   bench/latency.sh --fresh-objects --rate 5000 --ids counted   # ids counted (default: as Intercom's)
 #
 # Options go to examples/latency_probe.rs (`--help` lists them). The probe, the server and its SQLite
 # commits share the machine's cores. Nothing here is a timed test; the figures depend on the machine.

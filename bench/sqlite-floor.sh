@@ -7,7 +7,7 @@
 #   bench/sqlite-floor.sh                                   # 100,000 notifications per configuration
 #   bench/sqlite-floor.sh --notifications 300000 --groups 64,256 --stories story
 #   bench/sqlite-floor.sh --page-sizes 4096,16384 --rate 20000
-#   bench/sqlite-floor.sh --keys counted     # ids as latency_probe counts them, instead of Intercom's random ones
+#   bench/sqlite-floor.sh --keys random      # objects' ids random too (default: as Intercom's; counted: neighbours)
 #
 # Options go to examples/sqlite_floor.rs (`--help` lists them). Nothing here is a timed test; the figures
 # depend on the machine and its disk.

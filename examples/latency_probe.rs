@@ -31,7 +31,12 @@ use template::Template;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 enum Ids {
+    /// As Intercom's traffic: random notification ids, new objects numbered one after another (as
+    /// Intercom numbers new conversations).
+    Intercom,
+    /// Notification ids counted, each new object named after its notification.
     Counted,
+    /// Notification ids random, each new object named after its notification (random too).
     Random,
 }
 
@@ -86,10 +91,12 @@ struct Args {
     /// mirror; by default every request is the same conversation, which the mirror finds unchanged.
     #[arg(long)]
     fresh_objects: bool,
-    /// Notification ids: `counted` (`notif_<run>_<n>`: neighbours in the store's indexes, as in the figures
-    /// of bench/RESULTS.md up to 2026-12-03) or `random` (`notif_<uuid>`, as Intercom's are, each landing
-    /// on its own index page).
-    #[arg(long, value_enum, default_value_t = Ids::Counted)]
+    /// Notification and new objects' ids: `intercom` (`notif_<uuid>`, random as Intercom's, each landing
+    /// on its own index page; with `--fresh-objects`, objects numbered one after another, as Intercom
+    /// numbers new conversations), `counted` (`notif_<run>_<n>` and `obj-notif_<run>_<n>`: neighbours in
+    /// every index, as in the figures of bench/RESULTS.md up to 2026-12-03) or `random` (`notif_<uuid>`
+    /// and `obj-notif_<uuid>`: both random).
+    #[arg(long, value_enum, default_value_t = Ids::Intercom)]
     ids: Ids,
     /// Run `serve --no-mirror`.
     #[arg(long)]
@@ -166,15 +173,28 @@ struct Sent {
 #[derive(Clone, Copy)]
 struct Naming<'a> {
     phase: &'a str,
+    /// The phase's place among the run's phases: its objects are numbered apart from the others'.
+    index: u64,
     ids: Ids,
 }
 
+/// The first new object's number with `--ids intercom`: a conversation id of the fixture's size.
+const FIRST_OBJECT: u64 = 400_000_000;
+
+/// Numbers set aside for each phase's objects with `--ids intercom` (a phase sends fewer requests).
+const OBJECTS_PER_PHASE: u64 = 100_000_000;
+
 impl Naming<'_> {
-    /// The id of the phase's request `n`.
-    fn id(&self, n: u64) -> String {
+    /// The ids of the phase's request `n`: the notification's, and the object's when the fixture has an
+    /// object's hole (`None`: named after the notification).
+    fn ids(&self, n: u64) -> (String, Option<String>) {
         match self.ids {
-            Ids::Counted => format!("notif_{}_{n}", self.phase),
-            Ids::Random => format!("notif_{}", uuid::Uuid::new_v4()),
+            Ids::Intercom => (
+                format!("notif_{}", uuid::Uuid::new_v4()),
+                Some((FIRST_OBJECT + self.index * OBJECTS_PER_PHASE + n).to_string()),
+            ),
+            Ids::Counted => (format!("notif_{}_{n}", self.phase), None),
+            Ids::Random => (format!("notif_{}", uuid::Uuid::new_v4()), None),
         }
     }
 }
@@ -191,10 +211,10 @@ async fn offer(
 ) -> Sent {
     let sent = Arc::new(Mutex::new(Sent::default()));
     let skipped = open_loop(rate, secs, max_in_flight, |n| {
-        let id = naming.id(n);
+        let (id, object) = naming.ids(n);
         let (client, url, template, sent) = (client.clone(), url.to_owned(), template.clone(), sent.clone());
         async move {
-            let request = signed_post(&client, &url, &template, &id);
+            let request = signed_post(&client, &url, &template, &id, object.as_deref());
             let at = SystemTime::now();
             let clock = Instant::now();
             let answer = request.send().await;
@@ -328,6 +348,7 @@ fn main() -> anyhow::Result<()> {
             &template,
             Naming {
                 phase: "warm",
+                index: 0,
                 ids: args.ids,
             },
             args.rate,
@@ -358,6 +379,7 @@ fn main() -> anyhow::Result<()> {
         &template,
         Naming {
             phase: "lat",
+            index: 1,
             ids: args.ids,
         },
         args.rate,
@@ -382,9 +404,11 @@ fn main() -> anyhow::Result<()> {
         run.at.len() + run.skipped,
         args.rate,
         args.duration,
-        match args.ids {
-            Ids::Counted => "counted (`notif_<run>_<n>`)",
-            Ids::Random => "random (`notif_<uuid>`, as Intercom's)",
+        match (args.ids, args.fresh_objects) {
+            (Ids::Counted, _) => "counted (`notif_<run>_<n>`)",
+            (Ids::Intercom | Ids::Random, false) => "random as Intercom's (`notif_<uuid>`)",
+            (Ids::Intercom, true) => "random as Intercom's (`notif_<uuid>`), objects numbered in order as Intercom numbers conversations",
+            (Ids::Random, true) => "random as Intercom's (`notif_<uuid>`), new objects named after them (`obj-notif_<uuid>`)",
         },
         match (args.no_mirror, args.fresh_objects) {
             (true, _) => "",
@@ -473,6 +497,7 @@ fn main() -> anyhow::Result<()> {
             &template,
             Naming {
                 phase: &format!("sat{n}"),
+                index: 2 + n as u64,
                 ids: args.ids,
             },
             rate,

@@ -128,7 +128,7 @@ async fn load(args: Arc<Args>, port: u16, template: Arc<Template>, state: Arc<Mu
         };
         let (client, url, template, state) = (client.clone(), url.clone(), template.clone(), state.clone());
         async move {
-            let answer = signed_post(&client, &url, &template, &id).send().await;
+            let answer = signed_post(&client, &url, &template, &id, None).send().await;
             let mut s = state.lock().unwrap();
             if fresh {
                 s.sent_fresh += 1;

@@ -9,10 +9,11 @@
 //!   store could make. Each cycle commits, in one transaction, the next group's bodies (the intake) and the
 //!   previous group's processing (a claim row per notification id; a mirror row for a new object, as
 //!   `latency_probe --fresh-objects` sends; the deletion of its queue rows), then syncs the WAL once.
-//!   Ids are random as Intercom's are, each landing on its own index page, or counted as
-//!   `latency_probe` makes them (`--keys counted`), neighbours sharing pages. `serve` writes more than this (a receive, a claim and a completion in
-//!   commits of their own, so that a handler's effects are never repeated after a crash), so this is a
-//!   bound, not a design.
+//!   Ids are as Intercom's by default: notification ids random, each claim landing on its own index
+//!   page, and new objects numbered one after another, as Intercom numbers new conversations. `--keys`
+//!   makes both random, or both counted (neighbours sharing pages). `serve` writes more than this (a
+//!   receive, a claim and a completion in commits of their own, so that a handler's effects are never
+//!   repeated after a crash), so this is a bound, not a design.
 //!
 //! Rows are the sizes `serve` stores: the fixture's body and its item LZ4-compressed (once, here: the CPU
 //! measured is SQLite's and the kernel's, not LZ4's). The writing thread's CPU is read from
@@ -46,10 +47,10 @@ struct Args {
     /// Where checkpoints run, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "writer,apart")]
     checkpoints: Vec<Checkpoint>,
-    /// Notification and object ids: random as Intercom's (`notif_<uuid>`), or counted as
-    /// `latency_probe` sends them (`notif_<run>_<n>`, the object `obj-notif_<run>_<n>`), whose neighbours
-    /// land on the same index pages.
-    #[arg(long, value_enum, default_value_t = Keys::Random)]
+    /// Notification and object ids: as Intercom's (`notif_<uuid>`, random; objects numbered one after
+    /// another), both random (the object `obj-notif_<uuid>`), or both counted (`notif_<run>_<n>`, the
+    /// object `obj-notif_<run>_<n>`), whose neighbours land on the same index pages.
+    #[arg(long, value_enum, default_value_t = Keys::Intercom)]
     keys: Keys,
     /// SQLite page sizes, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "4096")]
@@ -74,7 +75,12 @@ enum Story {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Keys {
+    /// Notification ids random as Intercom's; new objects' ids counted, as Intercom numbers new
+    /// conversations.
+    Intercom,
+    /// Notification and object ids random.
     Random,
+    /// Notification and object ids counted.
     Counted,
 }
 
@@ -110,6 +116,10 @@ struct Cost {
     wall_us: f64,
     written_bytes: f64,
 }
+
+/// The first new object's id with `--keys intercom`: a conversation id of the fixture's size, as
+/// Intercom numbers new conversations one after another.
+const FIRST_OBJECT: u64 = 400_000_000;
 
 /// How often the checkpointing thread checkpoints.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(5);
@@ -241,10 +251,13 @@ fn run(dir: &Path, config: Config, notifications: usize, body: &[u8], item: &[u8
     let ids: Vec<Ids> = (1..=notifications)
         .map(|n| {
             let notification = match keys {
-                Keys::Random => format!("notif_{}", uuid::Uuid::new_v4()),
+                Keys::Intercom | Keys::Random => format!("notif_{}", uuid::Uuid::new_v4()),
                 Keys::Counted => format!("notif_{}_{n}", &run_id[..8]),
             };
-            let object = format!("obj-{notification}");
+            let object = match keys {
+                Keys::Intercom => format!("{}", FIRST_OBJECT + n as u64),
+                Keys::Random | Keys::Counted => format!("obj-{notification}"),
+            };
             Ids { notification, object }
         })
         .collect();

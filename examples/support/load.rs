@@ -44,15 +44,16 @@ where
     skipped
 }
 
-/// The POST of the template's body for `id` to `url`, signed as Intercom signs it, ready to send: a caller
-/// that times the request starts its clock after this.
+/// The POST of the template's body for `id` (and `object`, see [`Template::body`]) to `url`, signed as
+/// Intercom signs it, ready to send: a caller that times the request starts its clock after this.
 pub fn signed_post(
     client: &reqwest::Client,
     url: &str,
     template: &Template,
     id: &str,
+    object: Option<&str>,
 ) -> reqwest::RequestBuilder {
-    let (body, signature) = template.body(id);
+    let (body, signature) = template.body(id, object);
     client
         .post(url)
         .header("content-type", "application/json")

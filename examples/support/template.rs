@@ -12,7 +12,7 @@ use intercom_webhooks::receiving::signature::ClientSecret;
 enum Hole {
     /// The notification's id.
     Notification,
-    /// The item's id, as `obj-<notification id>`.
+    /// The item's id: as given, or `obj-<notification id>`.
     Object,
 }
 
@@ -70,8 +70,8 @@ impl Template {
         Ok(template)
     }
 
-    /// Each body is also about a new object: the item's id becomes `obj-<notification id>`, so that every
-    /// request is a new conversation (contact, …) to the mirror.
+    /// Each body is also about a new object: the item's id becomes the one [`Template::body`] is given, or
+    /// `obj-<notification id>`, so that every request is a new conversation (contact, …) to the mirror.
     pub fn with_fresh_objects(mut self) -> anyhow::Result<Template> {
         let json: serde_json::Value = serde_json::from_slice(&self.bytes)?;
         let id = json["data"]["item"]["id"]
@@ -97,16 +97,21 @@ impl Template {
         self.parts.push(self.bytes[from..].to_vec());
     }
 
-    /// The body for `id` and its X-Hub-Signature.
-    pub fn body(&self, id: &str) -> (Vec<u8>, String) {
+    /// The body for the notification `id` and its X-Hub-Signature; with fresh objects, about the object
+    /// `object` (`None`: `obj-<id>`).
+    pub fn body(&self, id: &str, object: Option<&str>) -> (Vec<u8>, String) {
         let mut body = Vec::with_capacity(self.bytes.len() + 2 * id.len() + 8);
         for (part, hole) in self.parts.iter().zip(&self.holes) {
             body.extend_from_slice(part);
             body.push(b'"');
-            if *hole == Hole::Object {
-                body.extend_from_slice(b"obj-");
+            match (hole, object) {
+                (Hole::Notification, _) => body.extend_from_slice(id.as_bytes()),
+                (Hole::Object, Some(object)) => body.extend_from_slice(object.as_bytes()),
+                (Hole::Object, None) => {
+                    body.extend_from_slice(b"obj-");
+                    body.extend_from_slice(id.as_bytes());
+                }
             }
-            body.extend_from_slice(id.as_bytes());
             body.push(b'"');
         }
         body.extend_from_slice(self.parts.last().expect("one part more than holes"));
