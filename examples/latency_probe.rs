@@ -179,7 +179,7 @@ struct Naming<'a> {
 }
 
 /// The first new object's number with `--ids intercom`: a conversation id of the fixture's size.
-const FIRST_OBJECT: u64 = 400_000_000;
+const FIRST_OBJECT: u64 = 21_400_000_000;
 
 /// Numbers set aside for each phase's objects with `--ids intercom` (a phase sends fewer requests).
 const OBJECTS_PER_PHASE: u64 = 100_000_000;

@@ -119,7 +119,7 @@ struct Cost {
 
 /// The first new object's id with `--keys intercom`: a conversation id of the fixture's size, as
 /// Intercom numbers new conversations one after another.
-const FIRST_OBJECT: u64 = 400_000_000;
+const FIRST_OBJECT: u64 = 21_400_000_000;
 
 /// How often the checkpointing thread checkpoints.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(5);
