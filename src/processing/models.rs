@@ -277,15 +277,14 @@ pub enum Item {
 impl Item {
     /// Parses `data.item`. Never fails: an item whose shape is not understood is `Other`.
     pub fn parse(item: &Value) -> Item {
+        // Read from the value in place: the models copy only the fields they keep.
         let kind = item.get("type").and_then(Value::as_str).unwrap_or_default();
         let typed = match kind {
-            "conversation" => serde_json::from_value(item.clone()).map(|c| Item::Conversation(Box::new(c))),
-            "contact" => serde_json::from_value(item.clone()).map(|c| Item::Contact(Box::new(c))),
-            "contact_tag" => serde_json::from_value(item.clone()).map(|c| Item::ContactTag(Box::new(c))),
-            "ticket" => serde_json::from_value(item.clone()).map(|t| Item::Ticket(Box::new(t))),
-            "visitor" | "user" | "lead" => {
-                serde_json::from_value(item.clone()).map(|c| Item::Visitor(Box::new(c)))
-            }
+            "conversation" => Conversation::deserialize(item).map(|c| Item::Conversation(Box::new(c))),
+            "contact" => Contact::deserialize(item).map(|c| Item::Contact(Box::new(c))),
+            "contact_tag" => ContactTag::deserialize(item).map(|c| Item::ContactTag(Box::new(c))),
+            "ticket" => Ticket::deserialize(item).map(|t| Item::Ticket(Box::new(t))),
+            "visitor" | "user" | "lead" => Contact::deserialize(item).map(|c| Item::Visitor(Box::new(c))),
             _ => return Item::Other(item.clone()),
         };
         typed.unwrap_or_else(|_| Item::Other(item.clone()))

@@ -35,18 +35,21 @@ impl TopicPattern {
     }
 
     pub fn matches(&self, topic: &str) -> bool {
-        let topic: Vec<&str> = topic.split('.').collect();
+        let mut topic = topic.split('.');
         let last = self.segments.len() - 1;
         for (i, pattern) in self.segments.iter().enumerate() {
+            let Some(segment) = topic.next() else {
+                return false;
+            };
             if i == last && pattern == "*" {
-                return topic.len() > i;
+                // A trailing `*`: this segment and any after it.
+                return true;
             }
-            match topic.get(i) {
-                Some(segment) if pattern == "*" || pattern == segment => {}
-                _ => return false,
+            if pattern != "*" && pattern != segment {
+                return false;
             }
         }
-        topic.len() == self.segments.len()
+        topic.next().is_none()
     }
 
     pub fn as_str(&self) -> &str {
