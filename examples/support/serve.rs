@@ -3,7 +3,7 @@
 //! stops it.
 #![allow(dead_code)]
 
-use std::io::Read;
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -142,41 +142,30 @@ struct LogLine<'a> {
 }
 
 /// Hands each `outcome` line read from `stdout` to `on_outcome` until it returns false or stdout closes.
-fn read_outcomes(mut stdout: impl Read, on_outcome: &mut impl FnMut(OutcomeLine) -> bool) {
-    let mut buf = vec![0u8; 1 << 20];
-    let mut filled = 0;
+fn read_outcomes(stdout: impl Read, on_outcome: &mut impl FnMut(OutcomeLine) -> bool) {
+    let mut reader = BufReader::with_capacity(1 << 20, stdout);
+    let mut line = Vec::new();
     loop {
-        if filled == buf.len() {
-            // One line longer than the buffer: not an outcome line; drop what is held of it.
-            filled = 0;
+        line.clear();
+        match reader.read_until(b'\n', &mut line) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
         }
-        let n = match stdout.read(&mut buf[filled..]) {
-            Ok(0) => return,
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(_) => return,
-        };
-        filled += n;
-        let Some(last) = buf[..filled].iter().rposition(|&b| b == b'\n') else {
-            continue;
-        };
-        for line in buf[..last].split(|&b| b == b'\n') {
-            let Some(outcome) = outcome_line(line) else {
-                continue;
-            };
+        if let Some(outcome) = outcome_line(&line) {
             if !on_outcome(outcome) {
                 return;
             }
         }
-        buf.copy_within(last + 1..filled, 0);
-        filled -= last + 1;
-        std::thread::sleep(READ_PAUSE);
+        if reader.buffer().is_empty() {
+            // Everything read so far is handled: let the next lines gather before reading again.
+            std::thread::sleep(READ_PAUSE);
+        }
     }
 }
 
 /// The id, outcome and timestamp of an `outcome` log line; `None` for any other line.
 fn outcome_line(line: &[u8]) -> Option<OutcomeLine> {
-    let line = std::str::from_utf8(line).ok()?;
+    let line = std::str::from_utf8(line).ok()?.trim_end();
     if !line.contains("\"message\":\"outcome\"") {
         return None;
     }
