@@ -6,6 +6,10 @@
 #   bench/latency.sh --rate 2000 --duration 30
 #   bench/latency.sh --steps 4000,5000,6000 --step-secs 10 --pollers 8 --all-steps
 #   bench/latency.sh --fresh-objects --rate 5000 --ids counted   # ids counted (default: as Intercom's)
+#   bench/latency.sh --rate 5000 --no-saturation --serve-arg=--worker-nice=5   # any `serve` option
+#
+# The latency run also reports the work per notification: the CPU time of `serve` (all its threads) and of
+# the probe, `serve`'s syncs of its WAL, and how busy the machine's cores were (Linux: from /proc).
 #
 # Options go to examples/latency_probe.rs (`--help` lists them). The probe, the server and its SQLite
 # commits share the machine's cores. Nothing here is a timed test; the figures depend on the machine.

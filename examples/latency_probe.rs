@@ -23,6 +23,8 @@ mod load;
 mod serve;
 #[path = "support/template.rs"]
 mod template;
+#[path = "support/work.rs"]
+mod work;
 
 use clap::Parser;
 use load::{open_loop, signed_post};
@@ -101,6 +103,9 @@ struct Args {
     /// Run `serve --no-mirror`.
     #[arg(long)]
     no_mirror: bool,
+    /// A further argument of `serve` (repeat for several), e.g. `--serve-arg=--worker-nice=5`.
+    #[arg(long, allow_hyphen_values = true)]
+    serve_arg: Vec<String>,
     /// Also print the latency run's p50 / p99 / max for each second of sending.
     #[arg(long)]
     per_second: bool,
@@ -148,6 +153,14 @@ impl Server {
 
     fn url(&self) -> String {
         format!("http://127.0.0.1:{}/webhooks/intercom", self.port)
+    }
+
+    /// The counters of the work done so far.
+    fn work(&self) -> work::Snapshot {
+        work::Snapshot::take(
+            self.child.id(),
+            &format!("http://127.0.0.1:{}/metrics", self.port),
+        )
     }
 }
 
@@ -322,12 +335,11 @@ fn main() -> anyhow::Result<()> {
         template = template.with_fresh_objects()?;
     }
     let template = Arc::new(template);
-    let extra = if args.no_mirror {
-        vec!["--no-mirror".to_owned()]
-    } else {
-        Vec::new()
-    };
-    let server = Server::start(&args.bin, args.pollers, args.dir.as_ref(), extra)?;
+    let mut extra = args.serve_arg.clone();
+    if args.no_mirror {
+        extra.push("--no-mirror".to_owned());
+    }
+    let server = Server::start(&args.bin, args.pollers, args.dir.as_ref(), extra.clone())?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
@@ -373,6 +385,7 @@ fn main() -> anyhow::Result<()> {
         args.duration,
         args.fixture.display()
     );
+    let work_before = server.work();
     let run = runtime.block_on(offer(
         &client,
         &url,
@@ -392,7 +405,9 @@ fn main() -> anyhow::Result<()> {
         &mut seen,
         Duration::from_secs(args.drain_secs.max(10)),
     );
+    let work_after = server.work();
     let (lat, processed) = latencies(&run, &seen);
+    let work = work::report(&work_before, &work_after, processed);
     let mut intake: Vec<i64> = run.acked.values().copied().collect();
     intake.sort_unstable();
     let p99 = percentile(&lat, 99.0);
@@ -400,7 +415,7 @@ fn main() -> anyhow::Result<()> {
     println!();
     println!(
         "`serve --pollers {pollers}{}`, {} offered at {}/s for {} s (open loop, a fresh id each, {}{}), fixture `{}`.",
-        if args.no_mirror { " --no-mirror" } else { "" },
+        extra.iter().map(|a| format!(" {a}")).collect::<String>(),
         run.at.len() + run.skipped,
         args.rate,
         args.duration,
@@ -452,6 +467,8 @@ fn main() -> anyhow::Result<()> {
         percentile(&intake, 99.0),
         intake.last().copied().unwrap_or(0) as f64 / 1000.0
     );
+    println!();
+    println!("{work}");
     println!();
     println!("{warm_line}");
     println!();

@@ -1,0 +1,119 @@
+//! What a run costs the machine, read from Linux's `/proc` and from `serve`'s `/metrics`: the CPU time of
+//! `serve` and of the driver itself (every thread of each), how busy the machine's cores were, and how
+//! many times `serve` synced its write-ahead log. Elsewhere than on Linux nothing is read and the report
+//! says so.
+#![allow(dead_code)]
+
+use std::time::Instant;
+
+/// The counters at one instant.
+pub struct Snapshot {
+    at: Instant,
+    /// CPU time of `serve` and of this process (s), when `/proc` has them.
+    serve_cpu: Option<f64>,
+    own_cpu: Option<f64>,
+    /// The machine's jiffies: busy (neither idle nor waiting for I/O), waiting for I/O, in all.
+    machine: Option<(u64, u64, u64)>,
+    /// `intercom_webhooks_wal_syncs_total`.
+    wal_syncs: Option<u64>,
+}
+
+impl Snapshot {
+    /// The counters now, of the `serve` process `pid` whose `/metrics` is at `metrics_url`.
+    pub fn take(pid: u32, metrics_url: &str) -> Self {
+        Self {
+            at: Instant::now(),
+            serve_cpu: process_cpu(&format!("/proc/{pid}/stat")),
+            own_cpu: process_cpu("/proc/self/stat"),
+            machine: machine(),
+            wal_syncs: wal_syncs(metrics_url),
+        }
+    }
+}
+
+/// One sentence: the work per notification between `before` and `after`, for `processed` notifications.
+pub fn report(before: &Snapshot, after: &Snapshot, processed: usize) -> String {
+    let secs = after.at.duration_since(before.at).as_secs_f64();
+    let n = processed.max(1) as f64;
+    let per = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) => format!("{:.0} µs", (b - a) * 1e6 / n),
+        _ => "not measured (no /proc)".to_owned(),
+    };
+    let syncs = match (before.wal_syncs, after.wal_syncs) {
+        (Some(a), Some(b)) => format!("{:.2}", b.saturating_sub(a) as f64 / n),
+        _ => "not read".to_owned(),
+    };
+    let machine = match (before.machine, after.machine) {
+        (Some((b0, w0, t0)), Some((b1, w1, t1))) if t1 > t0 => {
+            let total = (t1 - t0) as f64;
+            format!(
+                "{:.0} % busy and {:.0} % waiting for the disk",
+                100.0 * (b1.saturating_sub(b0)) as f64 / total,
+                100.0 * (w1.saturating_sub(w0)) as f64 / total
+            )
+        }
+        _ => "not measured (no /proc)".to_owned(),
+    };
+    format!(
+        "Work per notification processed, over these {secs:.1} s: `serve` {} of CPU (all its threads), \
+         this driver {}, {syncs} syncs of the WAL; the machine's cores were {machine}.",
+        per(before.serve_cpu, after.serve_cpu),
+        per(before.own_cpu, after.own_cpu),
+    )
+}
+
+/// User and system CPU time (s) of the process whose `stat` file is at `path`.
+fn process_cpu(path: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(path).ok()?;
+    // The fields after the command name, which is in parentheses and may hold spaces: utime and stime
+    // are the 14th and 15th of the line, the 12th and 13th after the name.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / ticks_per_second()?)
+}
+
+#[cfg(target_os = "linux")]
+fn ticks_per_second() -> Option<f64> {
+    // SAFETY: sysconf reads a constant of the system and has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (ticks > 0).then_some(ticks as f64)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn ticks_per_second() -> Option<f64> {
+    None
+}
+
+/// The machine's jiffies from the `cpu` line of `/proc/stat`: busy, waiting for I/O, in all (guest time
+/// is already counted in user time).
+fn machine() -> Option<(u64, u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .map(|f| f.parse().ok())
+        .collect::<Option<_>>()?;
+    let [user, nice, system, idle, iowait, irq, softirq, steal] = v[..] else {
+        return None;
+    };
+    let total = user + nice + system + idle + iowait + irq + softirq + steal;
+    Some((total - idle - iowait, iowait, total))
+}
+
+/// `serve`'s count of WAL syncs, from its Prometheus text.
+fn wal_syncs(metrics_url: &str) -> Option<u64> {
+    let text = reqwest::blocking::Client::new()
+        .get(metrics_url)
+        .timeout(std::time::Duration::from_secs(5))
+        .send()
+        .ok()?
+        .text()
+        .ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("intercom_webhooks_wal_syncs_total "))?
+        .trim()
+        .parse()
+        .ok()
+}
