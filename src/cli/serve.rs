@@ -34,6 +34,11 @@ pub struct ServeArgs {
     /// Batches processed at the same time.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=64))]
     pollers: u64,
+    /// How much lower the CPU priority of the pollers and handlers is than the HTTP intake's (a nice
+    /// value on Linux, 0 to 19). Higher keeps deliveries answered first when the machine is saturated;
+    /// lower lets the worker keep up through the intake's bursts, at some cost to the intake's latency.
+    #[arg(long, default_value_t = crate::local::server::DEFAULT_WORKER_NICE, value_parser = clap::value_parser!(u8).range(0..=19))]
+    worker_nice: u8,
     /// Largest accepted body in bytes.
     #[arg(long, env = "MAX_BODY_BYTES", default_value_t = DEFAULT_MAX_BODY_BYTES)]
     max_body_bytes: usize,
@@ -144,6 +149,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         max_body_bytes: args.max_body_bytes,
         max_receives: args.max_receives,
         pollers: args.pollers as usize,
+        worker_nice: args.worker_nice,
         worker: settings,
         routes,
         mirror: !args.no_mirror,

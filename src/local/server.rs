@@ -15,6 +15,7 @@ use tokio::sync::{watch, Notify};
 use tracing::{info, warn};
 
 use super::background::Background;
+pub use super::background::DEFAULT_NICE as DEFAULT_WORKER_NICE;
 use super::inspector::access::Access;
 use super::inspector::{Inspector, InspectorOptions};
 use super::poller::Poller;
@@ -37,6 +38,8 @@ pub struct ServeOptions {
     pub max_receives: u32,
     /// Record batches processed at the same time.
     pub pollers: usize,
+    /// How much lower the worker's CPU priority is than the intake's (a nice value, 0 to 19; Linux only).
+    pub worker_nice: u8,
     pub worker: WorkerSettings,
     pub routes: TopicRouter,
     /// Keep the mirror in the database file, with its handler routed ahead of `routes`.
@@ -186,7 +189,7 @@ pub async fn serve(
     info!(%address, db = %options.db.display(), "serving");
 
     let (stop, stopped) = watch::channel(false);
-    let background = Background::start()?;
+    let background = Background::start(options.worker_nice)?;
     let pollers: Vec<_> = (0..options.pollers.max(1))
         .map(|_| {
             let poller = Poller {
@@ -437,6 +440,7 @@ mod tests {
             max_body_bytes: 1024,
             max_receives: 5,
             pollers: 2,
+            worker_nice: DEFAULT_WORKER_NICE,
             worker: WorkerSettings::default(),
             routes: TopicRouter::new(),
             mirror: true,

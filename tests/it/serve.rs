@@ -776,6 +776,84 @@ fn an_idempotency_retention_shorter_than_the_visibility_timeout_is_refused() {
     );
 }
 
+/// The nice value of each thread of process `pid`, by thread name.
+#[cfg(target_os = "linux")]
+fn thread_nice_values(pid: u32) -> Vec<(String, i64)> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let task = task.unwrap().path();
+        let (Ok(name), Ok(stat)) = (
+            std::fs::read_to_string(task.join("comm")),
+            std::fs::read_to_string(task.join("stat")),
+        ) else {
+            continue; // a thread that ended meanwhile
+        };
+        // The 19th field, the 17th after the command name (which is in parentheses).
+        let nice = stat
+            .rsplit_once(')')
+            .unwrap()
+            .1
+            .split_whitespace()
+            .nth(16)
+            .unwrap();
+        out.push((name.trim().to_owned(), nice.parse().unwrap()));
+    }
+    out
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn the_worker_runs_as_much_below_the_intake_as_worker_nice_says_and_a_value_past_19_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    // The test's own nice value is the intake's; the worker's is that plus what it is told, up to 19.
+    let own: i64 = std::fs::read_to_string("/proc/self/stat")
+        .unwrap()
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .nth(16)
+        .unwrap()
+        .parse()
+        .unwrap();
+    for (option, lower) in [(None, 10), (Some("3"), 3), (Some("0"), 0)] {
+        let options: Vec<&str> = option.map(|n| vec!["--worker-nice", n]).unwrap_or_default();
+        let mut server = Server::start_with(&dir.path().join(format!("nice-{lower}.db")), &[], &options);
+        let threads = thread_nice_values(server.child.id());
+        let _ = server.child.kill();
+        let _ = server.child.wait();
+        let workers: Vec<i64> = threads
+            .iter()
+            .filter(|(n, _)| n == "worker")
+            .map(|(_, v)| *v)
+            .collect();
+        assert!(!workers.is_empty(), "no worker threads in {threads:?}");
+        let expected = (own + lower).min(19);
+        assert!(
+            workers.iter().all(|&v| v == expected),
+            "--worker-nice {option:?}: worker threads at {workers:?}, expected {expected} (all threads: {threads:?})"
+        );
+        let intake: Vec<i64> = threads
+            .iter()
+            .filter(|(n, _)| n != "worker")
+            .map(|(_, v)| *v)
+            .collect();
+        assert!(
+            intake.iter().all(|&v| v == own),
+            "the other threads keep the intake's priority: {threads:?}"
+        );
+    }
+    let stderr = refused_serve(
+        free_port(),
+        &dir.path().join("never.db"),
+        &["--worker-nice", "20"],
+    );
+    assert!(
+        stderr.contains("--worker-nice") && stderr.contains("20"),
+        "{stderr}"
+    );
+}
+
 /// `intercom-webhooks mirror …` against `serve`'s file: (exit success, stdout, stderr).
 fn mirror_cli(db: &Path, args: &[&str]) -> (bool, String, String) {
     let out = Command::new(BIN)
