@@ -339,7 +339,8 @@ fn main() -> anyhow::Result<()> {
     if args.no_mirror {
         extra.push("--no-mirror".to_owned());
     }
-    let server = Server::start(&args.bin, args.pollers, args.dir.as_ref(), extra.clone())?;
+    let options: String = extra.iter().map(|a| format!(" {a}")).collect();
+    let server = Server::start(&args.bin, args.pollers, args.dir.as_ref(), extra)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
@@ -415,7 +416,7 @@ fn main() -> anyhow::Result<()> {
     println!();
     println!(
         "`serve --pollers {pollers}{}`, {} offered at {}/s for {} s (open loop, a fresh id each, {}{}), fixture `{}`.",
-        extra.iter().map(|a| format!(" {a}")).collect::<String>(),
+        options,
         run.at.len() + run.skipped,
         args.rate,
         args.duration,

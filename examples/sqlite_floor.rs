@@ -32,6 +32,9 @@ use std::time::{Duration, Instant};
 use clap::{Parser, ValueEnum};
 use rusqlite::{params, Connection};
 
+#[path = "support/work.rs"]
+mod work;
+
 #[derive(Parser, Debug)]
 #[command(about = "The least SQLite costs per notification on this machine (one writer thread).")]
 struct Args {
@@ -342,16 +345,8 @@ fn thread_cpu_ns() -> anyhow::Result<u64> {
 
 /// Seconds of CPU the whole machine has been busy (every core, every process, the kernel).
 fn machine_busy_s() -> anyhow::Result<f64> {
-    let stat = std::fs::read_to_string("/proc/stat")?;
-    let cpu = stat.lines().next().unwrap_or_default();
-    let ticks: Vec<u64> = cpu
-        .split_whitespace()
-        .skip(1)
-        .map(|t| t.parse().unwrap_or(0))
-        .collect();
-    // user nice system idle iowait irq softirq steal …: busy is user, nice, system, irq and softirq.
-    let busy: u64 = [0, 1, 2, 5, 6].iter().filter_map(|&i| ticks.get(i)).sum();
-    Ok(busy as f64 / 100.0)
+    work::machine_busy_s()
+        .ok_or_else(|| anyhow::anyhow!("cannot read the machine's CPU time from /proc/stat"))
 }
 
 /// Bytes this process has passed to `write` and its kin so far.

@@ -122,10 +122,11 @@ impl ServeCommand<'_> {
     }
 }
 
-/// How long the reader of serve's stdout waits after each read. `serve` writes every log line with its own
-/// `write`; a reader blocked on the pipe would be woken for each one, on the same cores as the server it
-/// measures. Waiting lets lines gather in the pipe (64 KiB: about 9 ms of lines at 20,000/s), and the
-/// latency it measures comes from each line's own timestamp, not from when the line was read.
+/// How long the reader of serve's stdout waits once it has handled all it read. `serve` writes every log
+/// line with its own `write`; a reader blocked on the pipe would be woken for each one, on the same cores
+/// as the server it measures. Waiting lets lines gather in the pipe (64 KiB: about 9 ms of lines at
+/// 20,000/s), and the latency it measures comes from each line's own timestamp, not from when the line
+/// was read.
 const READ_PAUSE: Duration = Duration::from_millis(1);
 
 /// The fields of a JSON log line that the drivers read; the others are skipped unparsed.

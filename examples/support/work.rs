@@ -12,8 +12,7 @@ pub struct Snapshot {
     /// CPU time of `serve` and of this process (s), when `/proc` has them.
     serve_cpu: Option<f64>,
     own_cpu: Option<f64>,
-    /// The machine's jiffies: busy (neither idle nor waiting for I/O), waiting for I/O, in all.
-    machine: Option<(u64, u64, u64)>,
+    machine: Option<Jiffies>,
     /// `intercom_webhooks_wal_syncs_total`.
     wal_syncs: Option<u64>,
 }
@@ -44,12 +43,12 @@ pub fn report(before: &Snapshot, after: &Snapshot, processed: usize) -> String {
         _ => "not read".to_owned(),
     };
     let machine = match (before.machine, after.machine) {
-        (Some((b0, w0, t0)), Some((b1, w1, t1))) if t1 > t0 => {
-            let total = (t1 - t0) as f64;
+        (Some(a), Some(b)) if b.total > a.total => {
+            let total = (b.total - a.total) as f64;
             format!(
                 "{:.0} % busy and {:.0} % waiting for the disk",
-                100.0 * (b1.saturating_sub(b0)) as f64 / total,
-                100.0 * (w1.saturating_sub(w0)) as f64 / total
+                100.0 * b.busy.saturating_sub(a.busy) as f64 / total,
+                100.0 * b.iowait.saturating_sub(a.iowait) as f64 / total
             )
         }
         _ => "not measured (no /proc)".to_owned(),
@@ -73,20 +72,30 @@ fn process_cpu(path: &str) -> Option<f64> {
 }
 
 #[cfg(target_os = "linux")]
-fn ticks_per_second() -> Option<f64> {
+pub fn ticks_per_second() -> Option<f64> {
     // SAFETY: sysconf reads a constant of the system and has no preconditions.
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     (ticks > 0).then_some(ticks as f64)
 }
 
 #[cfg(not(target_os = "linux"))]
-fn ticks_per_second() -> Option<f64> {
+pub fn ticks_per_second() -> Option<f64> {
     None
 }
 
-/// The machine's jiffies from the `cpu` line of `/proc/stat`: busy, waiting for I/O, in all (guest time
-/// is already counted in user time).
-fn machine() -> Option<(u64, u64, u64)> {
+/// The machine's CPU time so far, in jiffies, from the `cpu` line of `/proc/stat` (every core, every
+/// process, the kernel).
+#[derive(Clone, Copy)]
+pub struct Jiffies {
+    /// Running: user, nice, system, irq and softirq (guest time is counted in user time).
+    pub busy: u64,
+    /// Idle with I/O outstanding.
+    pub iowait: u64,
+    /// Everything, stolen time included.
+    pub total: u64,
+}
+
+pub fn machine() -> Option<Jiffies> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
     let line = stat.lines().find(|l| l.starts_with("cpu "))?;
     let v: Vec<u64> = line
@@ -98,8 +107,16 @@ fn machine() -> Option<(u64, u64, u64)> {
     let [user, nice, system, idle, iowait, irq, softirq, steal] = v[..] else {
         return None;
     };
-    let total = user + nice + system + idle + iowait + irq + softirq + steal;
-    Some((total - idle - iowait, iowait, total))
+    Some(Jiffies {
+        busy: user + nice + system + irq + softirq,
+        iowait,
+        total: user + nice + system + idle + iowait + irq + softirq + steal,
+    })
+}
+
+/// Seconds of CPU the whole machine has been busy so far.
+pub fn machine_busy_s() -> Option<f64> {
+    Some(machine()?.busy as f64 / ticks_per_second()?)
 }
 
 /// `serve`'s count of WAL syncs, from its Prometheus text.

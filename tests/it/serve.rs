@@ -776,27 +776,34 @@ fn an_idempotency_retention_shorter_than_the_visibility_timeout_is_refused() {
     );
 }
 
+/// The nice value in a thread's `stat` file: the 19th field, the 17th after the command name (which is
+/// in parentheses and may hold spaces). `None` when the thread has ended.
+#[cfg(target_os = "linux")]
+fn nice_in(stat: &Path) -> Option<i64> {
+    let stat = std::fs::read_to_string(stat).ok()?;
+    Some(
+        stat.rsplit_once(')')?
+            .1
+            .split_whitespace()
+            .nth(16)?
+            .parse()
+            .unwrap(),
+    )
+}
+
 /// The nice value of each thread of process `pid`, by thread name.
 #[cfg(target_os = "linux")]
 fn thread_nice_values(pid: u32) -> Vec<(String, i64)> {
     let mut out = Vec::new();
     for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
         let task = task.unwrap().path();
-        let (Ok(name), Ok(stat)) = (
+        let (Ok(name), Some(nice)) = (
             std::fs::read_to_string(task.join("comm")),
-            std::fs::read_to_string(task.join("stat")),
+            nice_in(&task.join("stat")),
         ) else {
             continue; // a thread that ended meanwhile
         };
-        // The 19th field, the 17th after the command name (which is in parentheses).
-        let nice = stat
-            .rsplit_once(')')
-            .unwrap()
-            .1
-            .split_whitespace()
-            .nth(16)
-            .unwrap();
-        out.push((name.trim().to_owned(), nice.parse().unwrap()));
+        out.push((name.trim().to_owned(), nice));
     }
     out
 }
@@ -805,17 +812,9 @@ fn thread_nice_values(pid: u32) -> Vec<(String, i64)> {
 #[test]
 fn the_worker_runs_as_much_below_the_intake_as_worker_nice_says_and_a_value_past_19_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    // The test's own nice value is the intake's; the worker's is that plus what it is told, up to 19.
-    let own: i64 = std::fs::read_to_string("/proc/self/stat")
-        .unwrap()
-        .rsplit_once(')')
-        .unwrap()
-        .1
-        .split_whitespace()
-        .nth(16)
-        .unwrap()
-        .parse()
-        .unwrap();
+    // serve inherits this thread's nice value, which its intake keeps; the worker's is that plus what it
+    // is told, up to 19.
+    let own = nice_in(Path::new("/proc/thread-self/stat")).unwrap();
     for (option, lower) in [(None, 10), (Some("3"), 3), (Some("0"), 0)] {
         let options: Vec<&str> = option.map(|n| vec!["--worker-nice", n]).unwrap_or_default();
         let mut server = Server::start_with(&dir.path().join(format!("nice-{lower}.db")), &[], &options);
