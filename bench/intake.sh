@@ -13,6 +13,7 @@
 #   bench/intake.sh --bin /path/to/intercom-webhooks --drain-secs 60    # another build, a longer drain
 #   bench/intake.sh --serve-arg --no-inspector                           # any `serve` option, repeatable
 #   bench/intake.sh --ceiling-stores none,append,sqlite    # the ceiling also with the least durable work
+#   bench/intake.sh --no-reference --runs 5                # five runs, then each one's share and the median
 #
 # The ceiling's stores (examples/ceiling_receiver.rs): `none` stores nothing; `append` appends each body to
 # a file and answers after fdatasync, syncing the bodies waiting together (the simplest durable receiver
@@ -37,6 +38,9 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 
 source bench/lib.sh
+runs_option "$@"
+if ((RUNS > 1)); then repeat_runs intake "$SELF" "${ARGS_LEFT[@]}"; exit; fi
+set -- "${ARGS_LEFT[@]}"
 REFERENCE=1
 CEILING=1
 CEILING_STORES=none
@@ -51,7 +55,7 @@ while [[ $# -gt 0 ]]; do
     --drain-secs) DRAIN_SECS=$2; shift 2 ;;
     --bin) BIN=$2; shift 2 ;;
     --serve-arg) SERVE_ARGS+=("$2"); shift 2 ;;
-    -h|--help) sed -n '2,33p' "$SELF"; exit 0 ;;
+    -h|--help) sed -n '2,34p' "$SELF"; exit 0 ;;
     *) echo "unknown option: $1 (see --help)" >&2; exit 2 ;;
   esac
 done

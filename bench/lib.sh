@@ -5,6 +5,44 @@ settle_disk() {
   sync
 }
 
+# --- several runs (--runs N of intake.sh and latency.sh) ---------------------------------------------------
+# runs_option ARGS...: RUNS from `--runs N` (1 without it), ARGS_LEFT the other arguments, in order.
+runs_option() {
+  RUNS=1
+  ARGS_LEFT=()
+  while [[ $# -gt 0 ]]; do
+    if [[ $1 == --runs ]]; then
+      [[ ${2:-} =~ ^[1-9][0-9]*$ ]] || { echo "--runs takes a number of runs (1 or more), not '${2:-}'" >&2; exit 2; }
+      RUNS=$2
+      shift 2
+    else
+      ARGS_LEFT+=("$1")
+      shift
+    fi
+  done
+}
+# repeat_runs KIND SCRIPT ARGS...: runs SCRIPT ARGS RUNS times, one after another, each report in full under
+# its own heading, then bench/runs.py KIND: every run's figures in one table, and their median.
+repeat_runs() {
+  local kind=$1 script=$2 dir i
+  shift 2
+  dir=$(mktemp -d -t runs.XXXXXX)
+  # shellcheck disable=SC2064 # expand now: the folder is this call's
+  trap "rm -rf '$dir'" EXIT
+  trap 'exit 130' INT TERM
+  local reports=()
+  for i in $(seq 1 "$RUNS"); do
+    echo
+    echo "## Run $i of $RUNS ($(date -u '+%Y-%m-%d %H:%M:%S') UTC)"
+    "$script" "$@" | tee "$dir/run-$i.md"
+    reports+=("$dir/run-$i.md")
+  done
+  echo
+  echo "## The $RUNS runs together"
+  echo
+  python3 bench/runs.py "$kind" "${reports[@]}"
+}
+
 # --- tools ---------------------------------------------------------------------------------------------
 SUDO=""
 [[ "$(id -u)" -eq 0 ]] || SUDO=sudo
