@@ -103,12 +103,25 @@ impl IdempotencyStore for SqliteStore {
             .map_err(unavailable)?
     }
 
+    /// The record keeps the later of its claim's expiration and `expiration`. A completion in the same
+    /// second as its claim asks for the expiration the claim already set, and then leaves the column,
+    /// and so its index, untouched: a page fewer written per notification.
     async fn complete(&self, lease: &Lease, expiration: i64) -> Result<(), StoreError> {
         let (key, token) = (lease.key.as_str().to_owned(), lease.token.clone());
         let now_ms = self.clock.now_ms();
         let changed = self
             .db
+            // The first statement writes nothing when it changes no row, so the second alone may write.
             .call_single_write(move |c| {
+                let kept = c
+                    .prepare_cached(
+                        "UPDATE idempotency SET status = ?1, completed_at = ?2
+                         WHERE pk = ?3 AND status = ?4 AND lease_token = ?5 AND expiration >= ?6",
+                    )?
+                    .execute(params![COMPLETED, now_ms, key, IN_PROGRESS, token, expiration])?;
+                if kept > 0 {
+                    return Ok(kept);
+                }
                 Ok(c.prepare_cached(
                     "UPDATE idempotency SET status = ?1, expiration = ?2, completed_at = ?3
                      WHERE pk = ?4 AND status = ?5 AND lease_token = ?6",

@@ -113,6 +113,21 @@ async fn idempotency_contract(store: Arc<dyn IdempotencyStore>) {
         ClaimOutcome::Completed { same_payload: true }
     );
     claimed(store, &claim(&key("retention"), "h", now + 11_000, 30_000)).await;
+
+    // A completion with a later expiration than its claim's keeps the record until then.
+    let extended = Claim {
+        expiration: now / 1000 + 10,
+        ..claim(&key("extended"), "h", now, 30_000)
+    };
+    let lease = claimed(store, &extended).await;
+    store.complete(&lease, now / 1000 + 3600).await.unwrap();
+    assert_eq!(
+        store
+            .claim(&claim(&key("extended"), "h", now + 11_000, 30_000))
+            .await
+            .unwrap(),
+        ClaimOutcome::Completed { same_payload: true }
+    );
 }
 
 #[tokio::test]
