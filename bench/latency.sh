@@ -10,7 +10,8 @@
 #   bench/latency.sh --fresh-objects --rate 5000 --no-saturation --runs 5   # the median of five runs
 #
 # The latency run also reports the work per notification: the CPU time of `serve` (all its threads) and of
-# the probe, `serve`'s syncs of its WAL, and how busy the machine's cores were (Linux: from /proc).
+# the probe, `serve`'s syncs of its WAL, what the disk holding its database wrote, and how busy the
+# machine's cores were (Linux: from /proc).
 #
 # `--runs N` runs it all N times, one after another, then prints each run's p99 and their median (bench/runs.py).
 # Other options go to examples/latency_probe.rs (`--help` lists them). The probe, the server and its

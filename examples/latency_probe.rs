@@ -160,6 +160,7 @@ impl Server {
         work::Snapshot::take(
             self.child.id(),
             &format!("http://127.0.0.1:{}/metrics", self.port),
+            &self.dir,
         )
     }
 }

@@ -1,9 +1,10 @@
 //! What a run costs the machine, read from Linux's `/proc` and from `serve`'s `/metrics`: the CPU time of
-//! `serve` and of the driver itself (every thread of each), how busy the machine's cores were, and how
-//! many times `serve` synced its write-ahead log. Elsewhere than on Linux nothing is read and the report
-//! says so.
+//! `serve` and of the driver itself (every thread of each), how busy the machine's cores were, how many
+//! times `serve` synced its write-ahead log, and what the disk holding its database wrote. Elsewhere than
+//! on Linux nothing is read and the report says so.
 #![allow(dead_code)]
 
+use std::path::Path;
 use std::time::Instant;
 
 /// The counters at one instant.
@@ -15,17 +16,20 @@ pub struct Snapshot {
     machine: Option<Jiffies>,
     /// `intercom_webhooks_wal_syncs_total`.
     wal_syncs: Option<u64>,
+    disk: Option<Writes>,
 }
 
 impl Snapshot {
-    /// The counters now, of the `serve` process `pid` whose `/metrics` is at `metrics_url`.
-    pub fn take(pid: u32, metrics_url: &str) -> Self {
+    /// The counters now, of the `serve` process `pid` whose `/metrics` is at `metrics_url` and whose
+    /// database is in the folder `db_dir`.
+    pub fn take(pid: u32, metrics_url: &str, db_dir: &Path) -> Self {
         Self {
             at: Instant::now(),
             serve_cpu: process_cpu(&format!("/proc/{pid}/stat")),
             own_cpu: process_cpu("/proc/self/stat"),
             machine: machine(),
             wal_syncs: wal_syncs(metrics_url),
+            disk: disk_writes(db_dir),
         }
     }
 }
@@ -53,12 +57,53 @@ pub fn report(before: &Snapshot, after: &Snapshot, processed: usize) -> String {
         }
         _ => "not measured (no /proc)".to_owned(),
     };
+    let disk = match (before.disk, after.disk) {
+        (Some(a), Some(b)) => format!(
+            "the disk holding the database (every writer on it) wrote {:.1} KiB in {:.2} writes",
+            b.sectors.saturating_sub(a.sectors) as f64 * 512.0 / 1024.0 / n,
+            b.writes.saturating_sub(a.writes) as f64 / n
+        ),
+        _ => "the disk's writes were not measured (no /proc/diskstats line for the database's device)"
+            .to_owned(),
+    };
     format!(
         "Work per notification processed, over these {secs:.1} s: `serve` {} of CPU (all its threads), \
-         this driver {}, {syncs} syncs of the WAL; the machine's cores were {machine}.",
+         this driver {}, {syncs} syncs of the WAL, {disk}; the machine's cores were {machine}.",
         per(before.serve_cpu, after.serve_cpu),
         per(before.own_cpu, after.own_cpu),
     )
+}
+
+/// Writes completed by a block device, and the 512-byte sectors they wrote (`/proc/diskstats`).
+#[derive(Clone, Copy)]
+struct Writes {
+    writes: u64,
+    sectors: u64,
+}
+
+/// The writes so far of the block device that holds `dir` (none on a file system without one, such as
+/// tmpfs).
+#[cfg(target_os = "linux")]
+fn disk_writes(dir: &Path) -> Option<Writes> {
+    use std::os::unix::fs::MetadataExt;
+    let dev = std::fs::metadata(dir).ok()?.dev();
+    let (major, minor) = (libc::major(dev).to_string(), libc::minor(dev).to_string());
+    let stats = std::fs::read_to_string("/proc/diskstats").ok()?;
+    stats.lines().find_map(|line| {
+        // major, minor, name, then reads (4 fields), then writes completed, merged, sectors written.
+        let f: Vec<&str> = line.split_whitespace().collect();
+        (f.len() > 9 && f[0] == major && f[1] == minor).then(|| {
+            Some(Writes {
+                writes: f[7].parse().ok()?,
+                sectors: f[9].parse().ok()?,
+            })
+        })?
+    })
+}
+
+#[cfg(not(target_os = "linux"))]
+fn disk_writes(_dir: &Path) -> Option<Writes> {
+    None
 }
 
 /// User and system CPU time (s) of the process whose `stat` file is at `path`.
