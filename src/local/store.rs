@@ -105,7 +105,8 @@ impl IdempotencyStore for SqliteStore {
 
     /// The record keeps the later of its claim's expiration and `expiration`. A completion in the same
     /// second as its claim asks for the expiration the claim already set, and then leaves the column,
-    /// and so its index, untouched: a page fewer written per notification.
+    /// and so `idempotency_by_expiration`, untouched: otherwise every completion's commit rewrites a leaf
+    /// of that index (bench/RESULTS.md).
     async fn complete(&self, lease: &Lease, expiration: i64) -> Result<(), StoreError> {
         let (key, token) = (lease.key.as_str().to_owned(), lease.token.clone());
         let now_ms = self.clock.now_ms();
