@@ -167,8 +167,12 @@ PY
 # run_driver EXAMPLE ARGS...: builds the release `intercom-webhooks` and examples/EXAMPLE.rs, then runs the
 # example with `--bin target/release/intercom-webhooks --dir SCRATCH ARGS...` and returns its exit status.
 # The example starts `serve` itself and stops it when it ends; if this script is interrupted, the example
-# and its children are stopped.
+# and its children are stopped. start_driver and wait_driver are its two halves, for a script that works
+# beside the example while it runs: DRIVER_SCRATCH is the example's folder, removed when the script exits,
+# and with DRIVER_OUTPUT set the example's output goes to that file in the folder instead of stdout.
 DRIVER_PID=""
+DRIVER_SCRATCH=""
+DRIVER_OUTPUT=""
 stop_driver() {
   [[ -n "$DRIVER_PID" ]] || return 0
   local children
@@ -181,22 +185,32 @@ stop_driver() {
     kill -KILL "$pid" 2>/dev/null || true
   done
 }
-run_driver() {
+start_driver() {
   local example=$1
   shift
-  local scratch
-  scratch=$(mktemp -d -t "$example.XXXXXX")
+  DRIVER_SCRATCH=$(mktemp -d -t "$example.XXXXXX")
   # shellcheck disable=SC2064 # expand now: the folder is this call's
-  trap "stop_driver; rm -rf '$scratch'" EXIT
+  trap "stop_driver; rm -rf '$DRIVER_SCRATCH'" EXIT
   trap 'exit 130' INT TERM
   echo "building the release binary and examples/$example.rs..." >&2
   cargo build --release --quiet --bin intercom-webhooks
   cargo build --release --quiet --example "$example"
   settle_disk
-  "target/release/examples/$example" --bin target/release/intercom-webhooks --dir "$scratch" "$@" &
+  local run=("target/release/examples/$example" --bin target/release/intercom-webhooks --dir "$DRIVER_SCRATCH" "$@")
+  if [[ -n "$DRIVER_OUTPUT" ]]; then
+    "${run[@]}" >"$DRIVER_SCRATCH/$DRIVER_OUTPUT" &
+  else
+    "${run[@]}" &
+  fi
   DRIVER_PID=$!
+}
+wait_driver() {
   local status=0
   wait "$DRIVER_PID" || status=$?
   DRIVER_PID=""
   return "$status"
+}
+run_driver() {
+  start_driver "$@"
+  wait_driver
 }

@@ -89,15 +89,14 @@ fn disk_writes(dir: &Path) -> Option<Writes> {
     let dev = std::fs::metadata(dir).ok()?.dev();
     let (major, minor) = (libc::major(dev).to_string(), libc::minor(dev).to_string());
     let stats = std::fs::read_to_string("/proc/diskstats").ok()?;
-    stats.lines().find_map(|line| {
-        // major, minor, name, then reads (4 fields), then writes completed, merged, sectors written.
-        let f: Vec<&str> = line.split_whitespace().collect();
-        (f.len() > 9 && f[0] == major && f[1] == minor).then(|| {
-            Some(Writes {
-                writes: f[7].parse().ok()?,
-                sectors: f[9].parse().ok()?,
-            })
-        })?
+    // Each line: major, minor, name, four fields of reads, then writes completed, merged, sectors written.
+    let fields = stats
+        .lines()
+        .map(|line| line.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.len() > 9 && f[0] == major && f[1] == minor)?;
+    Some(Writes {
+        writes: fields[7].parse().ok()?,
+        sectors: fields[9].parse().ok()?,
     })
 }
 

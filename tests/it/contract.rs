@@ -29,6 +29,14 @@ fn claim(key: &str, hash: &str, now_ms: i64, lease_ms: i64) -> Claim {
     }
 }
 
+/// A claim made at `now_ms` that asks to be kept for `secs` only.
+fn short_claim(key: &str, now_ms: i64, secs: i64) -> Claim {
+    Claim {
+        expiration: now_ms / 1000 + secs,
+        ..claim(key, "h", now_ms, 30_000)
+    }
+}
+
 async fn claimed(store: &dyn IdempotencyStore, c: &Claim) -> Lease {
     match store.claim(c).await.unwrap() {
         ClaimOutcome::Claimed(lease) => lease,
@@ -102,10 +110,7 @@ async fn idempotency_contract(store: Arc<dyn IdempotencyStore>) {
     claimed(store, &rel).await;
 
     // Retention: a completed record past its expiration is absent to a claim.
-    let short = Claim {
-        expiration: now / 1000 + 10,
-        ..claim(&key("retention"), "h", now, 30_000)
-    };
+    let short = short_claim(&key("retention"), now, 10);
     let lease = claimed(store, &short).await;
     store.complete(&lease, now / 1000 + 10).await.unwrap();
     assert_eq!(
@@ -115,11 +120,7 @@ async fn idempotency_contract(store: Arc<dyn IdempotencyStore>) {
     claimed(store, &claim(&key("retention"), "h", now + 11_000, 30_000)).await;
 
     // A completion with a later expiration than its claim's keeps the record until then.
-    let extended = Claim {
-        expiration: now / 1000 + 10,
-        ..claim(&key("extended"), "h", now, 30_000)
-    };
-    let lease = claimed(store, &extended).await;
+    let lease = claimed(store, &short_claim(&key("extended"), now, 10)).await;
     store.complete(&lease, now / 1000 + 3600).await.unwrap();
     assert_eq!(
         store
