@@ -23,7 +23,7 @@ start_driver latency_probe "${ARGS[@]}"
 sleep 8
 copies=()
 for i in 1 2 3; do
-  db=$(find "$DRIVER_SCRATCH" -name serve.db | head -1)
+  db=$(find "$DRIVER_SCRATCH" -path "$DRIVER_SCRATCH/latency-probe-*/serve.db" | head -1)
   [[ -n "$db" ]] || { echo "no serve.db under $DRIVER_SCRATCH: the run ended or has not started" >&2; exit 1; }
   mkdir "$DRIVER_SCRATCH/copy-$i"
   cp "$db" "$DRIVER_SCRATCH/copy-$i/serve.db"
