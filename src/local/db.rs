@@ -378,6 +378,16 @@ impl Db {
         self.submit(f, false, Durability::Deferred).await
     }
 
+    /// Runs `f`, which only reads, in the database thread; resolves after its group's commit, without
+    /// waiting for a sync (it wrote nothing to sync). It sees every operation answered before it.
+    pub async fn read<T, F>(&self, f: F) -> Result<T, DbError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, DbError> + Send + 'static,
+    {
+        self.submit(f, false, Durability::Deferred).await
+    }
+
     async fn submit<T, F>(&self, f: F, savepoint: bool, durability: Durability) -> Result<T, DbError>
     where
         T: Send + 'static,

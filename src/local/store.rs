@@ -1,8 +1,13 @@
-//! The SQLite adapter of the [`IdempotencyStore`] port, with the same semantics as the DynamoDB one: the
-//! claim is one conditional upsert, complete and release are conditional on the lease token.
+//! The SQLite adapter of the [`IdempotencyStore`] port, with the same semantics as the DynamoDB one. The
+//! file holds completed records only: a claim in progress lives in this store's memory until it is
+//! completed (one conditional upsert) or released (nothing written). Only one process claims in a file,
+//! since `serve` holds the file's lock (`local::server`), and a claim in progress means nothing after
+//! that process ends: its lease would have lapsed by the time the queue delivers its message again. So
+//! a notification costs the file one write, its completion, instead of a claim and then an update.
 
+use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
 use rusqlite::{params, OptionalExtension};
@@ -10,7 +15,7 @@ use rusqlite::{params, OptionalExtension};
 use super::db::{Db, DbError};
 use crate::plumbing::clock::{Clock, SystemClock};
 use crate::processing::idempotency::{
-    Claim, ClaimOutcome, IdempotencyStore, Lease, StoreError, StoredRecord, COMPLETED, IN_PROGRESS,
+    Claim, ClaimOutcome, IdempotencyStore, Lease, StoreError, StoredRecord, COMPLETED,
 };
 use crate::reconcile::watermark::{self, WatermarkError, Watermarks};
 use crate::reconcile::ObjectType;
@@ -19,6 +24,7 @@ use crate::reconcile::ObjectType;
 pub struct SqliteStore {
     db: Db,
     clock: Arc<dyn Clock>,
+    held: Arc<Mutex<Held>>,
 }
 
 impl fmt::Debug for SqliteStore {
@@ -29,18 +35,92 @@ impl fmt::Debug for SqliteStore {
     }
 }
 
+/// The claims in progress, by key.
+struct Held {
+    claims: HashMap<String, InProgress>,
+    /// When `claims` reaches this size, claims whose lease has lapsed (cut off at a deadline, never
+    /// completed or released) are dropped.
+    prune_at: usize,
+}
+
+/// Claims held at once are bounded by the worker's batches in flight; lapsed ones are dropped past this.
+const PRUNE_AT_LEAST: usize = 1024;
+
+impl Default for Held {
+    fn default() -> Self {
+        Self {
+            claims: HashMap::new(),
+            prune_at: PRUNE_AT_LEAST,
+        }
+    }
+}
+
+/// A claim in progress: what its record holds once completed.
+struct InProgress {
+    token: String,
+    lease_until_ms: i64,
+    expiration: i64,
+    payload_hash: String,
+    claimed_at: i64,
+}
+
 impl SqliteStore {
     /// A store on the real time.
     pub fn new(db: Db) -> Self {
         Self {
             db,
             clock: Arc::new(SystemClock),
+            held: Arc::default(),
         }
     }
 
     /// This store with completion times from `clock` (claims carry their own times).
     pub fn with_clock(self, clock: Arc<dyn Clock>) -> Self {
         Self { clock, ..self }
+    }
+
+    fn held(&self) -> MutexGuard<'_, Held> {
+        self.held.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Takes the claim in memory unless another holds an unexpired lease on its key.
+    fn hold(&self, claim: &Claim, lease: &Lease) -> Result<(), ClaimOutcome> {
+        let mut held = self.held();
+        if let Some(other) = held.claims.get(claim.key.as_str()) {
+            if other.lease_until_ms >= claim.now_ms {
+                return Err(ClaimOutcome::InFlight {
+                    lease_until_ms: other.lease_until_ms,
+                });
+            }
+        }
+        if held.claims.len() >= held.prune_at {
+            held.claims.retain(|_, c| c.lease_until_ms >= claim.now_ms);
+            held.prune_at = PRUNE_AT_LEAST.max(2 * held.claims.len());
+        }
+        held.claims.insert(
+            claim.key.as_str().to_owned(),
+            InProgress {
+                token: lease.token.clone(),
+                lease_until_ms: claim.lease_until_ms,
+                expiration: claim.expiration,
+                payload_hash: claim.payload_hash.clone(),
+                claimed_at: claim.now_ms,
+            },
+        );
+        Ok(())
+    }
+
+    /// Ends the claim `lease` holds; whether it held one.
+    fn let_go(&self, lease: &Lease) -> bool {
+        let mut held = self.held();
+        let holds = held
+            .claims
+            .get(lease.key.as_str())
+            .is_some_and(|c| c.token == lease.token);
+        if holds {
+            held.claims.remove(lease.key.as_str());
+        }
+        holds
     }
 }
 
@@ -50,112 +130,104 @@ fn unavailable(e: DbError) -> StoreError {
 
 #[async_trait]
 impl IdempotencyStore for SqliteStore {
+    /// Held in memory first, so that concurrent claims of one key find it in flight; then the file is
+    /// read for a completed record, which refuses the claim and ends the hold.
     async fn claim(&self, claim: &Claim) -> Result<ClaimOutcome, StoreError> {
-        let claim = claim.clone();
-        self.db
-            .call_single_write_deferred(move |c| {
-                let lease = Lease::new(claim.key.clone());
-                let taken = c.prepare_cached(
-                    "INSERT INTO idempotency (pk, status, expiration, in_progress_expiration, lease_token, payload_hash, claimed_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-                     ON CONFLICT (pk) DO UPDATE SET
-                         status = excluded.status, expiration = excluded.expiration,
-                         in_progress_expiration = excluded.in_progress_expiration, lease_token = excluded.lease_token,
-                         payload_hash = excluded.payload_hash, claimed_at = excluded.claimed_at, completed_at = NULL
-                     WHERE idempotency.expiration < ?8
-                        OR (idempotency.status = ?2 AND idempotency.in_progress_expiration < ?7)",
+        let lease = Lease::new(claim.key.clone());
+        if let Err(refused) = self.hold(claim, &lease) {
+            return Ok(refused);
+        }
+        let key = claim.key.as_str().to_owned();
+        let stored = self
+            .db
+            .read(move |c| {
+                Ok(c.prepare_cached(
+                    "SELECT status, payload_hash, expiration, in_progress_expiration FROM idempotency WHERE pk = ?1",
                 )?
-                .execute(params![
-                        claim.key.as_str(),
-                        IN_PROGRESS,
-                        claim.expiration,
-                        claim.lease_until_ms,
-                        lease.token,
-                        claim.payload_hash,
-                        claim.now_ms,
-                        claim.now_secs(),
-                    ])?;
-                if taken == 1 {
-                    return Ok(Ok(ClaimOutcome::Claimed(lease)));
-                }
-                let old = c
-                    .prepare_cached(
-                        "SELECT status, payload_hash, expiration, in_progress_expiration FROM idempotency WHERE pk = ?1",
-                    )?
-                    .query_row(
-                        [claim.key.as_str()],
-                        |r| {
-                            Ok(StoredRecord {
-                                status: r.get(0)?,
-                                payload_hash: r.get(1)?,
-                                expiration: r.get(2)?,
-                                in_progress_expiration: r.get(3)?,
-                            })
-                        },
-                    )
-                    .optional()?;
-                // In one transaction the record cannot change between the two statements.
-                Ok(old
-                    .and_then(|record| record.refusal(&claim))
-                    .ok_or_else(|| StoreError::Unavailable("the claim was refused for no visible reason".into())))
+                .query_row([key], |r| {
+                    Ok(StoredRecord {
+                        status: r.get(0)?,
+                        payload_hash: r.get(1)?,
+                        expiration: r.get(2)?,
+                        in_progress_expiration: r.get(3)?,
+                    })
+                })
+                .optional()?)
             })
-            .await
-            .map_err(unavailable)?
+            .await;
+        // A record IN_PROGRESS in the file was written by an earlier version: refused while its lease runs.
+        match stored.map(|record| record.and_then(|r| r.refusal(claim))) {
+            Ok(None) => Ok(ClaimOutcome::Claimed(lease)),
+            Ok(Some(refused)) => {
+                self.let_go(&lease);
+                Ok(refused)
+            }
+            Err(error) => {
+                self.let_go(&lease);
+                Err(unavailable(error))
+            }
+        }
     }
 
-    /// The record keeps the later of its claim's expiration and `expiration`. A completion in the same
-    /// second as its claim asks for the expiration the claim already set, and then leaves the column,
-    /// and so `idempotency_by_expiration`, untouched: otherwise every completion's commit rewrites a leaf
-    /// of that index (bench/RESULTS.md).
+    /// Writes the completed record, keeping the later of its claim's expiration and `expiration`, and
+    /// ends the hold. The hold is checked and ended on the database thread, around the write, so that
+    /// no claim takes the key over in between. A claim whose completion failed stays held until its
+    /// lease lapses, as its record would stay IN_PROGRESS in a store that writes claims.
     async fn complete(&self, lease: &Lease, expiration: i64) -> Result<(), StoreError> {
         let (key, token) = (lease.key.as_str().to_owned(), lease.token.clone());
         let now_ms = self.clock.now_ms();
-        let changed = self
+        let held = self.held.clone();
+        let written = self
             .db
-            // The first statement writes nothing when it changes no row, so the second alone may write.
             .call_single_write(move |c| {
-                let kept = c
+                let mut held = held.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                let Some(claim) = held.claims.get(&key).filter(|c| c.token == token) else {
+                    return Ok(false);
+                };
+                // Never over a completed record still kept: only an expired one, or one an earlier
+                // version left IN_PROGRESS.
+                let written = c
                     .prepare_cached(
-                        "UPDATE idempotency SET status = ?1, completed_at = ?2
-                         WHERE pk = ?3 AND status = ?4 AND lease_token = ?5 AND expiration >= ?6",
+                        "INSERT INTO idempotency
+                             (pk, status, expiration, in_progress_expiration, lease_token, payload_hash, claimed_at, completed_at)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                         ON CONFLICT (pk) DO UPDATE SET
+                             status = excluded.status, expiration = excluded.expiration,
+                             in_progress_expiration = excluded.in_progress_expiration, lease_token = excluded.lease_token,
+                             payload_hash = excluded.payload_hash, claimed_at = excluded.claimed_at,
+                             completed_at = excluded.completed_at
+                         WHERE idempotency.status <> ?2 OR idempotency.expiration < ?9",
                     )?
-                    .execute(params![COMPLETED, now_ms, key, IN_PROGRESS, token, expiration])?;
-                if kept > 0 {
-                    return Ok(kept);
-                }
-                Ok(c.prepare_cached(
-                    "UPDATE idempotency SET status = ?1, expiration = ?2, completed_at = ?3
-                     WHERE pk = ?4 AND status = ?5 AND lease_token = ?6",
-                )?
-                .execute(params![COMPLETED, expiration, now_ms, key, IN_PROGRESS, token])?)
+                    .execute(params![
+                        key,
+                        COMPLETED,
+                        claim.expiration.max(expiration),
+                        claim.lease_until_ms,
+                        token,
+                        claim.payload_hash,
+                        claim.claimed_at,
+                        now_ms,
+                        now_ms.div_euclid(1000),
+                    ])?;
+                held.claims.remove(&key);
+                Ok(written == 1)
             })
             .await
             .map_err(unavailable)?;
-        held(changed, lease)
+        if written {
+            Ok(())
+        } else {
+            Err(StoreError::LeaseLost(lease.key.clone()))
+        }
     }
 
+    /// Nothing was written for the claim, so nothing is deleted.
     async fn release(&self, lease: &Lease) -> Result<(), StoreError> {
-        let (key, token) = (lease.key.as_str().to_owned(), lease.token.clone());
-        let changed = self
-            .db
-            .call_single_write_deferred(move |c| {
-                Ok(c.prepare_cached(
-                    "DELETE FROM idempotency WHERE pk = ?1 AND status = ?2 AND lease_token = ?3",
-                )?
-                .execute(params![key, IN_PROGRESS, token])?)
-            })
-            .await
-            .map_err(unavailable)?;
-        held(changed, lease)
-    }
-}
-
-/// A holder-only write changed its row, or the lease was lost.
-fn held(changed: usize, lease: &Lease) -> Result<(), StoreError> {
-    if changed == 1 {
-        Ok(())
-    } else {
-        Err(StoreError::LeaseLost(lease.key.clone()))
+        if self.let_go(lease) {
+            Ok(())
+        } else {
+            Err(StoreError::LeaseLost(lease.key.clone()))
+        }
     }
 }
 
@@ -189,5 +261,134 @@ impl Watermarks for SqliteStore {
             })
             .await
             .map_err(|e| WatermarkError(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::processing::idempotency::{IdempotencyKey, IN_PROGRESS};
+
+    fn claim(key: &str, now_ms: i64, lease_ms: i64) -> Claim {
+        Claim {
+            key: IdempotencyKey::from_stored(key),
+            payload_hash: "h".into(),
+            now_ms,
+            lease_until_ms: now_ms + lease_ms,
+            expiration: now_ms / 1000 + 3600,
+            batch: None,
+        }
+    }
+
+    async fn open() -> (tempfile::TempDir, Db, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path().join("s.db")).unwrap();
+        let store = SqliteStore::new(db.clone());
+        (dir, db, store)
+    }
+
+    /// (pk, status, lease_token) of every record in the file.
+    async fn records(db: &Db) -> Vec<(String, String, Option<String>)> {
+        db.read(|c| {
+            let mut rows = c.prepare("SELECT pk, status, lease_token FROM idempotency ORDER BY pk")?;
+            let all = rows
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect::<Result<_, _>>()?;
+            Ok(all)
+        })
+        .await
+        .unwrap()
+    }
+
+    fn lease(outcome: ClaimOutcome) -> Lease {
+        match outcome {
+            ClaimOutcome::Claimed(lease) => lease,
+            other => panic!("expected a claim, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_claim_writes_nothing_and_its_completion_writes_the_one_record() {
+        let (_dir, db, store) = open().await;
+        let now = 1_800_000_000_000;
+        let held = lease(store.claim(&claim("a", now, 30_000)).await.unwrap());
+        let released = lease(store.claim(&claim("b", now, 30_000)).await.unwrap());
+        assert_eq!(
+            records(&db).await,
+            vec![],
+            "claims in progress are not in the file"
+        );
+
+        store.complete(&held, now / 1000 + 7200).await.unwrap();
+        store.release(&released).await.unwrap();
+        assert_eq!(
+            records(&db).await,
+            vec![("a".into(), COMPLETED.into(), Some(held.token.clone()))]
+        );
+        let (expiration, claimed_at): (i64, i64) = db
+            .read(|c| {
+                Ok(
+                    c.query_row("SELECT expiration, claimed_at FROM idempotency", [], |r| {
+                        Ok((r.get(0)?, r.get(1)?))
+                    })?,
+                )
+            })
+            .await
+            .unwrap();
+        assert_eq!((expiration, claimed_at), (now / 1000 + 7200, now));
+        assert!(store.held().claims.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_record_left_in_progress_by_an_earlier_version_is_respected_until_its_lease_lapses() {
+        let (_dir, db, store) = open().await;
+        let now = 1_800_000_000_000_i64;
+        db.call(move |c| {
+            c.execute(
+                "INSERT INTO idempotency (pk, status, expiration, in_progress_expiration, lease_token, payload_hash, claimed_at)
+                 VALUES ('old', ?1, ?2, ?3, 'old-token', 'h', ?4)",
+                params![IN_PROGRESS, now / 1000 + 3600, now + 5_000, now - 1_000],
+            )?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            store.claim(&claim("old", now, 30_000)).await.unwrap(),
+            ClaimOutcome::InFlight {
+                lease_until_ms: now + 5_000
+            }
+        );
+        assert!(store.held().claims.is_empty(), "a refused claim holds nothing");
+
+        let later = now + 6_000;
+        let taken = lease(store.claim(&claim("old", later, 30_000)).await.unwrap());
+        store.complete(&taken, later / 1000 + 3600).await.unwrap();
+        assert_eq!(
+            records(&db).await,
+            vec![("old".into(), COMPLETED.into(), Some(taken.token))]
+        );
+    }
+
+    #[tokio::test]
+    async fn claims_whose_lease_lapsed_without_an_end_are_dropped_once_many_are_held() {
+        let (_dir, _db, store) = open().await;
+        let now = 1_800_000_000_000_i64;
+        // Cut off at a deadline: claimed, then neither completed nor released.
+        for i in 0..PRUNE_AT_LEAST {
+            lease(
+                store
+                    .claim(&claim(&format!("cut-{i}"), now, 1_000))
+                    .await
+                    .unwrap(),
+            );
+        }
+        let live = lease(store.claim(&claim("live", now + 2_000, 30_000)).await.unwrap());
+        assert_eq!(
+            store.held().claims.len(),
+            1,
+            "only the claim whose lease runs is kept"
+        );
+        store.complete(&live, now / 1000 + 3600).await.unwrap();
     }
 }
