@@ -83,16 +83,16 @@ impl SqliteStore {
         self.held.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Takes the claim in memory unless another holds an unexpired lease on its key.
-    fn hold(&self, claim: &Claim, lease: &Lease) -> Result<(), ClaimOutcome> {
-        let mut held = self.held();
-        if let Some(other) = held.claims.get(claim.key.as_str()) {
-            if other.lease_until_ms >= claim.now_ms {
-                return Err(ClaimOutcome::InFlight {
-                    lease_until_ms: other.lease_until_ms,
-                });
-            }
-        }
+    /// Whether another claim holds `key` with a lease unexpired at `now_ms`: its lease's end.
+    fn held_by_another(held: &Held, key: &str, now_ms: i64) -> Option<i64> {
+        held.claims
+            .get(key)
+            .map(|c| c.lease_until_ms)
+            .filter(|&until| until >= now_ms)
+    }
+
+    /// Holds `claim` for `lease`, dropping lapsed holds first when many are held.
+    fn hold(held: &mut Held, claim: &Claim, lease: &Lease) {
         if held.claims.len() >= held.prune_at {
             held.claims.retain(|_, c| c.lease_until_ms >= claim.now_ms);
             held.prune_at = PRUNE_AT_LEAST.max(2 * held.claims.len());
@@ -107,7 +107,6 @@ impl SqliteStore {
                 claimed_at: claim.now_ms,
             },
         );
-        Ok(())
     }
 
     /// Ends the claim `lease` holds; whether it held one.
@@ -130,43 +129,42 @@ fn unavailable(e: DbError) -> StoreError {
 
 #[async_trait]
 impl IdempotencyStore for SqliteStore {
-    /// Held in memory first, so that concurrent claims of one key find it in flight; then the file is
-    /// read for a completed record, which refuses the claim and ends the hold.
+    /// Decided on the database thread, which also ends the holds of completions: a claim held there
+    /// refuses this one; otherwise the file's record does (completed, or left IN_PROGRESS by an earlier
+    /// version with its lease running); otherwise this claim is held. Concurrent claims of one key are
+    /// therefore decided one after the other, and none falls between a completion's write and the end
+    /// of its hold.
     async fn claim(&self, claim: &Claim) -> Result<ClaimOutcome, StoreError> {
-        let lease = Lease::new(claim.key.clone());
-        if let Err(refused) = self.hold(claim, &lease) {
-            return Ok(refused);
-        }
-        let key = claim.key.as_str().to_owned();
-        let stored = self
-            .db
+        let claim = claim.clone();
+        let held = self.held.clone();
+        self.db
             .read(move |c| {
-                Ok(c.prepare_cached(
-                    "SELECT status, payload_hash, expiration, in_progress_expiration FROM idempotency WHERE pk = ?1",
-                )?
-                .query_row([key], |r| {
-                    Ok(StoredRecord {
-                        status: r.get(0)?,
-                        payload_hash: r.get(1)?,
-                        expiration: r.get(2)?,
-                        in_progress_expiration: r.get(3)?,
+                let mut held = held.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                if let Some(lease_until_ms) = Self::held_by_another(&held, claim.key.as_str(), claim.now_ms) {
+                    return Ok(ClaimOutcome::InFlight { lease_until_ms });
+                }
+                let stored = c
+                    .prepare_cached(
+                        "SELECT status, payload_hash, expiration, in_progress_expiration FROM idempotency WHERE pk = ?1",
+                    )?
+                    .query_row([claim.key.as_str()], |r| {
+                        Ok(StoredRecord {
+                            status: r.get(0)?,
+                            payload_hash: r.get(1)?,
+                            expiration: r.get(2)?,
+                            in_progress_expiration: r.get(3)?,
+                        })
                     })
-                })
-                .optional()?)
+                    .optional()?;
+                if let Some(refused) = stored.and_then(|record| record.refusal(&claim)) {
+                    return Ok(refused);
+                }
+                let lease = Lease::new(claim.key.clone());
+                Self::hold(&mut held, &claim, &lease);
+                Ok(ClaimOutcome::Claimed(lease))
             })
-            .await;
-        // A record IN_PROGRESS in the file was written by an earlier version: refused while its lease runs.
-        match stored.map(|record| record.and_then(|r| r.refusal(claim))) {
-            Ok(None) => Ok(ClaimOutcome::Claimed(lease)),
-            Ok(Some(refused)) => {
-                self.let_go(&lease);
-                Ok(refused)
-            }
-            Err(error) => {
-                self.let_go(&lease);
-                Err(unavailable(error))
-            }
-        }
+            .await
+            .map_err(unavailable)
     }
 
     /// Writes the completed record, keeping the later of its claim's expiration and `expiration`, and

@@ -69,6 +69,14 @@ async fn idempotency_contract(store: Arc<dyn IdempotencyStore>) {
         store.claim(&claim(&key("a"), "h2", now, 30_000)).await.unwrap(),
         ClaimOutcome::Completed { same_payload: false }
     );
+    // Copies claimed at once after the completion all find it completed, none in flight.
+    let copies = futures::future::join_all((0..12).map(|_| store.claim(&a))).await;
+    assert!(
+        copies
+            .iter()
+            .all(|r| r == &Ok(ClaimOutcome::Completed { same_payload: true })),
+        "{copies:?}"
+    );
     // Completing or releasing a completed record is refused.
     assert_eq!(
         store.complete(&lease, now / 1000 + 3600).await,
