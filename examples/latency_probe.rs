@@ -11,7 +11,7 @@
 //!
 //! Run it with `bench/latency.sh` (which builds the binary first); `--help` lists the options.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::process::Child;
 use std::sync::{mpsc, Arc, Mutex};
@@ -113,6 +113,9 @@ struct Args {
 
 const SECRET: &str = "latency-probe-secret";
 
+/// Idle connections the probe keeps open at most.
+const IDLE_CONNECTIONS: usize = 128;
+
 /// A running `serve` whose outcome lines arrive on a channel.
 struct Server {
     child: Child,
@@ -180,7 +183,38 @@ struct Sent {
     /// id → intake answer latency (µs) for answers 200.
     acked: HashMap<String, i64>,
     failed: usize,
+    /// Why requests failed (the status, or the client's error), with how many and the longest one took.
+    failures: BTreeMap<String, (usize, Duration)>,
     skipped: usize,
+}
+
+/// "N <reason> (the longest after T s), ..." for a phase's failed requests.
+fn failures_line(failures: &BTreeMap<String, (usize, Duration)>) -> String {
+    failures
+        .iter()
+        .map(|(reason, (n, longest))| {
+            format!("{n} {reason} (the longest after {:.1} s)", longest.as_secs_f64())
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Why a request was not answered 200, in a few words: the status, or which part of the request the
+/// client gave up in.
+fn failure(answer: &reqwest::Result<reqwest::Response>) -> String {
+    match answer {
+        Ok(r) => format!("answered {}", r.status()),
+        Err(e) if e.is_timeout() => "timed out (10 s)".to_owned(),
+        Err(e) if e.is_connect() => "could not connect".to_owned(),
+        Err(e) => {
+            // The innermost cause says what happened on the connection (closed, reset).
+            let mut cause: &dyn std::error::Error = e;
+            while let Some(inner) = cause.source() {
+                cause = inner;
+            }
+            format!("error: {cause}")
+        }
+    }
 }
 
 /// How the requests of one phase (warm-up, latency run, a saturation step) name their notifications.
@@ -232,14 +266,19 @@ async fn offer(
             let at = SystemTime::now();
             let clock = Instant::now();
             let answer = request.send().await;
-            let took = clock.elapsed().as_micros() as i64;
+            let elapsed = clock.elapsed();
             let mut sent = sent.lock().unwrap();
             sent.at.insert(id.clone(), unix_us(at));
             match answer {
                 Ok(r) if r.status() == 200 => {
-                    sent.acked.insert(id, took);
+                    sent.acked.insert(id, elapsed.as_micros() as i64);
                 }
-                _ => sent.failed += 1,
+                failed => {
+                    sent.failed += 1;
+                    let entry = sent.failures.entry(failure(&failed)).or_default();
+                    entry.0 += 1;
+                    entry.1 = entry.1.max(elapsed);
+                }
             }
         }
     })
@@ -345,7 +384,10 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
-        .pool_max_idle_per_host(args.max_in_flight)
+        // Fewer idle connections kept than `serve --max-connections` (512) serves at once: a connection
+        // beyond those waits in the listen backlog until another closes, and a request sent on it waits
+        // with it (after a burst, or a stall of the VM, the pool would otherwise keep every connection).
+        .pool_max_idle_per_host(args.max_in_flight.min(IDLE_CONNECTIONS))
         .build()?;
     let url = server.url();
     let mut seen: HashMap<String, (String, i64)> = HashMap::new();
@@ -379,6 +421,9 @@ fn main() -> anyhow::Result<()> {
             percentile(&lat, 99.0),
             lat.last().copied().unwrap_or(0) as f64 / 1000.0
         );
+        if !warm.failures.is_empty() {
+            warm_line.push_str(&format!(" Failed: {}.", failures_line(&warm.failures)));
+        }
     }
 
     eprintln!(
@@ -452,6 +497,10 @@ fn main() -> anyhow::Result<()> {
         processed,
         missing
     );
+    if !run.failures.is_empty() {
+        println!();
+        println!("Failed requests: {}.", failures_line(&run.failures));
+    }
     println!();
     println!("| | p50 | p90 | p99 | max |");
     println!("|---|---:|---:|---:|---:|");
