@@ -3,6 +3,7 @@
 
 mod background;
 mod codec;
+mod connections;
 pub mod db;
 pub mod dead_letters;
 pub mod inspector;

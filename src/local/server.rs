@@ -60,7 +60,8 @@ pub struct ConnectionLimits {
     pub body_read_timeout: Duration,
     /// A delivery not stored within this is answered 503 (Intercom retries).
     pub store_timeout: Duration,
-    /// Connections open at once; further ones wait in the listen backlog until one closes.
+    /// Connections open at once; further ones wait in the listen backlog until one closes. While one
+    /// waits, the oldest idle keep-alive connection is closed to make room (see `connections`).
     pub max_connections: usize,
 }
 
@@ -214,7 +215,7 @@ pub async fn serve(
         shutdown.await;
         let _ = closing.send(true);
     };
-    let served = serve_http(listener, app, options.limits, shutdown).await;
+    let served = super::connections::serve_http(listener, app, options.limits, shutdown).await;
     info!("no longer accepting deliveries; finishing in-flight batches");
     let _ = stop.send(true);
     wake.notify_waiters();
@@ -285,56 +286,6 @@ impl ServerLock {
         file.flush()?;
         Ok(Self { _file: file })
     }
-}
-
-/// Accepts connections until `shutdown`, at most `limits.max_connections` at once, each served as HTTP/1.1
-/// with a header read timeout; then waits for the requests in flight to be answered.
-async fn serve_http(
-    listener: tokio::net::TcpListener,
-    app: Router,
-    limits: ConnectionLimits,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    use hyper_util::rt::{TokioIo, TokioTimer};
-    use hyper_util::service::TowerToHyperService;
-
-    let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout);
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
-    tokio::pin!(shutdown);
-    loop {
-        // A slot first: when every slot is taken, new connections wait in the kernel's backlog.
-        let slot = tokio::select! {
-            slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
-            () = &mut shutdown => break,
-        };
-        let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(error) => {
-                    // Out of file descriptors, or a connection reset before it was accepted: wait a
-                    // moment rather than spin.
-                    warn!(%error, "could not accept a connection");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
-        let _ = stream.set_nodelay(true);
-        let connection = http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            // A client that goes away or times out ends only its own connection.
-            let _ = connection.await;
-            drop(slot);
-        });
-    }
-    drop(listener);
-    graceful.shutdown().await;
-    Ok(())
 }
 
 /// Purges the file every `retention.interval` until `stop`.

@@ -1154,3 +1154,51 @@ fn serve_forwards_every_fixture_signed_for_the_target() {
     let text = server.text.lock().unwrap().join("\n");
     assert!(!text.contains("forward-secret"));
 }
+
+#[test]
+fn an_idle_keep_alive_connection_gives_its_slot_to_a_new_one() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_with(
+        &dir.path().join("db.sqlite"),
+        &[],
+        &["--max-connections", "2", "--header-read-timeout", "30s"],
+    );
+    // Give the health check's keep-alive connection time to be closed by its client.
+    std::thread::sleep(Duration::from_millis(200));
+    // Two clients each get an answer and keep their connection open, idle.
+    let mut idle: Vec<std::net::TcpStream> = (0..2)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+            s.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let mut buf = [0u8; 1024];
+            let n = s.read(&mut buf).unwrap();
+            assert!(
+                buf[..n].starts_with(b"HTTP/1.1 200"),
+                "{}",
+                String::from_utf8_lossy(&buf[..n])
+            );
+            s
+        })
+        .collect();
+
+    // A third is answered without waiting for either to time out (30 s), and the older idle one was
+    // closed to make room for it, the newer one kept.
+    let body = unique_notification(0);
+    assert_eq!(raw_post(server.port, &body).unwrap(), "HTTP/1.1 200 OK");
+    let newer = idle.pop().unwrap();
+    let mut older = idle.pop().unwrap();
+    assert_eq!(closed_within(&mut older, Duration::from_secs(5)), Ok(vec![]));
+    let mut newer = newer;
+    newer
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .unwrap();
+    let answer = closed_within(&mut newer, Duration::from_secs(5)).unwrap();
+    assert!(
+        answer.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    server.wait_until("the notification is processed", || server.outcomes().len() == 1);
+}
