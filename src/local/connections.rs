@@ -1,15 +1,17 @@
 //! `serve`'s HTTP connections: at most `max_connections` open at once, each served as HTTP/1.1 with a
-//! header read timeout. When every slot is taken and another connection has arrived, the oldest idle
-//! keep-alive connection (one that has answered a request and has none in progress) is asked to close, so
-//! that a sender keeping many idle connections does not make a new one wait for `header_read_timeout`.
+//! header read timeout. When every slot is taken and another connection has arrived, the keep-alive
+//! connection idle for longest (it has answered a request and has none in progress), if idle for
+//! [`IDLE_BEFORE_CLOSING`] at least, is asked to close, so that a sender keeping many idle connections does
+//! not make a new one wait for `header_read_timeout`. Senders' pools reuse the connection idle for the
+//! shortest time first, so the one closed is the least likely to be carrying a request at that moment.
 //! Connections reading their first request, or answering one, keep their slots: a client that is slow to
 //! send its request is bounded by the header timeout, not by the others' arrivals.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -22,6 +24,9 @@ use super::server::ConnectionLimits;
 /// How often, while every slot is taken and a connection waits, idle connections are looked for again.
 const LOOK_AGAIN: Duration = Duration::from_millis(50);
 
+/// How long a keep-alive connection must have been idle before it may be closed to make room.
+pub(super) const IDLE_BEFORE_CLOSING: Duration = Duration::from_secs(1);
+
 /// A connection's state, as far as choosing one to close goes.
 const READING_FIRST: u8 = 0;
 const ANSWERING: u8 = 1;
@@ -29,32 +34,57 @@ const IDLE: u8 = 2;
 /// Asked to close; not chosen again.
 const CLOSING: u8 = 3;
 
+/// What the connection's task and the accept loop share.
+struct Activity {
+    state: AtomicU8,
+    /// When the connection last became idle, in ms since [`Connections::epoch`].
+    idle_since_ms: AtomicU64,
+}
+
 struct Open {
-    state: Arc<AtomicU8>,
+    activity: Arc<Activity>,
     close: Arc<Notify>,
 }
 
-/// The open connections, oldest first.
-#[derive(Default)]
+/// The open connections.
 struct Connections {
+    epoch: Instant,
     next_id: u64,
-    open: BTreeMap<u64, Open>,
+    open: HashMap<u64, Open>,
 }
 
 impl Connections {
-    /// Asks the oldest idle connection to close; whether there was one.
-    fn close_oldest_idle(&mut self) -> bool {
-        let idle = self.open.values().find(|c| {
-            c.state
+    fn new() -> Self {
+        Self {
+            epoch: Instant::now(),
+            next_id: 0,
+            open: HashMap::new(),
+        }
+    }
+
+    /// Asks the connection idle for longest, if for [`IDLE_BEFORE_CLOSING`] at least, to close.
+    fn close_longest_idle(&mut self) {
+        let latest = self
+            .epoch
+            .elapsed()
+            .saturating_sub(IDLE_BEFORE_CLOSING)
+            .as_millis() as u64;
+        let longest = self
+            .open
+            .values()
+            .filter(|c| c.activity.state.load(Ordering::Acquire) == IDLE)
+            .map(|c| (c.activity.idle_since_ms.load(Ordering::Acquire), c))
+            .filter(|(since, _)| *since <= latest)
+            .min_by_key(|(since, _)| *since);
+        // A connection that took a request meanwhile is left alone; the loop looks again.
+        if let Some((_, c)) = longest {
+            if c.activity
+                .state
                 .compare_exchange(IDLE, CLOSING, Ordering::AcqRel, Ordering::Acquire)
                 .is_ok()
-        });
-        match idle {
-            Some(c) => {
+            {
                 c.close.notify_one();
-                true
             }
-            None => false,
         }
     }
 }
@@ -71,7 +101,7 @@ pub(super) async fn serve_http(
         .header_read_timeout(limits.header_read_timeout);
     let max = limits.max_connections.clamp(1, u32::MAX as usize);
     let slots = Arc::new(Semaphore::new(max));
-    let connections = Arc::new(Mutex::new(Connections::default()));
+    let connections = Arc::new(Mutex::new(Connections::new()));
     tokio::pin!(shutdown);
     'accepting: loop {
         let stream = tokio::select! {
@@ -93,7 +123,7 @@ pub(super) async fn serve_http(
             if let Ok(slot) = slots.clone().try_acquire_owned() {
                 break slot;
             }
-            lock(&connections).close_oldest_idle();
+            lock(&connections).close_longest_idle();
             tokio::select! {
                 slot = slots.clone().acquire_owned() => break slot.expect("the semaphore is never closed"),
                 () = tokio::time::sleep(LOOK_AGAIN) => {}
@@ -107,7 +137,7 @@ pub(super) async fn serve_http(
     // Every connection is asked to close (an idle one at once, a busy one after its answer), then the
     // last slot to come back means the last connection has ended.
     for open in lock(&connections).open.values() {
-        open.state.store(CLOSING, Ordering::Release);
+        open.activity.state.store(CLOSING, Ordering::Release);
         open.close.notify_one();
     }
     let _all = slots
@@ -130,31 +160,40 @@ fn spawn_connection(
     slot: OwnedSemaphorePermit,
     connections: &Arc<Mutex<Connections>>,
 ) {
-    let state = Arc::new(AtomicU8::new(READING_FIRST));
+    let activity = Arc::new(Activity {
+        state: AtomicU8::new(READING_FIRST),
+        idle_since_ms: AtomicU64::new(0),
+    });
     let close = Arc::new(Notify::new());
-    let id = {
+    let (id, epoch) = {
         let mut connections = lock(connections);
         let id = connections.next_id;
         connections.next_id += 1;
         connections.open.insert(
             id,
             Open {
-                state: state.clone(),
+                activity: activity.clone(),
                 close: close.clone(),
             },
         );
-        id
+        (id, connections.epoch)
     };
     // The state follows each request: answering from the call until the response is ready, idle after.
     let service = hyper::service::service_fn(move |request| {
-        let state = state.clone();
+        let activity = activity.clone();
         // A connection asked to close stays so; it closes after this answer.
+        let state = &activity.state;
         let _ = state.compare_exchange(IDLE, ANSWERING, Ordering::AcqRel, Ordering::Acquire);
         let _ = state.compare_exchange(READING_FIRST, ANSWERING, Ordering::AcqRel, Ordering::Acquire);
         let answer = app.clone().oneshot(request);
         async move {
             let response = answer.await;
-            let _ = state.compare_exchange(ANSWERING, IDLE, Ordering::AcqRel, Ordering::Acquire);
+            activity
+                .idle_since_ms
+                .store(epoch.elapsed().as_millis() as u64, Ordering::Release);
+            let _ = activity
+                .state
+                .compare_exchange(ANSWERING, IDLE, Ordering::AcqRel, Ordering::Acquire);
             response
         }
     });

@@ -61,7 +61,7 @@ pub struct ConnectionLimits {
     /// A delivery not stored within this is answered 503 (Intercom retries).
     pub store_timeout: Duration,
     /// Connections open at once; further ones wait in the listen backlog until one closes. While one
-    /// waits, the oldest idle keep-alive connection is closed to make room (see `connections`).
+    /// waits, the keep-alive connection idle for longest is closed to make room (see `connections`).
     pub max_connections: usize,
 }
 

@@ -1166,35 +1166,37 @@ fn an_idle_keep_alive_connection_gives_its_slot_to_a_new_one() {
     );
     // Give the health check's keep-alive connection time to be closed by its client.
     std::thread::sleep(Duration::from_millis(200));
-    // Two clients each get an answer and keep their connection open, idle.
-    let mut idle: Vec<std::net::TcpStream> = (0..2)
-        .map(|_| {
-            let mut s = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
-            s.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
-            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-            let mut buf = [0u8; 1024];
-            let n = s.read(&mut buf).unwrap();
-            assert!(
-                buf[..n].starts_with(b"HTTP/1.1 200"),
-                "{}",
-                String::from_utf8_lossy(&buf[..n])
-            );
-            s
-        })
-        .collect();
+    let health = |s: &mut std::net::TcpStream| {
+        s.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut buf = [0u8; 1024];
+        let n = s.read(&mut buf).unwrap();
+        assert!(
+            buf[..n].starts_with(b"HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(&buf[..n])
+        );
+    };
+    // Two clients each get an answer and keep their connection open, idle; the first is used once
+    // more, so the second is the one idle for longest.
+    let mut first = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    health(&mut first);
+    let mut second = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    health(&mut second);
+    std::thread::sleep(Duration::from_millis(200));
+    health(&mut first);
+    // Both idle long enough to be closed.
+    std::thread::sleep(Duration::from_millis(1200));
 
-    // A third is answered without waiting for either to time out (30 s), and the older idle one was
-    // closed to make room for it, the newer one kept.
+    // A third is answered without waiting for either to time out (30 s): the connection idle for
+    // longest was closed to make room for it, the other kept.
     let body = unique_notification(0);
     assert_eq!(raw_post(server.port, &body).unwrap(), "HTTP/1.1 200 OK");
-    let newer = idle.pop().unwrap();
-    let mut older = idle.pop().unwrap();
-    assert_eq!(closed_within(&mut older, Duration::from_secs(5)), Ok(vec![]));
-    let mut newer = newer;
-    newer
+    assert_eq!(closed_within(&mut second, Duration::from_secs(5)), Ok(vec![]));
+    first
         .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
         .unwrap();
-    let answer = closed_within(&mut newer, Duration::from_secs(5)).unwrap();
+    let answer = closed_within(&mut first, Duration::from_secs(5)).unwrap();
     assert!(
         answer.starts_with(b"HTTP/1.1 200"),
         "{}",
