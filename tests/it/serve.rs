@@ -528,17 +528,23 @@ fn a_client_that_stalls_in_its_headers_or_its_body_is_cut_off_and_the_server_kee
     );
 }
 
-#[test]
-fn connections_past_the_limit_wait_for_a_free_slot() {
-    use std::io::Write;
-    let dir = tempfile::tempdir().unwrap();
+/// A server that serves two connections at once and waits 30 s for a request's head, once the health
+/// check's keep-alive connection has been closed by its client.
+fn two_connection_server(dir: &tempfile::TempDir) -> Server {
     let server = Server::start_with(
         &dir.path().join("db.sqlite"),
         &[],
         &["--max-connections", "2", "--header-read-timeout", "30s"],
     );
-    // Give the health check's keep-alive connection time to be closed by its client.
     std::thread::sleep(Duration::from_millis(200));
+    server
+}
+
+#[test]
+fn connections_past_the_limit_wait_for_a_free_slot() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let server = two_connection_server(&dir);
     let mut idle: Vec<std::net::TcpStream> = (0..2)
         .map(|_| {
             let mut s = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
@@ -563,6 +569,50 @@ fn connections_past_the_limit_wait_for_a_free_slot() {
     let (status, waited) = waiting.join().unwrap();
     assert_eq!(status.unwrap(), "HTTP/1.1 200 OK");
     assert!(waited >= Duration::from_millis(800), "{waited:?}");
+}
+
+#[test]
+fn an_idle_keep_alive_connection_gives_its_slot_to_a_new_one() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let server = two_connection_server(&dir);
+    let health = |s: &mut std::net::TcpStream| {
+        s.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut buf = [0u8; 1024];
+        let n = s.read(&mut buf).unwrap();
+        assert!(
+            buf[..n].starts_with(b"HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(&buf[..n])
+        );
+    };
+    // Two clients each get an answer and keep their connection open, idle; the first is used once
+    // more, so the second is the one idle for longest.
+    let mut first = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    health(&mut first);
+    let mut second = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    health(&mut second);
+    std::thread::sleep(Duration::from_millis(200));
+    health(&mut first);
+    // Both idle long enough to be closed.
+    std::thread::sleep(Duration::from_millis(1200));
+
+    // A third is answered without waiting for either to time out (30 s): the connection idle for
+    // longest was closed to make room for it, the other kept.
+    let body = unique_notification(0);
+    assert_eq!(raw_post(server.port, &body).unwrap(), "HTTP/1.1 200 OK");
+    assert_eq!(closed_within(&mut second, Duration::from_secs(5)), Ok(vec![]));
+    first
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .unwrap();
+    let answer = closed_within(&mut first, Duration::from_secs(5)).unwrap();
+    assert!(
+        answer.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    server.wait_until("the notification is processed", || server.outcomes().len() == 1);
 }
 
 #[test]
@@ -1153,54 +1203,4 @@ fn serve_forwards_every_fixture_signed_for_the_target() {
     // The secret is never logged.
     let text = server.text.lock().unwrap().join("\n");
     assert!(!text.contains("forward-secret"));
-}
-
-#[test]
-fn an_idle_keep_alive_connection_gives_its_slot_to_a_new_one() {
-    use std::io::{Read, Write};
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start_with(
-        &dir.path().join("db.sqlite"),
-        &[],
-        &["--max-connections", "2", "--header-read-timeout", "30s"],
-    );
-    // Give the health check's keep-alive connection time to be closed by its client.
-    std::thread::sleep(Duration::from_millis(200));
-    let health = |s: &mut std::net::TcpStream| {
-        s.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let mut buf = [0u8; 1024];
-        let n = s.read(&mut buf).unwrap();
-        assert!(
-            buf[..n].starts_with(b"HTTP/1.1 200"),
-            "{}",
-            String::from_utf8_lossy(&buf[..n])
-        );
-    };
-    // Two clients each get an answer and keep their connection open, idle; the first is used once
-    // more, so the second is the one idle for longest.
-    let mut first = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
-    health(&mut first);
-    let mut second = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
-    health(&mut second);
-    std::thread::sleep(Duration::from_millis(200));
-    health(&mut first);
-    // Both idle long enough to be closed.
-    std::thread::sleep(Duration::from_millis(1200));
-
-    // A third is answered without waiting for either to time out (30 s): the connection idle for
-    // longest was closed to make room for it, the other kept.
-    let body = unique_notification(0);
-    assert_eq!(raw_post(server.port, &body).unwrap(), "HTTP/1.1 200 OK");
-    assert_eq!(closed_within(&mut second, Duration::from_secs(5)), Ok(vec![]));
-    first
-        .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
-        .unwrap();
-    let answer = closed_within(&mut first, Duration::from_secs(5)).unwrap();
-    assert!(
-        answer.starts_with(b"HTTP/1.1 200"),
-        "{}",
-        String::from_utf8_lossy(&answer)
-    );
-    server.wait_until("the notification is processed", || server.outcomes().len() == 1);
 }
