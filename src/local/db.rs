@@ -378,8 +378,10 @@ impl Db {
         self.submit(f, false, Durability::Deferred).await
     }
 
-    /// Runs `f`, which only reads, in the database thread; resolves after its group's commit, without
-    /// waiting for a sync (it wrote nothing to sync). It sees every operation answered before it.
+    /// Runs `f`, which writes nothing to the file, in the database thread; resolves after its group's
+    /// commit, without waiting for a sync. It sees every operation answered before it, and those of its
+    /// group before it. What `f` changes outside the file is not undone when the commit fails: the
+    /// caller undoes it on the error.
     pub async fn read<T, F>(&self, f: F) -> Result<T, DbError>
     where
         T: Send + 'static,

@@ -38,13 +38,18 @@ impl fmt::Debug for SqliteStore {
 /// The claims in progress, by key.
 struct Held {
     claims: HashMap<String, InProgress>,
-    /// When `claims` reaches this size, claims whose lease has lapsed (cut off at a deadline, never
-    /// completed or released) are dropped.
+    /// When `claims` reaches this size, claims whose lease lapsed [`PRUNE_AFTER_LAPSE_MS`] ago or more
+    /// (cut off at a deadline, never completed or released) are dropped.
     prune_at: usize,
 }
 
 /// Claims held at once are bounded by the worker's batches in flight; lapsed ones are dropped past this.
 const PRUNE_AT_LEAST: usize = 1024;
+
+/// A hold whose lease ended this long ago is dropped when holds are pruned. Until then its holder may
+/// still complete or release it, as a store that writes claims allows until a claim takes the record
+/// over; the worker's completions come within its deadline margin of the lease's end, well inside this.
+const PRUNE_AFTER_LAPSE_MS: i64 = 60_000;
 
 impl Default for Held {
     fn default() -> Self {
@@ -94,7 +99,8 @@ impl SqliteStore {
     /// Holds `claim` for `lease`, dropping lapsed holds first when many are held.
     fn hold(held: &mut Held, claim: &Claim, lease: &Lease) {
         if held.claims.len() >= held.prune_at {
-            held.claims.retain(|_, c| c.lease_until_ms >= claim.now_ms);
+            held.claims
+                .retain(|_, c| c.lease_until_ms + PRUNE_AFTER_LAPSE_MS >= claim.now_ms);
             held.prune_at = PRUNE_AT_LEAST.max(2 * held.claims.len());
         }
         held.claims.insert(
@@ -129,20 +135,19 @@ fn unavailable(e: DbError) -> StoreError {
 
 #[async_trait]
 impl IdempotencyStore for SqliteStore {
-    /// Decided on the database thread, which also ends the holds of completions: a claim held there
-    /// refuses this one; otherwise the file's record does (completed, or left IN_PROGRESS by an earlier
-    /// version with its lease running); otherwise this claim is held. Concurrent claims of one key are
-    /// therefore decided one after the other, and none falls between a completion's write and the end
-    /// of its hold.
+    /// Decided on the database thread, where completions write their records: the file's record refuses
+    /// the claim when it is completed (or left IN_PROGRESS by an earlier version, with its lease
+    /// running); otherwise a claim held in memory does; otherwise this claim is held. Concurrent claims of
+    /// one key are decided one after the other, and a completed record is seen from its completion's
+    /// write on, even before its hold ends. A hold taken by a group whose commit then fails is let go.
     async fn claim(&self, claim: &Claim) -> Result<ClaimOutcome, StoreError> {
         let claim = claim.clone();
+        let lease = Lease::new(claim.key.clone());
+        let taking = lease.clone();
         let held = self.held.clone();
-        self.db
+        let decided = self
+            .db
             .read(move |c| {
-                let mut held = held.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-                if let Some(lease_until_ms) = Self::held_by_another(&held, claim.key.as_str(), claim.now_ms) {
-                    return Ok(ClaimOutcome::InFlight { lease_until_ms });
-                }
                 let stored = c
                     .prepare_cached(
                         "SELECT status, payload_hash, expiration, in_progress_expiration FROM idempotency WHERE pk = ?1",
@@ -159,18 +164,25 @@ impl IdempotencyStore for SqliteStore {
                 if let Some(refused) = stored.and_then(|record| record.refusal(&claim)) {
                     return Ok(refused);
                 }
-                let lease = Lease::new(claim.key.clone());
-                Self::hold(&mut held, &claim, &lease);
-                Ok(ClaimOutcome::Claimed(lease))
+                let mut held = held.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                if let Some(lease_until_ms) = Self::held_by_another(&held, claim.key.as_str(), claim.now_ms) {
+                    return Ok(ClaimOutcome::InFlight { lease_until_ms });
+                }
+                Self::hold(&mut held, &claim, &taking);
+                Ok(ClaimOutcome::Claimed(taking))
             })
-            .await
-            .map_err(unavailable)
+            .await;
+        decided.map_err(|error| {
+            self.let_go(&lease);
+            unavailable(error)
+        })
     }
 
-    /// Writes the completed record, keeping the later of its claim's expiration and `expiration`, and
-    /// ends the hold. The hold is checked and ended on the database thread, around the write, so that
-    /// no claim takes the key over in between. A claim whose completion failed stays held until its
-    /// lease lapses, as its record would stay IN_PROGRESS in a store that writes claims.
+    /// Writes the completed record, keeping the later of its claim's expiration and `expiration`, then
+    /// ends the hold. The hold is checked on the database thread, with the write, so that no claim takes
+    /// the key over in between; it ends once the write is committed (claims read the record first, so
+    /// they find it completed meanwhile). A claim whose completion failed, the commit included, stays
+    /// held until its lease lapses, as its record would stay IN_PROGRESS in a store that writes claims.
     async fn complete(&self, lease: &Lease, expiration: i64) -> Result<(), StoreError> {
         let (key, token) = (lease.key.as_str().to_owned(), lease.token.clone());
         let now_ms = self.clock.now_ms();
@@ -178,7 +190,7 @@ impl IdempotencyStore for SqliteStore {
         let written = self
             .db
             .call_single_write(move |c| {
-                let mut held = held.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                let held = held.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
                 let Some(claim) = held.claims.get(&key).filter(|c| c.token == token) else {
                     return Ok(false);
                 };
@@ -207,11 +219,11 @@ impl IdempotencyStore for SqliteStore {
                         now_ms,
                         now_ms.div_euclid(1000),
                     ])?;
-                held.claims.remove(&key);
                 Ok(written == 1)
             })
             .await
             .map_err(unavailable)?;
+        self.let_go(lease);
         if written {
             Ok(())
         } else {
@@ -369,24 +381,35 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn claims_whose_lease_lapsed_without_an_end_are_dropped_once_many_are_held() {
+    async fn claims_whose_lease_lapsed_a_minute_ago_are_dropped_once_many_are_held() {
         let (_dir, _db, store) = open().await;
         let now = 1_800_000_000_000_i64;
         // Cut off at a deadline: claimed, then neither completed nor released.
         for i in 0..PRUNE_AT_LEAST {
-            lease(
-                store
-                    .claim(&claim(&format!("cut-{i}"), now, 1_000))
-                    .await
-                    .unwrap(),
-            );
+            let cut = claim(&format!("cut-{i}"), now, 1_000);
+            lease(store.claim(&cut).await.unwrap());
         }
-        let live = lease(store.claim(&claim("live", now + 2_000, 30_000)).await.unwrap());
+        // Soon after their leases ended, their holders may still complete them: kept.
+        let soon = lease(store.claim(&claim("soon", now + 2_000, 30_000)).await.unwrap());
+        assert_eq!(store.held().claims.len(), PRUNE_AT_LEAST + 1);
+        store.release(&soon).await.unwrap();
+        let late = lease(store.claim(&claim("cut-0", now + 2_000, 30_000)).await.unwrap());
+        store.complete(&late, now / 1000 + 3600).await.unwrap();
+        // A minute after, they are dropped the next time as many are held as pruning waits for.
+        let n = {
+            let held = store.held();
+            held.prune_at - held.claims.len() + 1
+        };
+        for i in 0..n {
+            let more = claim(&format!("more-{i}"), now + 62_000, 1_000);
+            lease(store.claim(&more).await.unwrap());
+        }
+        let held = store.held();
         assert_eq!(
-            store.held().claims.len(),
-            1,
-            "only the claim whose lease runs is kept"
+            held.claims.len(),
+            n,
+            "only the claims whose leases ended lately are kept"
         );
-        store.complete(&live, now / 1000 + 3600).await.unwrap();
+        assert!(held.claims.keys().all(|k| k.starts_with("more-")));
     }
 }
