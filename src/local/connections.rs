@@ -4,16 +4,22 @@
 //! [`IDLE_BEFORE_CLOSING`] at least, is asked to close, so that a sender keeping many idle connections does
 //! not make a new one wait for `header_read_timeout`. Senders' pools reuse the connection idle for the
 //! shortest time first, so the one closed is the least likely to be carrying a request at that moment.
-//! Connections reading their first request, or answering one, keep their slots: a client that is slow to
-//! send its request is bounded by the header timeout, not by the others' arrivals.
+//! Connections reading their first request, or answering one until its body is sent (a stream for as
+//! long as it lasts), keep their slots: a client that is slow to send its request is bounded by the
+//! header timeout, not by the others' arrivals. One connection at a time is asked to make room.
 
 use std::collections::HashMap;
+use std::convert::Infallible;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use axum::body::Bytes;
 use axum::Router;
+use hyper::body::{Frame, SizeHint};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tower::ServiceExt;
@@ -44,6 +50,8 @@ struct Activity {
 struct Open {
     activity: Arc<Activity>,
     close: Arc<Notify>,
+    /// Asked to close to make room, and not ended yet.
+    making_room: bool,
 }
 
 /// The open connections.
@@ -51,6 +59,8 @@ struct Connections {
     epoch: Instant,
     next_id: u64,
     open: HashMap<u64, Open>,
+    /// Connections asked to make room that have not ended yet: while one has not, no other is asked.
+    making_room: usize,
 }
 
 impl Connections {
@@ -59,11 +69,16 @@ impl Connections {
             epoch: Instant::now(),
             next_id: 0,
             open: HashMap::new(),
+            making_room: 0,
         }
     }
 
-    /// Asks the connection idle for longest, if for [`IDLE_BEFORE_CLOSING`] at least, to close.
+    /// Asks the connection idle for longest, if for [`IDLE_BEFORE_CLOSING`] at least, to close, unless
+    /// one asked before has not ended yet.
     fn close_longest_idle(&mut self) {
+        if self.making_room > 0 {
+            return;
+        }
         let latest = self
             .epoch
             .elapsed()
@@ -71,9 +86,9 @@ impl Connections {
             .as_millis() as u64;
         let longest = self
             .open
-            .values()
-            .filter(|c| c.activity.state.load(Ordering::Acquire) == IDLE)
-            .map(|c| (c.activity.idle_since_ms.load(Ordering::Acquire), c))
+            .iter_mut()
+            .filter(|(_, c)| c.activity.state.load(Ordering::Acquire) == IDLE)
+            .map(|(_, c)| (c.activity.idle_since_ms.load(Ordering::Acquire), c))
             .filter(|(since, _)| *since <= latest)
             .min_by_key(|(since, _)| *since);
         // A connection that took a request meanwhile is left alone; the loop looks again.
@@ -83,9 +98,72 @@ impl Connections {
                 .compare_exchange(IDLE, CLOSING, Ordering::AcqRel, Ordering::Acquire)
                 .is_ok()
             {
+                c.making_room = true;
                 c.close.notify_one();
+                self.making_room += 1;
             }
         }
+    }
+
+    /// Forgets a connection that has ended.
+    fn ended(&mut self, id: u64) {
+        if self.open.remove(&id).is_some_and(|c| c.making_room) {
+            self.making_room -= 1;
+        }
+    }
+}
+
+/// A connection's place among the open ones and its slot: given back when its task ends, also by a
+/// panic in a handler.
+struct Registered {
+    id: u64,
+    connections: Arc<Mutex<Connections>>,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        lock(&self.connections).ended(self.id);
+    }
+}
+
+/// A response's body: its connection is idle once the body has been sent (or dropped), not when the
+/// response is ready, so that a stream (the inspector's events) never counts as idle.
+struct Answering {
+    body: axum::body::Body,
+    activity: Arc<Activity>,
+    epoch: Instant,
+}
+
+impl Drop for Answering {
+    fn drop(&mut self) {
+        self.activity
+            .idle_since_ms
+            .store(self.epoch.elapsed().as_millis() as u64, Ordering::Release);
+        let _ = self
+            .activity
+            .state
+            .compare_exchange(ANSWERING, IDLE, Ordering::AcqRel, Ordering::Acquire);
+    }
+}
+
+impl hyper::body::Body for Answering {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -174,11 +252,12 @@ fn spawn_connection(
             Open {
                 activity: activity.clone(),
                 close: close.clone(),
+                making_room: false,
             },
         );
         (id, connections.epoch)
     };
-    // The state follows each request: answering from the call until the response is ready, idle after.
+    // The state follows each request: answering from the call until the response's body is sent.
     let service = hyper::service::service_fn(move |request| {
         let activity = activity.clone();
         // A connection asked to close stays so; it closes after this answer.
@@ -187,19 +266,22 @@ fn spawn_connection(
         let _ = state.compare_exchange(READING_FIRST, ANSWERING, Ordering::AcqRel, Ordering::Acquire);
         let answer = app.clone().oneshot(request);
         async move {
-            let response = answer.await;
-            activity
-                .idle_since_ms
-                .store(epoch.elapsed().as_millis() as u64, Ordering::Release);
-            let _ = activity
-                .state
-                .compare_exchange(ANSWERING, IDLE, Ordering::AcqRel, Ordering::Acquire);
-            response
+            let response = answer.await?;
+            Ok::<_, Infallible>(response.map(|body| Answering {
+                body,
+                activity,
+                epoch,
+            }))
         }
     });
     let connection = http.serve_connection(TokioIo::new(stream), service);
-    let connections = connections.clone();
+    let registered = Registered {
+        id,
+        connections: connections.clone(),
+        _slot: slot,
+    };
     tokio::spawn(async move {
+        let _registered = registered;
         tokio::pin!(connection);
         // A client that goes away or times out ends only its own connection.
         tokio::select! {
@@ -209,7 +291,5 @@ fn spawn_connection(
                 let _ = connection.await;
             }
         }
-        lock(&connections).open.remove(&id);
-        drop(slot);
     });
 }

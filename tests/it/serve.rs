@@ -616,6 +616,50 @@ fn an_idle_keep_alive_connection_gives_its_slot_to_a_new_one() {
 }
 
 #[test]
+fn a_stream_being_sent_keeps_its_slot_while_an_idle_connection_gives_up_its_own() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let server = two_connection_server(&dir);
+    // The inspector's event stream: answered at once, its body sent for as long as it is open.
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    stream
+        .write_all(b"GET /inspector/api/events HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n")
+        .unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut buf = [0u8; 1024];
+    let n = stream.read(&mut buf).unwrap();
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    std::thread::sleep(Duration::from_millis(1200));
+    // A keep-alive connection, answered, then idle for long enough to be closed.
+    let mut idle = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        .unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let n = idle.read(&mut buf).unwrap();
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    std::thread::sleep(Duration::from_millis(1200));
+
+    // The stream has been open longer, but it is not idle: the other connection makes room.
+    assert_eq!(
+        raw_post(server.port, &unique_notification(0)).unwrap(),
+        "HTTP/1.1 200 OK"
+    );
+    assert_eq!(closed_within(&mut idle, Duration::from_secs(5)), Ok(vec![]));
+    assert!(
+        closed_within(&mut stream, Duration::from_millis(1500)).is_err(),
+        "the stream was closed"
+    );
+}
+
+#[test]
 fn a_stalled_database_answers_503_within_the_store_timeout_and_loses_nothing_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("db.sqlite");
