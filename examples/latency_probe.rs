@@ -113,6 +113,9 @@ struct Args {
 
 const SECRET: &str = "latency-probe-secret";
 
+/// How long a request may take before the probe gives up on it.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Idle connections the probe keeps open at most.
 const IDLE_CONNECTIONS: usize = 128;
 
@@ -204,7 +207,7 @@ fn failures_line(failures: &BTreeMap<String, (usize, Duration)>) -> String {
 fn failure(answer: &reqwest::Result<reqwest::Response>) -> String {
     match answer {
         Ok(r) => format!("answered {}", r.status()),
-        Err(e) if e.is_timeout() => "timed out (10 s)".to_owned(),
+        Err(e) if e.is_timeout() => format!("timed out ({} s)", CLIENT_TIMEOUT.as_secs()),
         Err(e) if e.is_connect() => "could not connect".to_owned(),
         Err(e) => {
             // The innermost cause says what happened on the connection (closed, reset).
@@ -383,7 +386,7 @@ fn main() -> anyhow::Result<()> {
     let server = Server::start(&args.bin, args.pollers, args.dir.as_ref(), extra)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
+        .timeout(CLIENT_TIMEOUT)
         // Fewer idle connections kept than `serve --max-connections` (512) serves at once: a connection
         // beyond those waits in the listen backlog until another closes, and a request sent on it waits
         // with it (after a burst, or a stall of the VM, the pool would otherwise keep every connection).
