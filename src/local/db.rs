@@ -378,18 +378,6 @@ impl Db {
         self.submit(f, false, Durability::Deferred).await
     }
 
-    /// Runs `f`, which writes nothing to the file, in the database thread; resolves after its group's
-    /// commit, without waiting for a sync. It sees every operation answered before it, and those of its
-    /// group before it. What `f` changes outside the file is not undone when the commit fails: the
-    /// caller undoes it on the error.
-    pub async fn read<T, F>(&self, f: F) -> Result<T, DbError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T, DbError> + Send + 'static,
-    {
-        self.submit(f, false, Durability::Deferred).await
-    }
-
     async fn submit<T, F>(&self, f: F, savepoint: bool, durability: Durability) -> Result<T, DbError>
     where
         T: Send + 'static,

@@ -85,7 +85,7 @@ impl SqliteStore {
     }
 
     fn held(&self) -> MutexGuard<'_, Held> {
-        self.held.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.held)
     }
 
     /// Whether another claim holds `key` with a lease unexpired at `now_ms`: its lease's end.
@@ -129,6 +129,10 @@ impl SqliteStore {
     }
 }
 
+fn lock(held: &Mutex<Held>) -> MutexGuard<'_, Held> {
+    held.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 fn unavailable(e: DbError) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
@@ -145,9 +149,11 @@ impl IdempotencyStore for SqliteStore {
         let lease = Lease::new(claim.key.clone());
         let taking = lease.clone();
         let held = self.held.clone();
+        // The operation writes nothing to the file; the hold it takes is let go below if its group's
+        // commit fails, which a rollback would not undo.
         let decided = self
             .db
-            .read(move |c| {
+            .call_single_write_deferred(move |c| {
                 let stored = c
                     .prepare_cached(
                         "SELECT status, payload_hash, expiration, in_progress_expiration FROM idempotency WHERE pk = ?1",
@@ -164,7 +170,7 @@ impl IdempotencyStore for SqliteStore {
                 if let Some(refused) = stored.and_then(|record| record.refusal(&claim)) {
                     return Ok(refused);
                 }
-                let mut held = held.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                let mut held = lock(&held);
                 if let Some(lease_until_ms) = Self::held_by_another(&held, claim.key.as_str(), claim.now_ms) {
                     return Ok(ClaimOutcome::InFlight { lease_until_ms });
                 }
@@ -190,7 +196,7 @@ impl IdempotencyStore for SqliteStore {
         let written = self
             .db
             .call_single_write(move |c| {
-                let held = held.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                let held = lock(&held);
                 let Some(claim) = held.claims.get(&key).filter(|c| c.token == token) else {
                     return Ok(false);
                 };
@@ -299,7 +305,7 @@ mod tests {
 
     /// (pk, status, lease_token) of every record in the file.
     async fn records(db: &Db) -> Vec<(String, String, Option<String>)> {
-        db.read(|c| {
+        db.call(|c| {
             let mut rows = c.prepare("SELECT pk, status, lease_token FROM idempotency ORDER BY pk")?;
             let all = rows
                 .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
@@ -336,7 +342,7 @@ mod tests {
             vec![("a".into(), COMPLETED.into(), Some(held.token.clone()))]
         );
         let (expiration, claimed_at): (i64, i64) = db
-            .read(|c| {
+            .call(|c| {
                 Ok(
                     c.query_row("SELECT expiration, claimed_at FROM idempotency", [], |r| {
                         Ok((r.get(0)?, r.get(1)?))

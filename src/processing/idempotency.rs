@@ -167,14 +167,16 @@ impl StoredRecord {
 pub trait IdempotencyStore: Send + Sync {
     /// Takes the record if it is absent, expired, or IN_PROGRESS with an expired lease (and, for a record
     /// of a batch, not listed by its batch's completion); otherwise says why not. One conditional write,
-    /// plus a read of the batch's completion when the record is a batch's.
+    /// plus a read of the batch's completion when the record is a batch's (the SQLite store holds a claim
+    /// in memory instead and only reads the file).
     async fn claim(&self, claim: &Claim) -> Result<ClaimOutcome, StoreError>;
     /// Marks the record COMPLETED until `expiration` (Unix s) at least (a store may keep the later one
     /// its claim set), if `lease` still holds it. A lease in a batch is completed through its batch
     /// instead, without that check: the batch's completion only counts for a record that still names
     /// the lease's slot.
     async fn complete(&self, lease: &Lease, expiration: i64) -> Result<(), StoreError>;
-    /// Deletes the record, if `lease` still holds it, so a later delivery can claim it.
+    /// Deletes the record (the SQLite store forgets its hold), if `lease` still holds it, so a later
+    /// delivery can claim it.
     async fn release(&self, lease: &Lease) -> Result<(), StoreError>;
 
     /// Whether claims should name their [`BatchSlot`] and be completed together with
