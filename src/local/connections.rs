@@ -31,7 +31,7 @@ use super::server::ConnectionLimits;
 const LOOK_AGAIN: Duration = Duration::from_millis(50);
 
 /// How long a keep-alive connection must have been idle before it may be closed to make room.
-pub(super) const IDLE_BEFORE_CLOSING: Duration = Duration::from_secs(1);
+const IDLE_BEFORE_CLOSING: Duration = Duration::from_secs(1);
 
 /// A connection's state, as far as choosing one to close goes.
 const READING_FIRST: u8 = 0;
@@ -50,8 +50,6 @@ struct Activity {
 struct Open {
     activity: Arc<Activity>,
     close: Arc<Notify>,
-    /// Asked to close to make room, and not ended yet.
-    making_room: bool,
 }
 
 /// The open connections.
@@ -59,8 +57,8 @@ struct Connections {
     epoch: Instant,
     next_id: u64,
     open: HashMap<u64, Open>,
-    /// Connections asked to make room that have not ended yet: while one has not, no other is asked.
-    making_room: usize,
+    /// The connection asked to make room, until it ends: no other is asked meanwhile.
+    making_room: Option<u64>,
 }
 
 impl Connections {
@@ -69,14 +67,14 @@ impl Connections {
             epoch: Instant::now(),
             next_id: 0,
             open: HashMap::new(),
-            making_room: 0,
+            making_room: None,
         }
     }
 
     /// Asks the connection idle for longest, if for [`IDLE_BEFORE_CLOSING`] at least, to close, unless
     /// one asked before has not ended yet.
     fn close_longest_idle(&mut self) {
-        if self.making_room > 0 {
+        if self.making_room.is_some() {
             return;
         }
         let latest = self
@@ -86,29 +84,29 @@ impl Connections {
             .as_millis() as u64;
         let longest = self
             .open
-            .iter_mut()
+            .iter()
             .filter(|(_, c)| c.activity.state.load(Ordering::Acquire) == IDLE)
-            .map(|(_, c)| (c.activity.idle_since_ms.load(Ordering::Acquire), c))
-            .filter(|(since, _)| *since <= latest)
-            .min_by_key(|(since, _)| *since);
+            .map(|(id, c)| (c.activity.idle_since_ms.load(Ordering::Acquire), id, c))
+            .filter(|(since, _, _)| *since <= latest)
+            .min_by_key(|(since, _, _)| *since);
         // A connection that took a request meanwhile is left alone; the loop looks again.
-        if let Some((_, c)) = longest {
+        if let Some((_, &id, c)) = longest {
             if c.activity
                 .state
                 .compare_exchange(IDLE, CLOSING, Ordering::AcqRel, Ordering::Acquire)
                 .is_ok()
             {
-                c.making_room = true;
                 c.close.notify_one();
-                self.making_room += 1;
+                self.making_room = Some(id);
             }
         }
     }
 
     /// Forgets a connection that has ended.
     fn ended(&mut self, id: u64) {
-        if self.open.remove(&id).is_some_and(|c| c.making_room) {
-            self.making_room -= 1;
+        self.open.remove(&id);
+        if self.making_room == Some(id) {
+            self.making_room = None;
         }
     }
 }
@@ -252,7 +250,6 @@ fn spawn_connection(
             Open {
                 activity: activity.clone(),
                 close: close.clone(),
-                making_room: false,
             },
         );
         (id, connections.epoch)
@@ -261,9 +258,11 @@ fn spawn_connection(
     let service = hyper::service::service_fn(move |request| {
         let activity = activity.clone();
         // A connection asked to close stays so; it closes after this answer.
-        let state = &activity.state;
-        let _ = state.compare_exchange(IDLE, ANSWERING, Ordering::AcqRel, Ordering::Acquire);
-        let _ = state.compare_exchange(READING_FIRST, ANSWERING, Ordering::AcqRel, Ordering::Acquire);
+        let _ = activity
+            .state
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| {
+                (s != CLOSING).then_some(ANSWERING)
+            });
         let answer = app.clone().oneshot(request);
         async move {
             let response = answer.await?;

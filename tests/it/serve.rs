@@ -571,22 +571,28 @@ fn connections_past_the_limit_wait_for_a_free_slot() {
     assert!(waited >= Duration::from_millis(800), "{waited:?}");
 }
 
+/// Sends `GET path` on `stream`, kept alive, and checks that the answer's first bytes say 200.
+fn answered_200(stream: &mut std::net::TcpStream, path: &str) {
+    use std::io::{Read, Write};
+    stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n").as_bytes())
+        .unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut buf = [0u8; 1024];
+    let n = stream.read(&mut buf).unwrap();
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+}
+
 #[test]
 fn an_idle_keep_alive_connection_gives_its_slot_to_a_new_one() {
-    use std::io::{Read, Write};
+    use std::io::Write;
     let dir = tempfile::tempdir().unwrap();
     let server = two_connection_server(&dir);
-    let health = |s: &mut std::net::TcpStream| {
-        s.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let mut buf = [0u8; 1024];
-        let n = s.read(&mut buf).unwrap();
-        assert!(
-            buf[..n].starts_with(b"HTTP/1.1 200"),
-            "{}",
-            String::from_utf8_lossy(&buf[..n])
-        );
-    };
+    let health = |s: &mut std::net::TcpStream| answered_200(s, "/healthz");
     // Two clients each get an answer and keep their connection open, idle; the first is used once
     // more, so the second is the one idle for longest.
     let mut first = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
@@ -617,34 +623,15 @@ fn an_idle_keep_alive_connection_gives_its_slot_to_a_new_one() {
 
 #[test]
 fn a_stream_being_sent_keeps_its_slot_while_an_idle_connection_gives_up_its_own() {
-    use std::io::{Read, Write};
     let dir = tempfile::tempdir().unwrap();
     let server = two_connection_server(&dir);
     // The inspector's event stream: answered at once, its body sent for as long as it is open.
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
-    stream
-        .write_all(b"GET /inspector/api/events HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n")
-        .unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut buf = [0u8; 1024];
-    let n = stream.read(&mut buf).unwrap();
-    assert!(
-        buf[..n].starts_with(b"HTTP/1.1 200"),
-        "{}",
-        String::from_utf8_lossy(&buf[..n])
-    );
+    answered_200(&mut stream, "/inspector/api/events");
     std::thread::sleep(Duration::from_millis(1200));
     // A keep-alive connection, answered, then idle for long enough to be closed.
     let mut idle = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
-    idle.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
-        .unwrap();
-    idle.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let n = idle.read(&mut buf).unwrap();
-    assert!(
-        buf[..n].starts_with(b"HTTP/1.1 200"),
-        "{}",
-        String::from_utf8_lossy(&buf[..n])
-    );
+    answered_200(&mut idle, "/healthz");
     std::thread::sleep(Duration::from_millis(1200));
 
     // The stream has been open longer, but it is not idle: the other connection makes room.
